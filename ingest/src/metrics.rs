@@ -1,0 +1,89 @@
+//! What an operator watches on the ingest side, exposed on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Why a record did not reach the store.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `channel_full`, `channel_closed` or `store_error`.
+    pub reason: &'static str,
+}
+
+/// Ingest counters; cheap to clone (each metric is an `Arc` inside).
+#[derive(Clone)]
+pub struct IngestMetrics {
+    /// Records accepted into the channel.
+    pub enqueued: Counter,
+    /// Records that will never be stored, by reason.
+    pub dropped: Family<DropLabels, Counter>,
+    /// Records committed to the store.
+    pub written: Counter,
+    /// Records waiting in the channel, sampled on send and on drain.
+    pub channel_depth: Gauge,
+    /// Batches whose write failed (each may be retried).
+    pub write_errors: Counter,
+    /// Time to write one batch, seconds.
+    pub batch_write_seconds: Histogram,
+}
+
+impl Default for IngestMetrics {
+    fn default() -> Self {
+        Self {
+            enqueued: Counter::default(),
+            dropped: Family::default(),
+            written: Counter::default(),
+            channel_depth: Gauge::default(),
+            write_errors: Counter::default(),
+            batch_write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
+}
+
+impl IngestMetrics {
+    /// Adds every metric to `registry` under the `tally_` prefix the registry carries.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "records_enqueued",
+            "Records accepted into the ingest channel",
+            self.enqueued.clone(),
+        );
+        registry.register(
+            "records_dropped",
+            "Records that will never be stored, by reason",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "records_written",
+            "Records committed to the store",
+            self.written.clone(),
+        );
+        registry.register(
+            "ingest_channel_depth",
+            "Records waiting in the ingest channel",
+            self.channel_depth.clone(),
+        );
+        registry.register(
+            "store_write_errors",
+            "Batch writes that failed (and may be retried)",
+            self.write_errors.clone(),
+        );
+        registry.register(
+            "batch_write_seconds",
+            "Time to write one batch to the store",
+            self.batch_write_seconds.clone(),
+        );
+    }
+
+    /// Total records dropped for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        ["channel_full", "channel_closed", "store_error"]
+            .iter()
+            .map(|r| self.dropped.get_or_create(&DropLabels { reason: r }).get())
+            .sum()
+    }
+}

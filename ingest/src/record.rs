@@ -1,0 +1,152 @@
+//! The record: one row per proxied request, the same field names in every store and the JSON API.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Whether a response cache stage answered this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    /// No cache stage was consulted.
+    #[default]
+    None,
+    /// Served from the cache; the upstream was not called.
+    Hit,
+    /// The cache was consulted and missed; the upstream answered.
+    Miss,
+}
+
+impl CacheStatus {
+    /// The stored text form: `none`, `hit` or `miss`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::None => "none",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+        }
+    }
+
+    /// Parses the stored text form; anything unknown reads as `none`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "hit" => CacheStatus::Hit,
+            "miss" => CacheStatus::Miss,
+            _ => CacheStatus::None,
+        }
+    }
+}
+
+/// Token counts as the provider reported them (or as estimated, see [`Record::tokens_estimated`]).
+///
+/// `prompt` counts *all* input tokens, cache reads and writes included, whatever the provider's
+/// own convention is; the adapters normalise to this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Tokens {
+    /// All input tokens, cache reads and cache writes included.
+    pub prompt: u64,
+    /// Output tokens, reasoning included.
+    pub completion: u64,
+    /// Input tokens read from the provider's prompt cache.
+    pub cache_read: u64,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_write: u64,
+    /// Output tokens spent on hidden reasoning (a subset of `completion`).
+    pub reasoning: u64,
+}
+
+impl Tokens {
+    /// Input plus output.
+    pub fn total(&self) -> u64 {
+        self.prompt + self.completion
+    }
+}
+
+/// One proxied request, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// UUIDv7, also returned to the client as `Tally-Request-Id`.
+    pub request_id: Uuid,
+    /// Request start, milliseconds since the Unix epoch, UTC.
+    pub ts: i64,
+    /// Configured provider name (`openai`, `anthropic`, `groq`, …).
+    pub provider: String,
+    /// Path forwarded upstream, without the query string, e.g. `/v1/chat/completions`.
+    pub endpoint: String,
+    /// HTTP method.
+    pub method: String,
+    /// Model named in the request body, if any.
+    pub model: Option<String>,
+    /// Model named in the response, if any (often a dated snapshot).
+    pub response_model: Option<String>,
+    /// Upstream HTTP status; 0 when no upstream response arrived.
+    pub status: u16,
+    /// Whether the response was a server-sent event stream.
+    pub stream: bool,
+    /// From request start to the end of the response body (or the failure).
+    pub latency_ms: u64,
+    /// From request start to the first response body byte; `None` when none arrived.
+    pub ttft_ms: Option<u64>,
+    /// Token counts; `None` when the response carried no usage and nothing could be estimated.
+    pub tokens: Option<Tokens>,
+    /// True when `tokens` were estimated with a tokenizer rather than reported by the provider.
+    pub tokens_estimated: bool,
+    /// Cost in USD; `None` when no price is known for the model (never a silent 0).
+    pub cost_usd: Option<f64>,
+    /// End user, from `Tally-User-Id` or the body's user field.
+    pub user_id: Option<String>,
+    /// From `Tally-Session-Id`.
+    pub session_id: Option<String>,
+    /// From `Tally-Session-Path`, e.g. `/plan/step-1`.
+    pub session_path: Option<String>,
+    /// From `Tally-Session-Name`.
+    pub session_name: Option<String>,
+    /// From `Tally-Property-<Name>` headers; names are lower-cased.
+    pub properties: BTreeMap<String, String>,
+    /// Cache stage outcome.
+    pub cache_status: CacheStatus,
+    /// What went wrong, if anything (upstream error message, disconnect, timeout…).
+    pub error: Option<String>,
+    /// Request body size in bytes as received from the client.
+    pub request_bytes: u64,
+    /// Response body size in bytes as sent by the upstream.
+    pub response_bytes: u64,
+    /// A hint of the provider key (`sk-…abcd`); the key itself is never stored.
+    pub api_key_hint: Option<String>,
+    /// The provider's own request id (`x-request-id`, `request-id`, or the body's id).
+    pub provider_request_id: Option<String>,
+    /// Logged request body, possibly truncated or omitted.
+    pub request_body: Option<String>,
+    /// Logged response body, possibly truncated or omitted.
+    pub response_body: Option<String>,
+    /// The logged request body was cut at the capture limit.
+    pub request_body_truncated: bool,
+    /// The logged response body was cut at the capture limit.
+    pub response_body_truncated: bool,
+}
+
+impl Record {
+    /// Approximate heap size, used for byte-based batching and metrics.
+    pub fn approx_bytes(&self) -> usize {
+        fn s(o: &Option<String>) -> usize {
+            o.as_ref().map_or(0, String::len)
+        }
+        256 + self.provider.len()
+            + self.endpoint.len()
+            + s(&self.model)
+            + s(&self.response_model)
+            + s(&self.user_id)
+            + s(&self.session_id)
+            + s(&self.session_path)
+            + s(&self.session_name)
+            + self
+                .properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + s(&self.error)
+            + s(&self.request_body)
+            + s(&self.response_body)
+    }
+}

@@ -1,0 +1,197 @@
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::*;
+
+pub(crate) fn record(n: i64) -> Record {
+    Record {
+        request_id: Uuid::now_v7(),
+        ts: 1_700_000_000_000 + n,
+        provider: "openai".into(),
+        endpoint: "/v1/chat/completions".into(),
+        method: "POST".into(),
+        model: Some("gpt-4o-mini".into()),
+        response_model: None,
+        status: 200,
+        stream: false,
+        latency_ms: 12,
+        ttft_ms: Some(5),
+        tokens: Some(Tokens {
+            prompt: 10,
+            completion: 5,
+            ..Tokens::default()
+        }),
+        tokens_estimated: false,
+        cost_usd: Some(0.001),
+        user_id: Some(format!("user-{n}")),
+        session_id: None,
+        session_path: None,
+        session_name: None,
+        properties: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
+        cache_status: CacheStatus::None,
+        error: None,
+        request_bytes: 100,
+        response_bytes: 200,
+        api_key_hint: Some("sk-…abcd".into()),
+        provider_request_id: None,
+        request_body: Some("{}".into()),
+        response_body: Some("{}".into()),
+        request_body_truncated: false,
+        response_body_truncated: false,
+    }
+}
+
+/// A writer that records batch sizes and can be told to fail.
+#[derive(Clone, Default)]
+struct Probe {
+    batches: Arc<Mutex<Vec<usize>>>,
+    fail: Arc<Mutex<u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("probe failure")]
+struct ProbeError;
+
+impl BatchWriter for Probe {
+    type Error = ProbeError;
+    fn write_batch(&mut self, batch: &[Record]) -> Result<(), ProbeError> {
+        let mut fail = self.fail.lock().expect("lock");
+        if *fail > 0 {
+            *fail -= 1;
+            return Err(ProbeError);
+        }
+        self.batches.lock().expect("lock").push(batch.len());
+        Ok(())
+    }
+}
+
+fn fast_config() -> BatchConfig {
+    BatchConfig {
+        max_rows: 10,
+        flush_interval: Duration::from_secs(60),
+        retry_backoff: Duration::from_millis(1),
+        ..BatchConfig::default()
+    }
+}
+
+#[test]
+fn shutdown_drains_everything_in_row_sized_batches() {
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    for i in 0..25 {
+        assert!(tx.send(record(i)));
+    }
+    let probe = Probe::default();
+    let worker =
+        IngestWorker::spawn(rx, probe.clone(), fast_config(), metrics.clone()).expect("spawn");
+    worker.shutdown();
+    let batches = probe.batches.lock().expect("lock").clone();
+    assert_eq!(batches.iter().sum::<usize>(), 25);
+    assert!(batches.iter().all(|&n| n <= 10), "{batches:?}");
+    assert_eq!(metrics.written.get(), 25);
+    assert_eq!(metrics.dropped_total(), 0);
+}
+
+#[test]
+fn partial_batch_flushes_on_interval() {
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    let probe = Probe::default();
+    let config = BatchConfig {
+        flush_interval: Duration::from_millis(20),
+        ..fast_config()
+    };
+    let worker = IngestWorker::spawn(rx, probe.clone(), config, metrics.clone()).expect("spawn");
+    tx.send(record(1));
+    // Wait (bounded) for the interval flush, without shutting down.
+    for _ in 0..500 {
+        if metrics.written.get() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(metrics.written.get(), 1);
+    worker.shutdown();
+}
+
+#[test]
+fn failed_write_is_retried_then_succeeds() {
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    let probe = Probe::default();
+    *probe.fail.lock().expect("lock") = 2;
+    tx.send(record(1));
+    let worker =
+        IngestWorker::spawn(rx, probe.clone(), fast_config(), metrics.clone()).expect("spawn");
+    worker.shutdown();
+    assert_eq!(metrics.written.get(), 1);
+    assert_eq!(metrics.write_errors.get(), 2);
+    assert_eq!(metrics.dropped_total(), 0);
+}
+
+#[test]
+fn batch_that_keeps_failing_is_counted_as_dropped() {
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    let probe = Probe::default();
+    *probe.fail.lock().expect("lock") = u32::MAX;
+    tx.send(record(1));
+    tx.send(record(2));
+    let worker = IngestWorker::spawn(rx, probe, fast_config(), metrics.clone()).expect("spawn");
+    worker.shutdown();
+    assert_eq!(metrics.written.get(), 0);
+    let dropped = metrics
+        .dropped
+        .get_or_create(&DropLabels {
+            reason: "store_error",
+        })
+        .get();
+    assert_eq!(dropped, 2);
+}
+
+#[test]
+fn full_channel_never_blocks_and_counts_the_drop() {
+    let metrics = IngestMetrics::default();
+    let (tx, _rx) = channel(2, metrics.clone());
+    assert!(tx.send(record(1)));
+    assert!(tx.send(record(2)));
+    assert!(!tx.send(record(3)));
+    let full = metrics
+        .dropped
+        .get_or_create(&DropLabels {
+            reason: "channel_full",
+        })
+        .get();
+    assert_eq!(full, 1);
+    assert_eq!(metrics.enqueued.get(), 2);
+}
+
+#[test]
+fn sqlite_writer_round_trips_and_ignores_a_replayed_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("t.db");
+    let mut conn = sqlite::open_rw(&path).expect("open");
+    sqlite::migrate(&mut conn).expect("migrate");
+    let mut writer = sqlite::SqliteWriter::new(conn);
+    let batch: Vec<Record> = (0..3).map(record).collect();
+    writer.write_batch(&batch).expect("write");
+    writer.write_batch(&batch).expect("replay is harmless");
+    let ro = sqlite::open_ro(&path).expect("open ro");
+    let (n, cost, props): (i64, f64, String) = ro
+        .query_row(
+            "SELECT count(*), sum(cost_usd), max(properties) FROM requests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("query");
+    assert_eq!(n, 3);
+    assert!((cost - 0.003).abs() < 1e-12);
+    assert_eq!(props, r#"{"env":"prod"}"#);
+    assert!(
+        ro.execute("DELETE FROM requests", []).is_err(),
+        "read-only connection wrote"
+    );
+}

@@ -1,0 +1,41 @@
+//! Versioned SQL migrations for Tally's stores, embedded in the binary.
+//!
+//! Migrations are plain `.sql` files under `schema/<store>/`, numbered so that their order is
+//! their version. Keeping them as files (rather than strings in code) lets a reviewer read the
+//! schema as SQL and lets users apply it by hand if they must. The runners live with each store
+//! writer in `tally-ingest`; this crate only owns the text and its order.
+#![deny(missing_docs)]
+
+/// One schema change: applied once, in `version` order, and recorded by the runner.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Strictly increasing version number, taken from the file name prefix.
+    pub version: u32,
+    /// File name without extension, e.g. `0001_requests`.
+    pub name: &'static str,
+    /// The SQL to run, possibly several statements.
+    pub sql: &'static str,
+}
+
+/// The SQLite migrations, oldest first.
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_requests",
+    sql: include_str!("../sqlite/0001_requests.sql"),
+}];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_increase_and_match_names() {
+        let mut last = 0;
+        for m in SQLITE {
+            assert!(m.version > last, "{} is out of order", m.name);
+            let prefix: u32 = m.name[..4].parse().expect("numbered name");
+            assert_eq!(prefix, m.version, "{} has the wrong version", m.name);
+            last = m.version;
+        }
+    }
+}
