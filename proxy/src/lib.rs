@@ -1,1 +1,186 @@
-//! placeholder
+//! Tally's proxy: a hyper server that forwards LLM API calls to their providers byte for byte
+//! and leaves one [`tally_ingest::Record`] per request behind.
+//!
+//! The flow of one request (see `service::handle`): route the path to a [`Provider`], read the
+//! tagging headers ([`headers::parse`]), read a bounded head of the request body to learn the
+//! model and stream flag, forward, and wrap the upstream's response body in a
+//! [`body::TeeBody`]. The tee passes every frame through unchanged and shows it to an
+//! `Exchange`, which keeps a bounded copy, follows event streams with a
+//! [`usage::StreamObserver`], and when the body ends (or the client leaves) turns all that into
+//! a record: usage from the provider (or a [`estimate`]), cost from the [`PricingTable`], and a
+//! non-blocking send into the ingest channel.
+//!
+//! ```no_run
+//! # async fn run(tx: tally_ingest::RecordSender) -> Result<(), Box<dyn std::error::Error>> {
+//! use tally_proxy::{Proxy, ProxyConfig, Providers, PricingTable};
+//! let settings = ProxyConfig::default().validate()?;
+//! let providers = Providers::new(&Default::default())?;
+//! let proxy = Proxy::new(settings, providers, PricingTable::builtin()?, tx)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8787").await?;
+//! proxy.serve(listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod body;
+mod client;
+mod error_response;
+pub mod estimate;
+mod exchange;
+pub mod headers;
+mod metrics;
+pub mod pricing;
+pub mod providers;
+mod service;
+mod settings;
+pub mod sse;
+pub mod usage;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::registry::Registry;
+use tally_ingest::RecordSender;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use metrics::ProxyMetrics;
+pub use pricing::{Price, PricingTable};
+pub use providers::{Provider, ProviderConfig, Providers, StreamUsage};
+pub use service::REQUEST_ID_HEADER;
+pub use settings::{ProxyConfig, Settings, SettingsError};
+
+/// State shared by every request.
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) providers: Providers,
+    pub(crate) pricing: PricingTable,
+    pub(crate) sender: RecordSender,
+    pub(crate) metrics: ProxyMetrics,
+    pub(crate) client: client::UpstreamClient,
+}
+
+/// Building the proxy failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The TLS client could not be set up.
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The proxy, ready to serve.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Builds the proxy and its upstream client.
+    pub fn new(
+        settings: Settings,
+        providers: Providers,
+        pricing: PricingTable,
+        sender: RecordSender,
+    ) -> Result<Self, ProxyError> {
+        let client = client::build(settings.connect_timeout)?;
+        // Load the tokenizers in the background so the first estimate does not stall.
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            h.spawn_blocking(estimate::warm_up);
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                settings,
+                providers,
+                pricing,
+                sender,
+                metrics: ProxyMetrics::default(),
+                client,
+            }),
+        })
+    }
+
+    /// Adds the proxy's metrics to `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.shared.metrics.register(registry);
+    }
+
+    /// The proxy's metrics.
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.shared.metrics
+    }
+
+    /// Serves connections from `listener` until `shutdown` resolves, then stops accepting, gives
+    /// in-flight requests the configured grace period, and cancels what is left (each cancelled
+    /// request is still recorded). Returns when every connection task has ended.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.shared.settings.header_read_timeout)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            // Reap finished connection tasks so the set does not grow.
+            while connections.try_join_next().is_some() {}
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = self.shared.clone();
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(service::handle(shared, req).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            connections.spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let in_flight = graceful.count();
+        tracing::info!(
+            in_flight,
+            "proxy stopped accepting; draining in-flight requests"
+        );
+        let grace = self.shared.settings.shutdown_grace;
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "in-flight requests outlived the shutdown grace period; cancelling them"
+            );
+            connections.abort_all();
+        }
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+}

@@ -1,0 +1,433 @@
+//! One request's journey, from the first header to the last response byte, and the record it
+//! leaves behind.
+//!
+//! An [`Exchange`] is created as soon as a request arrives and is finished exactly once: by the
+//! response body's tee when the stream ends (completely, by error, or by the client leaving), by
+//! the handler on an early error, or by its own `Drop` when the client disconnects before the
+//! upstream answers. Whatever happens, one record is sent.
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tally_ingest::{Record, Tokens};
+
+use crate::body::{BodyObserver, StreamEnd};
+use crate::metrics::RequestLabels;
+use crate::usage::{self, StreamObserver, WireFormat};
+use crate::Shared;
+
+/// How the upstream encoded the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+    Brotli,
+    /// Something we cannot decode (zstd, …): logged raw, usage not read.
+    Other,
+}
+
+impl Encoding {
+    pub(crate) fn from_header(value: Option<&str>) -> Self {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("") | Some("identity") => Encoding::Identity,
+            Some("gzip") | Some("x-gzip") => Encoding::Gzip,
+            Some("deflate") => Encoding::Deflate,
+            Some("br") => Encoding::Brotli,
+            Some(_) => Encoding::Other,
+        }
+    }
+}
+
+/// A bounded copy of a body: clones of the chunks (cheap, reference-counted) up to a limit.
+#[derive(Debug)]
+struct Capture {
+    chunks: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    truncated: bool,
+}
+
+impl Capture {
+    fn new(limit: usize) -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+            limit,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, chunk: &Bytes) {
+        let room = self.limit - self.len;
+        if chunk.len() <= room {
+            self.chunks.push(chunk.clone());
+            self.len += chunk.len();
+        } else {
+            if room > 0 {
+                self.chunks.push(chunk.slice(..room));
+                self.len += room;
+            }
+            self.truncated = true;
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut v = Vec::with_capacity(self.len);
+                for c in &self.chunks {
+                    v.extend_from_slice(c);
+                }
+                v.into()
+            }
+        }
+    }
+}
+
+/// Decodes a (possibly truncated) compressed capture, reading at most `limit` bytes of output so
+/// a compression bomb cannot blow up memory. A truncated input decodes as far as it goes.
+fn decode(encoding: Encoding, raw: &Bytes, limit: usize) -> Cow<'_, [u8]> {
+    let mut out = Vec::new();
+    let limit = limit as u64;
+    let result = match encoding {
+        Encoding::Identity | Encoding::Other => return Cow::Borrowed(&raw[..]),
+        Encoding::Gzip => flate2::read::MultiGzDecoder::new(&raw[..])
+            .take(limit)
+            .read_to_end(&mut out),
+        Encoding::Deflate => {
+            // "deflate" is zlib-wrapped per the RFC, but raw deflate is common in the wild.
+            let r = flate2::read::ZlibDecoder::new(&raw[..])
+                .take(limit)
+                .read_to_end(&mut out);
+            if r.is_err() && out.is_empty() {
+                flate2::read::DeflateDecoder::new(&raw[..])
+                    .take(limit)
+                    .read_to_end(&mut out)
+            } else {
+                r
+            }
+        }
+        Encoding::Brotli => brotli_decompressor::Decompressor::new(&raw[..], 4096)
+            .take(limit)
+            .read_to_end(&mut out),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "could not fully decode captured response body");
+    }
+    Cow::Owned(out)
+}
+
+/// Everything about the request that is known before the response body.
+pub(crate) struct ExchangeState {
+    shared: Arc<Shared>,
+    pub(crate) record: Record,
+    pub(crate) format: Option<WireFormat>,
+    started: Instant,
+    /// The request body as read (bounded), for logging and token estimates.
+    pub(crate) request_head: Bytes,
+    pub(crate) request_truncated: bool,
+    pub(crate) request_rest_bytes: Option<Arc<AtomicU64>>,
+    pub(crate) omit_request_body: bool,
+    pub(crate) omit_response_body: bool,
+    /// The response head arrived (status and headers).
+    pub(crate) responded: bool,
+    pub(crate) encoding: Encoding,
+    capture: Capture,
+    observer: Option<StreamObserver>,
+}
+
+/// See the module docs.
+pub(crate) struct Exchange {
+    state: Option<Box<ExchangeState>>,
+}
+
+impl Exchange {
+    pub(crate) fn new(shared: Arc<Shared>, record: Record, started: Instant) -> Self {
+        shared.metrics.in_flight.inc();
+        let limit = shared.settings.max_body_bytes;
+        Self {
+            state: Some(Box::new(ExchangeState {
+                shared,
+                record,
+                format: None,
+                started,
+                request_head: Bytes::new(),
+                request_truncated: false,
+                request_rest_bytes: None,
+                omit_request_body: false,
+                omit_response_body: false,
+                responded: false,
+                encoding: Encoding::Identity,
+                capture: Capture::new(limit),
+                observer: None,
+            })),
+        }
+    }
+
+    /// The request's state; always present until the exchange is finished.
+    pub(crate) fn state(&mut self) -> &mut ExchangeState {
+        self.state
+            .as_mut()
+            .expect("an exchange is only used before it is finished")
+    }
+
+    /// Marks the response head as received; `stream` when it is an event stream.
+    pub(crate) fn responded(&mut self, status: u16, stream: bool, encoding: Encoding) {
+        let s = self.state();
+        s.responded = true;
+        s.record.status = status;
+        s.record.stream = stream;
+        s.encoding = encoding;
+        if stream && encoding == Encoding::Identity {
+            if let Some(format) = s.format {
+                s.observer = Some(StreamObserver::new(format));
+            }
+        }
+    }
+
+    /// Finishes with an error that happened before any response body (the handler's answer is
+    /// an error response of Tally's own).
+    pub(crate) fn fail(mut self, error: String) {
+        if let Some(mut s) = self.state.take() {
+            s.record.error = Some(error);
+            s.finish(StreamEnd::Complete);
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let Some(s) = self.state.take() {
+            s.finish(StreamEnd::Cancelled);
+        }
+    }
+}
+
+impl BodyObserver for Exchange {
+    fn on_data(&mut self, chunk: &Bytes) {
+        let s = self.state();
+        if chunk.is_empty() {
+            return;
+        }
+        if s.record.ttft_ms.is_none() {
+            s.record.ttft_ms = Some(s.started.elapsed().as_millis() as u64);
+        }
+        s.record.response_bytes += chunk.len() as u64;
+        s.capture.push(chunk);
+        if let Some(o) = s.observer.as_mut() {
+            o.feed(chunk);
+        }
+    }
+
+    fn on_end(mut self, end: StreamEnd) {
+        if let Some(s) = self.state.take() {
+            s.finish(end);
+        }
+    }
+}
+
+impl ExchangeState {
+    fn finish(mut self: Box<Self>, end: StreamEnd) {
+        let shared = self.shared.clone();
+        shared.metrics.in_flight.dec();
+        let r = &mut self.record;
+        r.latency_ms = self.started.elapsed().as_millis() as u64;
+        if let Some(rest) = &self.request_rest_bytes {
+            r.request_bytes += rest.load(Ordering::Relaxed);
+        }
+        let provider_label = if shared.providers.get(&r.provider).is_some() {
+            r.provider.clone()
+        } else {
+            "unknown".to_owned()
+        };
+        let end_error = match &end {
+            StreamEnd::Complete => None,
+            StreamEnd::Error(e) => {
+                shared.metrics.upstream_error(&r.provider, "stream");
+                Some(format!("upstream stream failed: {e}"))
+            }
+            StreamEnd::IdleTimeout => {
+                shared.metrics.upstream_error(&r.provider, "idle");
+                Some(format!(
+                    "upstream sent nothing for {} ms; stream aborted",
+                    shared.settings.idle_timeout.as_millis()
+                ))
+            }
+            StreamEnd::Cancelled => {
+                shared.metrics.client_disconnects.inc();
+                Some(if self.responded {
+                    "client disconnected before the response ended".to_owned()
+                } else {
+                    "client disconnected before the upstream answered".to_owned()
+                })
+            }
+        };
+        if r.error.is_none() {
+            r.error = end_error;
+        }
+
+        let captured = std::mem::replace(&mut self.capture, Capture::new(0));
+        let response_truncated = captured.truncated;
+        let raw = captured.into_bytes();
+        let decoded = decode(self.encoding, &raw, shared.settings.max_body_bytes);
+        let format = self.format;
+        let observed = match (format, self.observer.take()) {
+            (_, Some(o)) => o.finish(),
+            (Some(f), None) if self.responded && self.encoding != Encoding::Other => {
+                if r.stream {
+                    let mut o = StreamObserver::new(f);
+                    o.feed(&decoded);
+                    o.finish()
+                } else {
+                    usage::from_json(f, &decoded)
+                }
+            }
+            _ => usage::Observed::default(),
+        };
+        r.response_model = observed.response_model;
+        if r.provider_request_id.is_none() {
+            r.provider_request_id = observed.body_id;
+        }
+        if r.error.is_none() {
+            if r.status >= 400 {
+                r.error = Some(
+                    observed
+                        .error
+                        .unwrap_or_else(|| format!("upstream answered HTTP {}", r.status)),
+                );
+            } else if let Some(e) = observed.error {
+                // An error event inside a 200 stream.
+                r.error = Some(e);
+            }
+        }
+        r.tokens = observed.tokens;
+        r.response_body_truncated = response_truncated;
+        r.request_body_truncated = self.request_truncated;
+        r.request_body = (!self.omit_request_body && !self.request_head.is_empty())
+            .then(|| String::from_utf8_lossy(&self.request_head).into_owned());
+        r.response_body = (!self.omit_response_body && !decoded.is_empty())
+            .then(|| String::from_utf8_lossy(&decoded).into_owned());
+
+        shared
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                provider: provider_label,
+                status: status_class(r.status),
+            })
+            .inc();
+
+        let needs_estimate = r.tokens.is_none()
+            && (200..300).contains(&r.status)
+            && r.model.is_some()
+            && format.is_some();
+        if !needs_estimate {
+            price_and_send(&shared, self.record);
+            return;
+        }
+        // Tokenizing can take milliseconds for long texts: keep it off the runtime's workers.
+        let request = self.request_head.clone();
+        let response: Bytes = match decoded {
+            Cow::Borrowed(_) => raw,
+            Cow::Owned(v) => v.into(),
+        };
+        let record = self.record;
+        let job = move || {
+            let mut record = record;
+            let model = record.model.clone().unwrap_or_default();
+            let f = format.unwrap_or(WireFormat::OpenAi);
+            let t: Tokens =
+                crate::estimate::estimate(f, &model, &request, &response, record.stream);
+            record.tokens = Some(t);
+            record.tokens_estimated = true;
+            shared.metrics.tokens_estimated.inc();
+            price_and_send(&shared, record);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(job);
+            }
+            Err(_) => job(),
+        }
+    }
+}
+
+fn price_and_send(shared: &Shared, mut record: Record) {
+    if let Some(t) = record.tokens {
+        let model = record
+            .response_model
+            .as_deref()
+            .or(record.model.as_deref())
+            .unwrap_or_default();
+        record.cost_usd = shared
+            .pricing
+            .cost(&record.provider, model, &t)
+            .or_else(|| {
+                // A response model the table does not know (a fine-tune, a new snapshot name)
+                // may still be priced under the requested name.
+                let requested = record.model.as_deref()?;
+                shared.pricing.cost(&record.provider, requested, &t)
+            });
+        if record.cost_usd.is_none() {
+            shared.metrics.unpriced.inc();
+        }
+    }
+    shared.sender.send(record);
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "none",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn capture_is_bounded_and_flags_truncation() {
+        let mut c = Capture::new(5);
+        c.push(&Bytes::from_static(b"abc"));
+        c.push(&Bytes::from_static(b"defg"));
+        c.push(&Bytes::from_static(b"h"));
+        assert!(c.truncated);
+        assert_eq!(&c.into_bytes()[..], b"abcde");
+    }
+
+    #[test]
+    fn gzip_capture_decodes_within_limit() {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&vec![b'a'; 10_000]).expect("write");
+        let raw = Bytes::from(enc.finish().expect("finish"));
+        assert_eq!(decode(Encoding::Gzip, &raw, 100_000).len(), 10_000);
+        assert_eq!(
+            decode(Encoding::Gzip, &raw, 1_000).len(),
+            1_000,
+            "bomb guard"
+        );
+        let cut = raw.slice(..raw.len() / 2);
+        assert!(decode(Encoding::Gzip, &cut, 100_000).len() < 10_000);
+    }
+
+    #[test]
+    fn content_encoding_names() {
+        assert_eq!(Encoding::from_header(None), Encoding::Identity);
+        assert_eq!(Encoding::from_header(Some("GZIP")), Encoding::Gzip);
+        assert_eq!(Encoding::from_header(Some("br")), Encoding::Brotli);
+        assert_eq!(Encoding::from_header(Some("zstd")), Encoding::Other);
+    }
+}

@@ -1,0 +1,347 @@
+//! Prices and cost. The built-in table is a data file (`prices.toml`, next to this module) so
+//! that updating a price is a one-line change a reviewer can check against the provider's page.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use tally_ingest::Tokens;
+
+const BUILTIN: &str = include_str!("prices.toml");
+
+/// Prices for one model, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Uncached input tokens.
+    pub input: f64,
+    /// Output tokens (reasoning included unless `reasoning` is set).
+    pub output: f64,
+    /// Cache-read input tokens; `input` when unset.
+    pub cached_input: Option<f64>,
+    /// Cache-write input tokens; `input` when unset.
+    pub cache_write: Option<f64>,
+    /// Reasoning tokens, where priced differently from output; `output` when unset.
+    pub reasoning: Option<f64>,
+}
+
+impl Price {
+    /// Cost of `t` in USD.
+    pub fn cost(&self, t: &Tokens) -> f64 {
+        let cache_read = t.cache_read.min(t.prompt);
+        let cache_write = t.cache_write.min(t.prompt - cache_read);
+        let uncached = t.prompt - cache_read - cache_write;
+        let reasoning = t.reasoning.min(t.completion);
+        let per_token = |n: u64, usd_per_m: f64| n as f64 * usd_per_m / 1_000_000.0;
+        per_token(uncached, self.input)
+            + per_token(cache_read, self.cached_input.unwrap_or(self.input))
+            + per_token(cache_write, self.cache_write.unwrap_or(self.input))
+            + per_token(t.completion - reasoning, self.output)
+            + per_token(reasoning, self.reasoning.unwrap_or(self.output))
+    }
+}
+
+/// Errors loading a price file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PricingError {
+    /// The built-in or a TOML price file did not parse.
+    #[error("invalid price table: {0}")]
+    Toml(#[from] toml::de::Error),
+    /// A LiteLLM-format JSON price file did not parse.
+    #[error("invalid LiteLLM price file: {0}")]
+    LiteLlm(#[from] serde_json::Error),
+}
+
+/// Model name → price, with the lookup rules described in `prices.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct PricingTable {
+    models: HashMap<String, Price>,
+}
+
+#[derive(Deserialize)]
+struct TomlFile {
+    models: HashMap<String, Price>,
+}
+
+/// One entry of LiteLLM's `model_prices_and_context_window.json` (USD per token).
+#[derive(Deserialize)]
+struct LiteLlmEntry {
+    input_cost_per_token: Option<f64>,
+    output_cost_per_token: Option<f64>,
+    cache_read_input_token_cost: Option<f64>,
+    cache_creation_input_token_cost: Option<f64>,
+    output_cost_per_reasoning_token: Option<f64>,
+}
+
+impl PricingTable {
+    /// The table shipped in the binary.
+    pub fn builtin() -> Result<Self, PricingError> {
+        let mut t = Self::default();
+        t.extend_toml(BUILTIN)?;
+        Ok(t)
+    }
+
+    /// Adds or replaces prices from a TOML document with a `[models."name"]` table.
+    pub fn extend_toml(&mut self, text: &str) -> Result<usize, PricingError> {
+        let file: TomlFile = toml::from_str(text)?;
+        let n = file.models.len();
+        for (k, v) in file.models {
+            self.insert(&k, v);
+        }
+        Ok(n)
+    }
+
+    /// Adds prices from a LiteLLM-format JSON price file. Entries without both an input and an
+    /// output price (image, audio and other non-token modes) are skipped. Existing entries are
+    /// replaced. Returns how many were taken.
+    pub fn extend_litellm(&mut self, json: &str) -> Result<usize, PricingError> {
+        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(json)?;
+        let mut n = 0;
+        for (name, value) in raw {
+            let Ok(e) = serde_json::from_value::<LiteLlmEntry>(value) else {
+                continue;
+            };
+            let (Some(input), Some(output)) = (e.input_cost_per_token, e.output_cost_per_token)
+            else {
+                continue;
+            };
+            let m = |v: f64| v * 1_000_000.0;
+            self.insert(
+                &name,
+                Price {
+                    input: m(input),
+                    output: m(output),
+                    cached_input: e.cache_read_input_token_cost.map(m),
+                    cache_write: e.cache_creation_input_token_cost.map(m),
+                    reasoning: e.output_cost_per_reasoning_token.map(m),
+                },
+            );
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Adds or replaces one model's price.
+    pub fn insert(&mut self, model: &str, price: Price) {
+        self.models.insert(model.to_ascii_lowercase(), price);
+    }
+
+    /// Number of priced models.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// True when no model is priced.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// Finds the price for `model` as served by `provider`: `provider/model` first, then the
+    /// model itself, then without any vendor prefix (`openai/`, `models/`), each of those also
+    /// with a trailing date or `-latest` removed.
+    pub fn lookup(&self, provider: &str, model: &str) -> Option<&Price> {
+        let model = model.trim().to_ascii_lowercase();
+        let provider = provider.to_ascii_lowercase();
+        let bare = model.rsplit('/').next().unwrap_or(&model).to_owned();
+        let candidates = [format!("{provider}/{model}"), model.clone(), bare];
+        for c in &candidates {
+            let mut name = c.as_str();
+            loop {
+                if let Some(p) = self.models.get(name) {
+                    return Some(p);
+                }
+                match strip_version_suffix(name) {
+                    Some(shorter) => name = shorter,
+                    None => break,
+                }
+            }
+        }
+        None
+    }
+
+    /// Cost in USD, or `None` when the model is not priced.
+    pub fn cost(&self, provider: &str, model: &str, tokens: &Tokens) -> Option<f64> {
+        self.lookup(provider, model).map(|p| p.cost(tokens))
+    }
+}
+
+/// Removes one trailing snapshot marker: `-latest`, `@20241022`, `-2024-08-06`, `-20250929`,
+/// `-0613`/`-2411` (four digits), or `-001`. Returns `None` when there is none.
+fn strip_version_suffix(name: &str) -> Option<&str> {
+    if let Some(s) = name.strip_suffix("-latest") {
+        return Some(s);
+    }
+    if let Some(i) = name.rfind('@') {
+        return Some(&name[..i]);
+    }
+    let is_digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    // -YYYY-MM-DD
+    if name.len() > 11 {
+        let (head, tail) = name.split_at(name.len() - 11);
+        let b = tail.as_bytes();
+        if b[0] == b'-'
+            && b[5] == b'-'
+            && b[8] == b'-'
+            && is_digits(&tail[1..5], 4)
+            && is_digits(&tail[6..8], 2)
+            && is_digits(&tail[9..], 2)
+        {
+            return Some(head);
+        }
+    }
+    let (head, last) = name.rsplit_once('-')?;
+    if is_digits(last, 8) || is_digits(last, 4) || is_digits(last, 3) {
+        return Some(head);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(
+        prompt: u64,
+        completion: u64,
+        cache_read: u64,
+        cache_write: u64,
+        reasoning: u64,
+    ) -> Tokens {
+        Tokens {
+            prompt,
+            completion,
+            cache_read,
+            cache_write,
+            reasoning,
+        }
+    }
+
+    fn table() -> PricingTable {
+        PricingTable::builtin().expect("builtin parses")
+    }
+
+    #[test]
+    fn builtin_covers_each_vendor() {
+        let t = table();
+        for (provider, model) in [
+            ("openai", "gpt-4o"),
+            ("openai", "o3"),
+            ("anthropic", "claude-sonnet-4-5"),
+            ("gemini", "gemini-2.5-flash"),
+            ("mistral", "mistral-large-latest"),
+            ("deepseek", "deepseek-chat"),
+            ("xai", "grok-4"),
+            ("groq", "llama-3.3-70b-versatile"),
+        ] {
+            assert!(t.lookup(provider, model).is_some(), "{provider}/{model}");
+        }
+    }
+
+    #[test]
+    fn snapshots_and_prefixes_fall_back() {
+        let t = table();
+        let gpt4o = t.lookup("openai", "gpt-4o").copied();
+        assert_eq!(t.lookup("openai", "gpt-4o-2024-08-06").copied(), gpt4o);
+        assert_eq!(t.lookup("openrouter", "openai/gpt-4o").copied(), gpt4o);
+        assert_eq!(t.lookup("openai", "GPT-4o").copied(), gpt4o);
+        let mini = t.lookup("openai", "gpt-4o-mini").copied();
+        assert_ne!(mini, gpt4o);
+        assert_eq!(t.lookup("openai", "gpt-4o-mini-2024-07-18").copied(), mini);
+        assert_eq!(
+            t.lookup("anthropic", "claude-sonnet-4-5-20250929").copied(),
+            t.lookup("anthropic", "claude-sonnet-4-5").copied()
+        );
+        assert_eq!(
+            t.lookup("vertex", "claude-3-5-sonnet@20241022").copied(),
+            t.lookup("anthropic", "claude-3-5-sonnet").copied()
+        );
+        assert_eq!(
+            t.lookup("gemini", "models/gemini-2.5-pro").copied(),
+            t.lookup("gemini", "gemini-2.5-pro").copied()
+        );
+        assert!(t.lookup("openai", "gpt-3.5-turbo-0125").is_some());
+        assert!(t.lookup("mistral", "mistral-large-2411").is_some());
+    }
+
+    #[test]
+    fn provider_specific_price_wins_only_for_that_provider() {
+        let t = table();
+        let groq = t
+            .lookup("groq", "openai/gpt-oss-120b")
+            .copied()
+            .expect("groq");
+        let generic = t
+            .lookup("together", "openai/gpt-oss-120b")
+            .copied()
+            .expect("generic");
+        assert_eq!(groq.output, 0.75);
+        assert_eq!(generic.output, 0.60);
+    }
+
+    #[test]
+    fn unknown_model_has_no_price() {
+        assert_eq!(
+            table().cost("openai", "my-finetune-xyz", &t(1, 1, 0, 0, 0)),
+            None
+        );
+        assert_eq!(table().cost("openai", "", &t(1, 1, 0, 0, 0)), None);
+    }
+
+    #[test]
+    fn cost_splits_cache_and_reasoning() {
+        let p = Price {
+            input: 3.0,
+            output: 15.0,
+            cached_input: Some(0.3),
+            cache_write: Some(3.75),
+            reasoning: Some(20.0),
+        };
+        // 1M prompt of which 200k read and 100k written; 1M completion of which 500k reasoning.
+        let c = p.cost(&t(1_000_000, 1_000_000, 200_000, 100_000, 500_000));
+        let expected = 0.7 * 3.0 + 0.2 * 0.3 + 0.1 * 3.75 + 0.5 * 15.0 + 0.5 * 20.0;
+        assert!((c - expected).abs() < 1e-9, "{c} vs {expected}");
+    }
+
+    #[test]
+    fn inconsistent_counts_never_underflow() {
+        let p = table().lookup("openai", "gpt-4o").copied().expect("priced");
+        let c = p.cost(&t(10, 5, 50, 50, 99));
+        assert!(c.is_finite() && c >= 0.0);
+    }
+
+    #[test]
+    fn litellm_file_is_read_per_token_and_skips_non_token_modes() {
+        let mut t = PricingTable::default();
+        let n = t
+            .extend_litellm(
+                r#"{
+                "sample_spec": {"max_tokens": "set to max"},
+                "my-model": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6,
+                             "cache_read_input_token_cost": 1e-7, "litellm_provider": "openai", "mode": "chat"},
+                "dall-e-3": {"output_cost_per_image": 0.04, "mode": "image_generation"}
+            }"#,
+            )
+            .expect("parses");
+        assert_eq!(n, 1);
+        let p = t.lookup("openai", "my-model").expect("loaded");
+        assert!((p.input - 1.0).abs() < 1e-9 && (p.output - 2.0).abs() < 1e-9);
+        assert_eq!(p.cached_input.map(|v| (v * 10.0).round()), Some(1.0));
+    }
+
+    #[test]
+    fn suffix_stripping() {
+        assert_eq!(strip_version_suffix("gpt-4o-2024-08-06"), Some("gpt-4o"));
+        assert_eq!(
+            strip_version_suffix("claude-3-haiku-20240307"),
+            Some("claude-3-haiku")
+        );
+        assert_eq!(strip_version_suffix("gpt-4-0613"), Some("gpt-4"));
+        assert_eq!(
+            strip_version_suffix("gemini-1.5-pro-002"),
+            Some("gemini-1.5-pro")
+        );
+        assert_eq!(strip_version_suffix("gpt-4o"), None);
+        assert_eq!(strip_version_suffix("o3"), None);
+        assert_eq!(strip_version_suffix("grok-3-mini"), None);
+    }
+}

@@ -1,0 +1,139 @@
+//! Usage capture: what the provider said about tokens, model and request id, read from a JSON
+//! body or from an event stream.
+//!
+//! Extraction is driven by the shape of the JSON rather than by the endpoint, so chat
+//! completions, the Responses API, legacy completions and embeddings all share one OpenAI reader;
+//! only the meaning of `input_tokens` differs between OpenAI (cache included) and Anthropic
+//! (cache excluded), which is why the wire format is the one thing the readers need to know.
+
+mod anthropic;
+mod openai;
+
+use serde::Deserialize;
+use tally_ingest::Tokens;
+
+use crate::sse::SseParser;
+
+/// The wire format a provider speaks; decides how usage is read and how errors are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// OpenAI and every OpenAI-compatible API.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+/// What the response told us.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Token counts, if the provider reported any.
+    pub tokens: Option<Tokens>,
+    /// The model the provider says answered.
+    pub response_model: Option<String>,
+    /// The id in the body (`chatcmpl-…`, `msg_…`, `resp_…`).
+    pub body_id: Option<String>,
+    /// An error message the provider put in the body or stream.
+    pub error: Option<String>,
+}
+
+/// Reads a complete (non-streamed) JSON response body. Anything unparseable yields nothing.
+pub fn from_json(format: WireFormat, body: &[u8]) -> Observed {
+    match format {
+        WireFormat::OpenAi => openai::from_json(body),
+        WireFormat::Anthropic => anthropic::from_json(body),
+    }
+}
+
+/// Follows an event stream chunk by chunk, parsing only the few events that carry usage,
+/// model or errors, so a long stream costs a substring check per event and little else.
+#[derive(Debug)]
+pub struct StreamObserver {
+    format: WireFormat,
+    parser: SseParser,
+    observed: Observed,
+    events: u64,
+}
+
+impl StreamObserver {
+    /// A fresh observer for one stream.
+    pub fn new(format: WireFormat) -> Self {
+        Self {
+            format,
+            parser: SseParser::new(),
+            observed: Observed::default(),
+            events: 0,
+        }
+    }
+
+    /// Feeds the next chunk of the stream, exactly as received.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let Self {
+            format,
+            parser,
+            observed,
+            events,
+        } = self;
+        parser.feed(chunk, |event| {
+            *events += 1;
+            match format {
+                WireFormat::OpenAi => openai::on_event(observed, event),
+                WireFormat::Anthropic => anthropic::on_event(observed, event),
+            }
+        });
+    }
+
+    /// Number of events seen so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// What the stream told us.
+    pub fn finish(self) -> Observed {
+        self.observed
+    }
+}
+
+/// True when `data` has a `"usage"` key whose value is an object (not `null`).
+pub(crate) fn has_usage_object(data: &[u8]) -> bool {
+    let mut rest = data;
+    while let Some(i) = memchr::memmem::find(rest, b"\"usage\"") {
+        rest = &rest[i + 7..];
+        let after = rest
+            .iter()
+            .copied()
+            .skip_while(|b| b.is_ascii_whitespace() || *b == b':')
+            .find(|b| !b.is_ascii_whitespace());
+        if after == Some(b'{') {
+            return true;
+        }
+    }
+    false
+}
+
+/// An error message from `{"error": {"message": …}}` or `{"error": "…"}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Object {
+        message: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    },
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+impl ErrorField {
+    fn message(self) -> Option<String> {
+        match self {
+            ErrorField::Object { message, kind } => message.or(kind),
+            ErrorField::Text(s) => Some(s),
+            ErrorField::Other(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
