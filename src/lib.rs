@@ -1,1 +1,123 @@
+//! The `tally` binary's glue, as a library so the integration tests can run a whole Tally
+//! in-process: configuration ([`config`]), and [`Server`], which binds the two ports, wires the
+//! proxy to the ingest worker and the dashboard to the store, and shuts everything down in the
+//! order that loses nothing.
 
+pub mod config;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tally_dashboard::store::sqlite::SqliteReader;
+use tally_ingest::{sqlite, IngestMetrics, IngestWorker};
+use tally_proxy::Proxy;
+use tokio::net::TcpListener;
+
+pub use config::{Config, Validated};
+
+/// A bound, not yet running Tally.
+pub struct Server {
+    config: Validated,
+    proxy_listener: TcpListener,
+    dashboard_listener: TcpListener,
+}
+
+/// Applies pending migrations to the configured store.
+pub fn migrate(config: &Validated) -> anyhow::Result<usize> {
+    let mut conn = sqlite::open_rw(&config.sqlite_path)?;
+    Ok(sqlite::migrate(&mut conn)?)
+}
+
+impl Server {
+    /// Binds both ports (port 0 picks a free one; see [`Server::proxy_addr`]).
+    pub async fn bind(config: Validated) -> anyhow::Result<Self> {
+        let proxy_listener = TcpListener::bind(config.proxy.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (proxy)", config.proxy.listen))?;
+        let dashboard_listener = TcpListener::bind(config.dashboard_listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (dashboard)", config.dashboard_listen))?;
+        Ok(Self {
+            config,
+            proxy_listener,
+            dashboard_listener,
+        })
+    }
+
+    /// The proxy's bound address.
+    pub fn proxy_addr(&self) -> std::io::Result<SocketAddr> {
+        self.proxy_listener.local_addr()
+    }
+
+    /// The dashboard's bound address.
+    pub fn dashboard_addr(&self) -> std::io::Result<SocketAddr> {
+        self.dashboard_listener.local_addr()
+    }
+
+    /// Runs until `shutdown` resolves, then: stop accepting, let in-flight requests finish
+    /// (within the grace period), write every queued record, and return.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Server {
+            config,
+            proxy_listener,
+            dashboard_listener,
+        } = self;
+
+        let mut conn = sqlite::open_rw(&config.sqlite_path)?;
+        let applied = sqlite::migrate(&mut conn)?;
+        tracing::info!(path = %config.sqlite_path.display(), applied, "SQLite store ready");
+
+        let mut registry = Registry::with_prefix("tally");
+        let ingest_metrics = IngestMetrics::default();
+        ingest_metrics.register(&mut registry);
+        let (tx, rx) = tally_ingest::channel(config.channel_capacity, ingest_metrics.clone());
+        let worker = IngestWorker::spawn(
+            rx,
+            sqlite::SqliteWriter::new(conn),
+            config.batch.clone(),
+            ingest_metrics,
+        )?;
+
+        let proxy = Proxy::new(config.proxy.clone(), config.providers, config.pricing, tx)?;
+        proxy.register_metrics(&mut registry);
+
+        let state = tally_dashboard::AppState {
+            reader: SqliteReader::new(&config.sqlite_path),
+            registry: Arc::new(registry),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        tracing::info!(
+            proxy = %proxy_listener.local_addr()?,
+            dashboard = %dashboard_listener.local_addr()?,
+            "tally is listening"
+        );
+        let dashboard = axum::serve(dashboard_listener, tally_dashboard::app(state))
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future();
+        let proxy_run = proxy.serve(proxy_listener, stopped(stop_rx));
+
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        };
+        let (proxy_result, dashboard_result, ()) = tokio::join!(proxy_run, dashboard, signal);
+        proxy_result.context("proxy server failed")?;
+        dashboard_result.context("dashboard server failed")?;
+
+        // Every connection task has ended, so no new record can be produced except by token
+        // estimates still running on blocking threads; give those a moment.
+        tokio::task::spawn_blocking(move || worker.shutdown())
+            .await
+            .context("ingest worker join failed")?;
+        tracing::info!("all records written; bye");
+        Ok(())
+    }
+}

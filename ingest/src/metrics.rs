@@ -31,11 +31,19 @@ pub struct IngestMetrics {
     pub batch_write_seconds: Histogram,
 }
 
+/// Every drop reason, so each series exists (at 0) before the first drop and alerts can
+/// watch it.
+pub const DROP_REASONS: [&str; 3] = ["channel_full", "channel_closed", "store_error"];
+
 impl Default for IngestMetrics {
     fn default() -> Self {
+        let dropped = Family::<DropLabels, Counter>::default();
+        for reason in DROP_REASONS {
+            dropped.get_or_create(&DropLabels { reason });
+        }
         Self {
             enqueued: Counter::default(),
-            dropped: Family::default(),
+            dropped,
             written: Counter::default(),
             channel_depth: Gauge::default(),
             write_errors: Counter::default(),
@@ -81,9 +89,9 @@ impl IngestMetrics {
 
     /// Total records dropped for any reason.
     pub fn dropped_total(&self) -> u64 {
-        ["channel_full", "channel_closed", "store_error"]
+        DROP_REASONS
             .iter()
-            .map(|r| self.dropped.get_or_create(&DropLabels { reason: r }).get())
+            .map(|reason| self.dropped.get_or_create(&DropLabels { reason }).get())
             .sum()
     }
 }

@@ -1,0 +1,43 @@
+//! API errors: bad input keeps its status and message; internal errors show generic text and
+//! are logged here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// What a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The client asked for something malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Anything else on our side.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            ApiError::Store(_) | ApiError::Internal(_) => {
+                tracing::error!(error = %self, "dashboard request failed");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the store could not answer; see Tally's log".to_owned(),
+                )
+            }
+        };
+        (status, Json(json!({ "error": { "message": message } }))).into_response()
+    }
+}

@@ -1,0 +1,110 @@
+//! The read side of the store. Every query the dashboard and the JSON API run lives in one
+//! module per store (today `sqlite.rs`), so a reviewer can check them all in one place.
+
+pub mod sqlite;
+
+use tally_ingest::Record;
+
+/// Narrowing of `GET /api/requests`. Every value reaches the store as a bound parameter.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestFilter {
+    /// Page size.
+    pub limit: usize,
+    /// Continue after this position (exclusive), newest first.
+    pub cursor: Option<Cursor>,
+    /// Only requests that started at or after this time (ms since epoch).
+    pub from_ms: Option<i64>,
+    /// Only requests that started before this time (ms since epoch).
+    pub to_ms: Option<i64>,
+    /// Exact user id.
+    pub user_id: Option<String>,
+    /// Exact session id.
+    pub session_id: Option<String>,
+    /// Requested model, exact.
+    pub model: Option<String>,
+    /// Provider name, exact.
+    pub provider: Option<String>,
+    /// Status code or class.
+    pub status: Option<StatusFilter>,
+    /// `property.<name>=<value>` pairs, all of which must match.
+    pub properties: Vec<(String, String)>,
+}
+
+/// A status filter: one code (`429`) or a class (`5xx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// Exactly this status.
+    Code(u16),
+    /// `N00..=N99`.
+    Class(u16),
+}
+
+impl StatusFilter {
+    /// Parses `200`, `0` or `4xx`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some(d) = s.strip_suffix("xx") {
+            let d: u16 = d.parse().ok()?;
+            return (1..=5).contains(&d).then_some(StatusFilter::Class(d));
+        }
+        s.parse().ok().filter(|c| *c < 1000).map(StatusFilter::Code)
+    }
+
+    /// Inclusive status range.
+    pub fn range(self) -> (u16, u16) {
+        match self {
+            StatusFilter::Code(c) => (c, c),
+            StatusFilter::Class(d) => (d * 100, d * 100 + 99),
+        }
+    }
+}
+
+/// A position in the newest-first order: `(ts, request_id)` of the last row of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Request start, ms.
+    pub ts: i64,
+    /// Request id (UUIDv7 text).
+    pub request_id: String,
+}
+
+impl Cursor {
+    /// Opaque text form handed to clients.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.ts, self.request_id)
+    }
+
+    /// Parses [`Cursor::encode`]'s output.
+    pub fn decode(s: &str) -> Option<Self> {
+        let (ts, id) = s.split_once('_')?;
+        let id = uuid::Uuid::parse_str(id).ok()?;
+        Some(Self {
+            ts: ts.parse().ok()?,
+            request_id: id.to_string(),
+        })
+    }
+}
+
+/// One page of records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Newest first.
+    pub records: Vec<Record>,
+    /// Where the next page starts, when there may be one.
+    pub next_cursor: Option<Cursor>,
+}
+
+/// Reading the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The SQLite store could not be opened.
+    #[error(transparent)]
+    Open(#[from] tally_ingest::sqlite::SqliteError),
+    /// A query failed.
+    #[error("query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    /// The blocking task running the query was lost.
+    #[error("query task failed: {0}")]
+    Task(String),
+}

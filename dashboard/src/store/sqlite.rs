@@ -1,0 +1,216 @@
+//! Every read query against the SQLite store.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{params_from_iter, Connection, Row};
+use tally_ingest::{CacheStatus, Record, Tokens};
+
+use super::{Cursor, Page, RequestFilter, StoreError};
+
+const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, response_model,
+    status, stream, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cache_read_tokens,
+    cache_write_tokens, reasoning_tokens, tokens_estimated, cost_usd, user_id, session_id,
+    session_path, session_name, properties, cache_status, error, request_bytes, response_bytes,
+    api_key_hint, provider_request_id, request_body_truncated, response_body_truncated";
+
+/// Reads one SQLite store file. Each call opens a short-lived read-only connection, so readers
+/// never hold the database between requests (and never block the writer in WAL mode).
+#[derive(Debug, Clone)]
+pub struct SqliteReader {
+    path: PathBuf,
+}
+
+impl SqliteReader {
+    /// A reader of the store at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> Result<Connection, StoreError> {
+        Ok(tally_ingest::sqlite::open_ro(&self.path)?)
+    }
+
+    /// Checks that the store can be read.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.conn()?
+            .query_row("SELECT count(*) FROM requests LIMIT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// A page of records, newest first, without bodies.
+    pub fn list(&self, f: &RequestFilter) -> Result<Page, StoreError> {
+        let conn = self.conn()?;
+        let mut sql = format!("SELECT {LIST_COLUMNS}, NULL, NULL FROM requests WHERE 1 = 1");
+        let mut params: Vec<Value> = Vec::new();
+        let mut bind = |sql: &mut String, clause: &str, v: Value| {
+            params.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", params.len())));
+        };
+        if let Some(c) = &f.cursor {
+            bind(&mut sql, " AND (ts < ?", Value::Integer(c.ts));
+            bind(&mut sql, " OR (ts = ?", Value::Integer(c.ts));
+            bind(
+                &mut sql,
+                " AND request_id < ?))",
+                Value::Text(c.request_id.clone()),
+            );
+        }
+        if let Some(v) = f.from_ms {
+            bind(&mut sql, " AND ts >= ?", Value::Integer(v));
+        }
+        if let Some(v) = f.to_ms {
+            bind(&mut sql, " AND ts < ?", Value::Integer(v));
+        }
+        for (col, v) in [
+            ("user_id", &f.user_id),
+            ("session_id", &f.session_id),
+            ("model", &f.model),
+            ("provider", &f.provider),
+        ] {
+            if let Some(v) = v {
+                bind(&mut sql, &format!(" AND {col} = ?"), Value::Text(v.clone()));
+            }
+        }
+        if let Some(s) = f.status {
+            let (lo, hi) = s.range();
+            bind(&mut sql, " AND status >= ?", Value::Integer(lo.into()));
+            bind(&mut sql, " AND status <= ?", Value::Integer(hi.into()));
+        }
+        for (k, v) in &f.properties {
+            // The JSON path is a parameter too; the key is quoted inside it so any name works.
+            let path = format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""));
+            bind(
+                &mut sql,
+                " AND json_extract(properties, ?",
+                Value::Text(path),
+            );
+            bind(&mut sql, ") = ?", Value::Text(v.clone()));
+        }
+        let limit = f.limit.max(1);
+        bind(
+            &mut sql,
+            " ORDER BY ts DESC, request_id DESC LIMIT ?",
+            Value::Integer(limit as i64 + 1),
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut records = stmt
+            .query_map(params_from_iter(params), row_to_record)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| Cursor {
+                ts: r.ts,
+                request_id: r.request_id.to_string(),
+            })
+        } else {
+            None
+        };
+        Ok(Page {
+            records,
+            next_cursor,
+        })
+    }
+
+    /// One record with its bodies.
+    pub fn get(&self, request_id: &str) -> Result<Option<Record>, StoreError> {
+        let conn = self.conn()?;
+        let sql = format!(
+            "SELECT {LIST_COLUMNS}, request_body, response_body FROM requests WHERE request_id = ?1"
+        );
+        match conn.query_row(&sql, [request_id], row_to_record) {
+            Ok(r) => Ok(Some(r)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Runs one read-only SQL statement for `tally sql`: the connection is opened read-only and
+    /// `query_only`, so SQLite itself refuses writes. Returns column names and rows as JSON.
+    pub fn query(&self, sql: &str) -> Result<QueryResult, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(sql)?;
+        let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        let n = columns.len();
+        let mut rows = Vec::new();
+        let mut q = stmt.query([])?;
+        while let Some(row) = q.next()? {
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                out.push(match row.get_ref(i)? {
+                    ValueRef::Null => serde_json::Value::Null,
+                    ValueRef::Integer(v) => v.into(),
+                    ValueRef::Real(v) => v.into(),
+                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                    ValueRef::Blob(b) => format!("<{} bytes>", b.len()).into(),
+                });
+            }
+            rows.push(out);
+        }
+        Ok(QueryResult { columns, rows })
+    }
+}
+
+/// The result of [`SqliteReader::query`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryResult {
+    /// Column names in order.
+    pub columns: Vec<String>,
+    /// Rows, each value as JSON.
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
+    let id: String = row.get(0)?;
+    let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
+    };
+    let tokens = match (tok(11)?, tok(12)?) {
+        (None, None) => None,
+        (p, c) => Some(Tokens {
+            prompt: p.unwrap_or(0),
+            completion: c.unwrap_or(0),
+            cache_read: tok(13)?.unwrap_or(0),
+            cache_write: tok(14)?.unwrap_or(0),
+            reasoning: tok(15)?.unwrap_or(0),
+        }),
+    };
+    let properties: String = row.get(22)?;
+    let cache_status: String = row.get(23)?;
+    Ok(Record {
+        request_id: uuid::Uuid::parse_str(&id).unwrap_or_default(),
+        ts: row.get(1)?,
+        provider: row.get(2)?,
+        endpoint: row.get(3)?,
+        method: row.get(4)?,
+        model: row.get(5)?,
+        response_model: row.get(6)?,
+        status: row.get::<_, i64>(7)?.clamp(0, u16::MAX as i64) as u16,
+        stream: row.get(8)?,
+        latency_ms: row.get::<_, i64>(9)?.max(0) as u64,
+        ttft_ms: row.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
+        tokens,
+        tokens_estimated: row.get(16)?,
+        cost_usd: row.get(17)?,
+        user_id: row.get(18)?,
+        session_id: row.get(19)?,
+        session_path: row.get(20)?,
+        session_name: row.get(21)?,
+        properties: serde_json::from_str(&properties).unwrap_or_default(),
+        cache_status: CacheStatus::parse(&cache_status),
+        error: row.get(24)?,
+        request_bytes: row.get::<_, i64>(25)?.max(0) as u64,
+        response_bytes: row.get::<_, i64>(26)?.max(0) as u64,
+        api_key_hint: row.get(27)?,
+        provider_request_id: row.get(28)?,
+        request_body_truncated: row.get(29)?,
+        response_body_truncated: row.get(30)?,
+        request_body: row.get(31)?,
+        response_body: row.get(32)?,
+    })
+}

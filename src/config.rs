@@ -1,0 +1,245 @@
+//! `tally.toml`: the file, environment overrides, defaults, and validation into the types the
+//! crates use.
+//!
+//! Layering (later wins): built-in defaults, the config file (`--config` / `TALLY_CONFIG`,
+//! optional), then `TALLY_<SECTION>__<KEY>` environment variables (e.g.
+//! `TALLY_PROXY__LISTEN=0.0.0.0:8787`), then `TALLY_CLICKHOUSE_URL`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use tally_ingest::{
+    BatchConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS,
+};
+use tally_proxy::{Price, PricingTable, ProviderConfig, Providers, ProxyConfig, Settings};
+
+/// Where the dashboard listens when unset.
+pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:8788";
+/// The SQLite store file when unset.
+pub const DEFAULT_SQLITE_PATH: &str = "./tally.db";
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[proxy]`: listen address, body capture limit, timeouts.
+    pub proxy: ProxyConfig,
+    /// `[dashboard]`: listen address and exposure.
+    pub dashboard: DashboardConfig,
+    /// `[store]`: which store and where.
+    pub store: StoreConfig,
+    /// `[ingest]`: channel and batching limits.
+    pub ingest: IngestConfig,
+    /// `[providers.<name>]`: overrides of built-in providers and new ones.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// `[pricing]`: extra and overriding prices.
+    pub pricing: PricingConfig,
+}
+
+/// `[dashboard]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Address for the dashboard, `/metrics` and the API; `127.0.0.1:8788` when unset.
+    pub listen: String,
+    /// Allow a non-loopback `listen` although the dashboard has no authentication yet; false
+    /// when unset. Logged bodies contain prompts: think before setting this.
+    pub allow_public: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_DASHBOARD_LISTEN.to_owned(),
+            allow_public: false,
+        }
+    }
+}
+
+/// Which store records go to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// The embedded default: one SQLite file.
+    #[default]
+    Sqlite,
+    /// A ClickHouse server.
+    Clickhouse,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (default) or `clickhouse`.
+    pub kind: StoreKind,
+    /// SQLite file; `./tally.db` when unset.
+    pub path: PathBuf,
+    /// ClickHouse HTTP URL, e.g. `http://127.0.0.1:8123`.
+    pub url: Option<String>,
+    /// ClickHouse database; `tally` when unset.
+    pub database: Option<String>,
+    /// ClickHouse user.
+    pub user: Option<String>,
+    /// ClickHouse password.
+    pub password: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sqlite,
+            path: PathBuf::from(DEFAULT_SQLITE_PATH),
+            url: None,
+            database: None,
+            user: None,
+            password: None,
+        }
+    }
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Records the channel holds before new ones are dropped (and counted); 65536 when unset.
+    pub channel_capacity: usize,
+    /// Records per batch; 1000 when unset.
+    pub batch_max_rows: usize,
+    /// Approximate bytes per batch; 16 MiB when unset.
+    pub batch_max_bytes: usize,
+    /// Longest a record waits in a partial batch, milliseconds; 200 when unset.
+    pub flush_interval_ms: u64,
+    /// Write attempts per batch before its records are counted as dropped; 5 when unset.
+    pub max_attempts: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            batch_max_rows: DEFAULT_MAX_ROWS,
+            batch_max_bytes: DEFAULT_MAX_BYTES,
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL.as_millis() as u64,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// `[pricing]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingConfig {
+    /// A price file in LiteLLM's `model_prices_and_context_window.json` format, loaded over
+    /// the built-in table.
+    pub litellm_file: Option<PathBuf>,
+    /// `[pricing.models."name"]` entries (USD per 1M tokens), applied last.
+    pub models: HashMap<String, Price>,
+}
+
+/// The config after validation, in the types the crates take.
+pub struct Validated {
+    /// Proxy settings.
+    pub proxy: Settings,
+    /// Providers with overrides applied.
+    pub providers: Providers,
+    /// Prices with overrides applied.
+    pub pricing: PricingTable,
+    /// Dashboard address.
+    pub dashboard_listen: SocketAddr,
+    /// The SQLite file.
+    pub sqlite_path: PathBuf,
+    /// Channel capacity.
+    pub channel_capacity: usize,
+    /// Flush loop limits.
+    pub batch: BatchConfig,
+}
+
+impl Config {
+    /// Loads defaults, the optional file, and environment overrides.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                bail!("config file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig.merge(Env::prefixed("TALLY_").split("__").ignore(&[
+            "config",
+            "clickhouse_url",
+            "log",
+            "test_clickhouse_url",
+        ]));
+        let mut config: Config = fig.extract().context("invalid configuration")?;
+        if let Ok(url) = std::env::var("TALLY_CLICKHOUSE_URL") {
+            if !url.is_empty() {
+                config.store.kind = StoreKind::Clickhouse;
+                config.store.url = Some(url);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks everything that can be checked before binding a socket.
+    pub fn validate(&self) -> anyhow::Result<Validated> {
+        let proxy = self.proxy.validate()?;
+        let providers = Providers::new(&self.providers)?;
+        let mut pricing = PricingTable::builtin()?;
+        if let Some(path) = &self.pricing.litellm_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("pricing.litellm_file {}", path.display()))?;
+            let n = pricing
+                .extend_litellm(&text)
+                .with_context(|| format!("pricing.litellm_file {}", path.display()))?;
+            tracing::info!(models = n, file = %path.display(), "loaded LiteLLM prices");
+        }
+        for (model, price) in &self.pricing.models {
+            pricing.insert(model, *price);
+        }
+        let dashboard_listen: SocketAddr = self.dashboard.listen.parse().with_context(|| {
+            format!(
+                "dashboard.listen {:?} is not an address like 127.0.0.1:8788",
+                self.dashboard.listen
+            )
+        })?;
+        if !dashboard_listen.ip().is_loopback() && !self.dashboard.allow_public {
+            bail!(
+                "dashboard.listen {dashboard_listen} is not a loopback address and the dashboard \
+                 has no authentication yet; it would expose logged prompts to the network. Set \
+                 dashboard.allow_public = true to do it anyway"
+            );
+        }
+        if self.store.kind == StoreKind::Clickhouse {
+            bail!(
+                "the ClickHouse store is not built yet (store.kind = \"clickhouse\" or \
+                 TALLY_CLICKHOUSE_URL is set); use the default SQLite store for now"
+            );
+        }
+        if self.ingest.channel_capacity == 0 || self.ingest.batch_max_rows == 0 {
+            bail!("ingest.channel_capacity and ingest.batch_max_rows must be greater than zero");
+        }
+        Ok(Validated {
+            proxy,
+            providers,
+            pricing,
+            dashboard_listen,
+            sqlite_path: self.store.path.clone(),
+            channel_capacity: self.ingest.channel_capacity,
+            batch: BatchConfig {
+                max_rows: self.ingest.batch_max_rows,
+                max_bytes: self.ingest.batch_max_bytes.max(1),
+                flush_interval: Duration::from_millis(self.ingest.flush_interval_ms.max(1)),
+                max_attempts: self.ingest.max_attempts.max(1),
+                ..BatchConfig::default()
+            },
+        })
+    }
+}
