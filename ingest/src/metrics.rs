@@ -39,7 +39,7 @@ impl Default for IngestMetrics {
     fn default() -> Self {
         let dropped = Family::<DropLabels, Counter>::default();
         for reason in DROP_REASONS {
-            dropped.get_or_create(&DropLabels { reason });
+            let _ = dropped.get_or_create(&DropLabels { reason });
         }
         Self {
             enqueued: Counter::default(),
