@@ -43,13 +43,19 @@ impl Encoding {
     }
 }
 
-/// A bounded copy of a body: clones of the chunks (cheap, reference-counted) up to a limit.
+/// Bytes kept from the end of a body that outgrew its capture, enough for a usage object.
+const TAIL_BYTES: usize = 16 * 1024;
+
+/// A bounded copy of a body: clones of the chunks (cheap, reference-counted) up to a limit,
+/// and once past it, the last [`TAIL_BYTES`] (where JSON bodies keep their usage).
 #[derive(Debug)]
 struct Capture {
     chunks: Vec<Bytes>,
     len: usize,
     limit: usize,
     truncated: bool,
+    tail: std::collections::VecDeque<Bytes>,
+    tail_len: usize,
 }
 
 impl Capture {
@@ -59,6 +65,8 @@ impl Capture {
             len: 0,
             limit,
             truncated: false,
+            tail: std::collections::VecDeque::new(),
+            tail_len: 0,
         }
     }
 
@@ -67,13 +75,31 @@ impl Capture {
         if chunk.len() <= room {
             self.chunks.push(chunk.clone());
             self.len += chunk.len();
-        } else {
-            if room > 0 {
-                self.chunks.push(chunk.slice(..room));
-                self.len += room;
-            }
-            self.truncated = true;
+            return;
         }
+        if room > 0 {
+            self.chunks.push(chunk.slice(..room));
+            self.len += room;
+        }
+        self.truncated = true;
+        self.tail.push_back(chunk.clone());
+        self.tail_len += chunk.len();
+        while self.tail.len() > 1
+            && self.tail_len - self.tail.front().map_or(0, Bytes::len) >= TAIL_BYTES
+        {
+            if let Some(old) = self.tail.pop_front() {
+                self.tail_len -= old.len();
+            }
+        }
+    }
+
+    /// The last bytes seen past the limit (at most one chunk more than [`TAIL_BYTES`]).
+    fn tail(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.tail_len);
+        for c in &self.tail {
+            v.extend_from_slice(c);
+        }
+        v
     }
 
     fn into_bytes(self) -> Bytes {
@@ -275,6 +301,11 @@ impl ExchangeState {
 
         let captured = std::mem::replace(&mut self.capture, Capture::new(0));
         let response_truncated = captured.truncated;
+        let tail = if response_truncated {
+            captured.tail()
+        } else {
+            Vec::new()
+        };
         let raw = captured.into_bytes();
         let decoded = decode(self.encoding, &raw, shared.settings.max_body_bytes);
         let format = self.format;
@@ -285,6 +316,8 @@ impl ExchangeState {
                     let mut o = StreamObserver::new(f);
                     o.feed(&decoded);
                     o.finish()
+                } else if response_truncated && self.encoding == Encoding::Identity {
+                    usage::from_truncated_json(f, &decoded, &tail)
                 } else {
                     usage::from_json(f, &decoded)
                 }
@@ -405,6 +438,7 @@ mod tests {
         c.push(&Bytes::from_static(b"defg"));
         c.push(&Bytes::from_static(b"h"));
         assert!(c.truncated);
+        assert_eq!(c.tail(), b"defgh");
         assert_eq!(&c.into_bytes()[..], b"abcde");
     }
 

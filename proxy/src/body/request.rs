@@ -106,11 +106,10 @@ where
         }
         let frame = ready!(this.rest.poll_frame(cx));
         Poll::Ready(frame.map(|r| {
-            r.map(|f| {
+            r.inspect(|f| {
                 if let Some(d) = f.data_ref() {
                     this.counted.fetch_add(d.len() as u64, Ordering::Relaxed);
                 }
-                f
             })
             .map_err(Into::into)
         }))
@@ -121,12 +120,14 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut h = self.rest.size_hint();
+        let rest = self.rest.size_hint();
         let head = self.head.as_ref().map_or(0, |b| b.len() as u64);
-        h.set_lower(h.lower() + head);
-        if let Some(u) = h.upper() {
-            h.set_upper(u + head);
+        // Raise the upper bound first: SizeHint asserts lower <= upper on every set.
+        let mut h = SizeHint::new();
+        if let Some(u) = rest.upper() {
+            h.set_upper(u.saturating_add(head));
         }
+        h.set_lower(rest.lower().saturating_add(head));
         h
     }
 }
@@ -158,6 +159,16 @@ mod tests {
             .expect("ok");
         assert_eq!(&head.bytes[..], b"abcdef");
         assert!(head.rest.is_none());
+    }
+
+    #[test]
+    fn size_hint_adds_the_head_to_an_exact_rest() {
+        let body = PrefixedBody::new(
+            Bytes::from_static(b"abcd"),
+            Full::new(Bytes::from_static(b"ef")),
+            Arc::new(AtomicU64::new(0)),
+        );
+        assert_eq!(body.size_hint().exact(), Some(6));
     }
 
     #[tokio::test]

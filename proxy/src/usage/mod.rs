@@ -46,6 +46,51 @@ pub fn from_json(format: WireFormat, body: &[u8]) -> Observed {
     }
 }
 
+/// Reads usage from a JSON body too large to capture whole: `model` and `id` from the first
+/// bytes (where every provider puts them) and `usage` from the last ones (likewise).
+pub fn from_truncated_json(format: WireFormat, head: &[u8], tail: &[u8]) -> Observed {
+    let mut partial = serde_json::Map::new();
+    for (key, bytes, last) in [
+        ("model", head, false),
+        ("id", head, false),
+        ("usage", tail, true),
+    ] {
+        if let Some(v) = value_after_key(bytes, key, last) {
+            partial.insert(key.to_owned(), v);
+        }
+    }
+    if partial.is_empty() {
+        return Observed::default();
+    }
+    let rebuilt = serde_json::Value::Object(partial).to_string();
+    from_json(format, rebuilt.as_bytes())
+}
+
+/// The JSON value following the first (or last) `"key":` in `bytes`, if it parses.
+fn value_after_key(bytes: &[u8], key: &str, last: bool) -> Option<serde_json::Value> {
+    let needle = format!("\"{key}\"");
+    let finder = memchr::memmem::Finder::new(needle.as_bytes());
+    let positions: Vec<usize> = finder.find_iter(bytes).collect();
+    let candidates: Box<dyn Iterator<Item = &usize>> = if last {
+        Box::new(positions.iter().rev())
+    } else {
+        Box::new(positions.iter())
+    };
+    for &i in candidates {
+        let rest = &bytes[i + needle.len()..];
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        if rest[start] != b':' {
+            continue;
+        }
+        let value = &rest[start + 1..];
+        let mut de = serde_json::Deserializer::from_slice(value).into_iter::<serde_json::Value>();
+        if let Some(Ok(v)) = de.next() {
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// Follows an event stream chunk by chunk, parsing only the few events that carry usage,
 /// model or errors, so a long stream costs a substring check per event and little else.
 #[derive(Debug)]

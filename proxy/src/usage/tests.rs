@@ -173,3 +173,17 @@ fn usage_object_detection() {
     assert!(!has_usage_object(br#"{"usage":null}"#));
     assert!(!has_usage_object(br#"{"x":"usage"}"#));
 }
+
+#[test]
+fn truncated_json_recovers_model_id_and_usage() {
+    let body = br#"{"id":"emb-1","object":"list","model":"text-embedding-3-large","data":[{"embedding":[0.1,0.2,0.3,0.4,0.5]}],"usage":{"prompt_tokens":77,"total_tokens":77}}"#;
+    let head = &body[..70];
+    let tail = &body[body.len() - 60..];
+    let o = from_truncated_json(WireFormat::OpenAi, head, tail);
+    assert_eq!(o.tokens, tokens(77, 0, 0, 0, 0));
+    assert_eq!(o.response_model.as_deref(), Some("text-embedding-3-large"));
+    assert_eq!(o.body_id.as_deref(), Some("emb-1"));
+    // A tail cut inside the usage object yields no usage rather than a wrong one.
+    let o = from_truncated_json(WireFormat::OpenAi, head, &body[body.len() - 20..]);
+    assert_eq!(o.tokens, None);
+}

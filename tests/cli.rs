@@ -1,0 +1,224 @@
+//! The real `tally` binary: serve, SIGTERM with streams in flight, `sql`, `migrate`, config
+//! errors.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tally");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn write_config(dir: &Path, upstream: &str) -> (std::path::PathBuf, u16, u16) {
+    let (p, d) = (free_port(), free_port());
+    let cfg = dir.join("tally.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:{p}"
+[dashboard]
+listen = "127.0.0.1:{d}"
+[store]
+kind = "sqlite"
+path = "{db}"
+[providers.openai]
+base_url = "{upstream}"
+[providers.anthropic]
+kind = "anthropic"
+base_url = "{upstream}"
+"#,
+            db = dir.join("tally.db").display()
+        ),
+    )
+    .expect("write config");
+    (cfg, p, d)
+}
+
+fn tally(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("TALLY_CONFIG")
+        .env_remove("TALLY_CLICKHOUSE_URL")
+        .output()
+        .expect("run tally")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_drains_in_flight_streams_on_sigterm_then_sql_reads_the_store() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, proxy_port, dash_port) = write_config(dir.path(), &up.url());
+    let cfg_s = cfg.to_str().expect("utf8 path");
+    let child = Command::new(BIN)
+        .args(["--config", cfg_s])
+        .env_remove("TALLY_CLICKHOUSE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tally");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&format!("http://127.0.0.1:{dash_port}/healthz"))
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "tally did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+
+    // Two quick requests, then three slow streams that are still running at SIGTERM.
+    for _ in 0..2 {
+        let (s, _, _) = post_json(
+            &format!("{proxy}/v1/chat/completions"),
+            &[],
+            &json!({"model": "gpt-4o"}),
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    // The store is readable by another process while Tally runs (WAL).
+    let db = dir.path().join("tally.db");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("open");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+            .expect("count");
+        if n == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records not visible to a concurrent reader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let url = format!("{proxy}/v1/chat/completions");
+        slow.spawn(async move {
+            let body = json!({"model": "gpt-4o", "stream": true, "messages": []});
+            post_json(&url, &[("x-fake-interval-ms", "150")], &body).await
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    while let Some(r) = slow.join_next().await {
+        let (status, _, body) = r.expect("task");
+        assert_eq!(status, 200);
+        assert!(
+            String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"),
+            "stream cut short by shutdown"
+        );
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(
+        status.status.success(),
+        "exit: {:?}\n{}",
+        status.status,
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    let out = tally(&[
+        "--config",
+        cfg_s,
+        "sql",
+        "SELECT count() FROM requests WHERE error IS NULL AND prompt_tokens > 0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "count()\n5\n");
+
+    let out = tally(&[
+        "--config",
+        cfg_s,
+        "sql",
+        "--format",
+        "json",
+        "SELECT model, stream FROM requests ORDER BY ts LIMIT 1",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"model":"gpt-4o","stream":0}"#
+    );
+
+    let out = tally(&["--config", cfg_s, "sql", "DELETE FROM requests"]);
+    assert!(!out.status.success(), "sql must be read-only");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("readonly"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tally(&["--config", cfg_s, "sql", "SELECT count(*) FROM requests"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "count(*)\n5\n");
+}
+
+#[test]
+fn migrate_is_idempotent_and_bad_config_is_explained() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _, _) = write_config(dir.path(), "http://127.0.0.1:9");
+    let cfg_s = cfg.to_str().expect("utf8");
+    for _ in 0..2 {
+        let out = tally(&["--config", cfg_s, "migrate"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = tally(&[
+        "--config",
+        cfg_s,
+        "sql",
+        "SELECT version FROM tally_migrations",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "version\n1\n");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[dashboard]\nlisten = \"0.0.0.0:8788\"\n").expect("write");
+    let out = tally(&["--config", bad.to_str().expect("utf8"), "migrate"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_public"));
+
+    std::fs::write(&bad, "[proxy]\nlisen = \"x\"\n").expect("write");
+    let out = tally(&["--config", bad.to_str().expect("utf8"), "migrate"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lisen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = tally(&[
+        "--config",
+        dir.path().join("missing.toml").to_str().expect("utf8"),
+        "migrate",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}

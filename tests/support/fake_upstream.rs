@@ -1,0 +1,462 @@
+//! A fake LLM provider on a real socket: OpenAI (chat completions, Responses, legacy
+//! completions, embeddings) and Anthropic Messages, streaming and not, with deterministic
+//! output and usage. The only faked component of the suite.
+//!
+//! Modes, chosen per request with the `x-fake-mode` header:
+//! - `error500`, `error429`: an error in the provider's shape;
+//! - `no-usage`: streams never carry usage, even when asked (like many compatible providers);
+//! - `reset`: two events, then the connection is cut;
+//! - `stall`: two events, then silence;
+//! - `gzip`: a gzip-compressed JSON body;
+//! - `binary`: a non-JSON binary body.
+//!
+//! `x-fake-delay-ms` delays the response head; `x-fake-interval-ms` spaces stream events.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Words the fake model always answers with.
+pub const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " upstream."];
+
+/// Usage the fake reports for OpenAI chat and legacy completions.
+pub const OPENAI_USAGE: (u64, u64, u64, u64) = (21, 5, 4, 2); // prompt, completion, cached, reasoning
+/// Usage the fake reports for the Responses API.
+pub const RESPONSES_USAGE: (u64, u64, u64, u64) = (30, 9, 10, 3);
+/// Usage the fake reports for Anthropic: input (uncached), cache write, cache read, output.
+pub const ANTHROPIC_USAGE: (u64, u64, u64, u64) = (12, 100, 200, 9);
+/// Prompt tokens the fake reports for embeddings.
+pub const EMBEDDING_TOKENS: u64 = 8;
+
+/// One request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake upstream");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let log = log.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let log = log.clone();
+                        async move { Ok::<_, Infallible>(handle(req, log).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        Self {
+            addr,
+            received,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|n| match n {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", content_type.parse().expect("ct"));
+    r
+}
+
+fn json_response(v: Value) -> Response<Body> {
+    full(StatusCode::OK, "application/json", v.to_string())
+}
+
+enum Step {
+    Data(String),
+    Reset,
+    Stall,
+}
+
+fn sse(events: Vec<Step>, interval: Duration) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for (i, e) in events.into_iter().enumerate() {
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            match e {
+                Step::Data(s) => {
+                    if tx.send(Ok(Frame::data(Bytes::from(s)))).await.is_err() {
+                        return;
+                    }
+                }
+                Step::Reset => {
+                    let _ = tx
+                        .send(Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "fake reset",
+                        )))
+                        .await;
+                    return;
+                }
+                Step::Stall => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return;
+                }
+            }
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+    r.headers_mut().insert(
+        "content-type",
+        "text/event-stream; charset=utf-8".parse().expect("ct"),
+    );
+    r.headers_mut()
+        .insert("cache-control", "no-cache".parse().expect("cc"));
+    r
+}
+
+fn data(v: Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+fn event(name: &str, v: Value) -> String {
+    format!("event: {name}\ndata: {v}\n\n")
+}
+
+fn openai_usage() -> Value {
+    let (p, c, cached, reasoning) = OPENAI_USAGE;
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+           "prompt_tokens_details": {"cached_tokens": cached},
+           "completion_tokens_details": {"reasoning_tokens": reasoning}})
+}
+
+fn response_model(model: &str) -> String {
+    format!("{model}-2024-08-06")
+}
+
+/// Ends the event list according to the failure mode.
+fn tail(mode: &str, mut events: Vec<Step>) -> Vec<Step> {
+    match mode {
+        "reset" => {
+            events.truncate(2);
+            events.push(Step::Reset);
+        }
+        "stall" => {
+            events.truncate(2);
+            events.push(Step::Stall);
+        }
+        _ => {}
+    }
+    events
+}
+
+async fn handle(req: Request<Incoming>, log: Arc<Mutex<Vec<Received>>>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    log.lock().expect("lock").push(Received {
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mode = header("x-fake-mode");
+    let ms = |name: &str| Duration::from_millis(header(name).parse().unwrap_or(0));
+    tokio::time::sleep(ms("x-fake-delay-ms")).await;
+    let interval = ms("x-fake-interval-ms");
+    let path = parts.uri.path().to_owned();
+    let anthropic = path.ends_with("/v1/messages");
+
+    match mode.as_str() {
+        "error500" | "error429" => {
+            let status = if mode == "error500" {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::TOO_MANY_REQUESTS
+            };
+            let v = if anthropic {
+                json!({"type": "error", "error": {"type": "overloaded_error", "message": "Fake overload"}})
+            } else {
+                json!({"error": {"message": "Fake failure", "type": "server_error", "param": null, "code": null}})
+            };
+            return full(status, "application/json", v.to_string());
+        }
+        "binary" => {
+            return full(
+                StatusCode::OK,
+                "application/octet-stream",
+                Bytes::from_static(b"\x00\xff\xfe binary \x89PNG"),
+            )
+        }
+        _ => {}
+    }
+
+    let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = req_json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("gpt-4o")
+        .to_owned();
+    let stream = req_json
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let include_usage = req_json
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+        && mode != "no-usage";
+    let text: String = WORDS.concat();
+
+    let mut resp = if anthropic {
+        anthropic_response(&model, stream, &mode, interval, &text)
+    } else if path.ends_with("/chat/completions") {
+        if !stream {
+            json_response(json!({
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
+                "model": response_model(&model),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": openai_usage()}))
+        } else {
+            // With include_usage, OpenAI adds "usage":null to every chunk and a final
+            // usage-only chunk; without it, neither.
+            let chunk = |delta: Value, finish: Value| {
+                let mut v = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1700000000,
+                    "model": response_model(&model), "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                if include_usage {
+                    v["usage"] = Value::Null;
+                }
+                data(v)
+            };
+            let mut events = vec![Step::Data(chunk(
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+            ))];
+            events.extend(
+                WORDS
+                    .iter()
+                    .map(|w| Step::Data(chunk(json!({"content": w}), Value::Null))),
+            );
+            events.push(Step::Data(chunk(json!({}), json!("stop"))));
+            if include_usage {
+                events.push(Step::Data(data(json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                    "created": 1700000000, "model": response_model(&model), "choices": [], "usage": openai_usage()}))));
+            }
+            events.push(Step::Data("data: [DONE]\n\n".into()));
+            sse(tail(&mode, events), interval)
+        }
+    } else if path.ends_with("/responses") {
+        let (p, c, cached, reasoning) = RESPONSES_USAGE;
+        let usage = json!({"input_tokens": p, "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": c, "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": p + c});
+        let done = json!({"id": "resp_fake", "object": "response", "model": response_model(&model), "status": "completed",
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+            "usage": usage});
+        if !stream {
+            json_response(done)
+        } else {
+            let mut events = vec![Step::Data(event(
+                "response.created",
+                json!({"type": "response.created",
+                "response": {"id": "resp_fake", "object": "response", "model": response_model(&model), "status": "in_progress", "usage": null}}),
+            ))];
+            events.extend(WORDS.iter().map(|w| {
+                Step::Data(event(
+                    "response.output_text.delta",
+                    json!({"type": "response.output_text.delta", "delta": w}),
+                ))
+            }));
+            events.push(Step::Data(event(
+                "response.completed",
+                json!({"type": "response.completed", "response": done}),
+            )));
+            sse(tail(&mode, events), interval)
+        }
+    } else if path.ends_with("/completions") {
+        let usage = json!({"prompt_tokens": OPENAI_USAGE.0, "completion_tokens": OPENAI_USAGE.1,
+            "total_tokens": OPENAI_USAGE.0 + OPENAI_USAGE.1});
+        if !stream {
+            json_response(
+                json!({"id": "cmpl-fake", "object": "text_completion", "model": model,
+                "choices": [{"text": text, "index": 0, "finish_reason": "stop"}], "usage": usage}),
+            )
+        } else {
+            let chunk = |t: &str| {
+                let mut v = json!({"id": "cmpl-fake", "object": "text_completion", "model": model,
+                    "choices": [{"text": t, "index": 0, "finish_reason": null}]});
+                if include_usage {
+                    v["usage"] = Value::Null;
+                }
+                data(v)
+            };
+            let mut events: Vec<Step> = WORDS.iter().map(|w| Step::Data(chunk(w))).collect();
+            if include_usage {
+                events.push(Step::Data(data(
+                    json!({"id": "cmpl-fake", "object": "text_completion", "model": model,
+                    "choices": [], "usage": usage}),
+                )));
+            }
+            events.push(Step::Data("data: [DONE]\n\n".into()));
+            sse(tail(&mode, events), interval)
+        }
+    } else if path.ends_with("/embeddings") {
+        json_response(
+            json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 0.3]}],
+            "model": model, "usage": {"prompt_tokens": EMBEDDING_TOKENS, "total_tokens": EMBEDDING_TOKENS}}),
+        )
+    } else if path.ends_with("/models") {
+        json_response(json!({"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}))
+    } else {
+        full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            json!({"error": {"message": format!("no route {path}")}}).to_string(),
+        )
+    };
+
+    if mode == "gzip" && !stream {
+        let plain = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&plain).expect("gzip");
+        resp = full(
+            StatusCode::OK,
+            "application/json",
+            enc.finish().expect("gzip"),
+        );
+        resp.headers_mut()
+            .insert("content-encoding", "gzip".parse().expect("ce"));
+    }
+    let id_header = if anthropic {
+        "request-id"
+    } else {
+        "x-request-id"
+    };
+    resp.headers_mut()
+        .insert(id_header, "req_fake_123".parse().expect("id"));
+    resp.headers_mut()
+        .insert("x-fake-upstream", "1".parse().expect("marker"));
+    resp
+}
+
+fn anthropic_response(
+    model: &str,
+    stream: bool,
+    mode: &str,
+    interval: Duration,
+    text: &str,
+) -> Response<Body> {
+    let (input, cache_write, cache_read, output) = ANTHROPIC_USAGE;
+    if !stream {
+        return json_response(
+            json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": input, "cache_creation_input_tokens": cache_write,
+                      "cache_read_input_tokens": cache_read, "output_tokens": output}}),
+        );
+    }
+    let mut events = vec![
+        Step::Data(event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input, "cache_creation_input_tokens": cache_write,
+                      "cache_read_input_tokens": cache_read, "output_tokens": 1}}}),
+        )),
+        Step::Data(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        )),
+        Step::Data(event("ping", json!({"type": "ping"}))),
+    ];
+    events.extend(WORDS.iter().map(|w| {
+        Step::Data(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta",
+        "index": 0, "delta": {"type": "text_delta", "text": w}}),
+        ))
+    }));
+    events.push(Step::Data(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    )));
+    events.push(Step::Data(event("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output}}))));
+    events.push(Step::Data(event(
+        "message_stop",
+        json!({"type": "message_stop"}),
+    )));
+    sse(tail(mode, events), interval)
+}

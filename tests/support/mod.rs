@@ -1,0 +1,231 @@
+//! Fixtures the suite starts itself: the fake upstream and an in-process Tally on free ports
+//! with its own SQLite file.
+
+pub mod fake_upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tally::{Config, Server};
+use tally_proxy::{ProviderConfig, StreamUsage};
+use tokio::task::JoinHandle;
+
+pub use fake_upstream::FakeUpstream;
+
+pub struct TestTally {
+    pub proxy: SocketAddr,
+    pub dashboard: SocketAddr,
+    pub db: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A config pointing the built-in `openai` and `anthropic` providers, and a passthrough
+/// OpenAI-compatible `compat` provider, at `upstream`.
+pub fn test_config(upstream: &str, db: PathBuf) -> Config {
+    let mut c = Config::default();
+    c.proxy.listen = "127.0.0.1:0".into();
+    c.dashboard.listen = "127.0.0.1:0".into();
+    c.store.path = db;
+    c.ingest.flush_interval_ms = 20;
+    for name in ["openai", "anthropic"] {
+        c.providers.insert(
+            name.into(),
+            ProviderConfig {
+                base_url: Some(upstream.to_owned()),
+                ..Default::default()
+            },
+        );
+    }
+    c.providers.insert(
+        "compat".into(),
+        ProviderConfig {
+            base_url: Some(upstream.to_owned()),
+            kind: None,
+            stream_usage: Some(StreamUsage::Passthrough),
+        },
+    );
+    c
+}
+
+impl TestTally {
+    pub async fn start(upstream: &str) -> Self {
+        Self::start_with(upstream, |_| {}).await
+    }
+
+    pub async fn start_with(upstream: &str, customize: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("tally.db");
+        let mut config = test_config(upstream, db.clone());
+        customize(&mut config);
+        let server = Server::bind(config.validate().expect("valid config"))
+            .await
+            .expect("bind");
+        let proxy = server.proxy_addr().expect("proxy addr");
+        let dashboard = server.dashboard_addr().expect("dashboard addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        let t = Self {
+            proxy,
+            dashboard,
+            db,
+            _dir: dir,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        // Ready once the dashboard answers (the store is migrated before it listens).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(&t.dashboard_url("/healthz")).await.0 != StatusCode::OK {
+            assert!(Instant::now() < deadline, "tally did not become healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.proxy, path)
+    }
+
+    pub fn dashboard_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.dashboard, path)
+    }
+
+    /// Stops Tally the way SIGTERM does and waits until every record is written.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("join").expect("tally ran cleanly");
+        }
+    }
+
+    /// Rows in the store right now.
+    pub fn count(&self) -> i64 {
+        let conn = rusqlite::Connection::open(&self.db).expect("open db");
+        conn.query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    /// Waits (bounded) until the store has at least `n` rows.
+    pub async fn wait_for_rows(&self, n: i64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let c = self.count();
+            if c >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {c} of {n} records arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The record of `request_id` from the JSON API, waiting (bounded) for it to be written.
+    pub async fn record(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _, body) =
+                get(&self.dashboard_url(&format!("/api/requests/{request_id}"))).await;
+            if status == StatusCode::OK {
+                return serde_json::from_slice(&body).expect("record JSON");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "record {request_id} never arrived ({status})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A metric's value from `/metrics` (sum over label sets that contain `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let (_, _, body) = get(&self.dashboard_url("/metrics")).await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+pub type Response = (StatusCode, HeaderMap, Bytes);
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Response {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("request");
+    let resp = client().request(req).await.expect("response head");
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    (parts.status, parts.headers, bytes)
+}
+
+/// Like `send`, but a body that fails mid-way is returned as an error instead of empty bytes.
+pub async fn send_checked(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Response, String> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(body.into())).expect("request");
+    let resp = client().request(req).await.map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((parts.status, parts.headers, bytes))
+}
+
+pub async fn post_json(url: &str, headers: &[(&str, &str)], body: &Value) -> Response {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    send(Method::POST, url, &h, body.to_string()).await
+}
+
+pub async fn get(url: &str) -> Response {
+    match send_checked(Method::GET, url, &[], Bytes::new()).await {
+        Ok(r) => r,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            HeaderMap::new(),
+            Bytes::new(),
+        ),
+    }
+}
+
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("tally-request-id")
+        .expect("Tally-Request-Id header")
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}

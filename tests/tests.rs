@@ -1,0 +1,11 @@
+//! Integration tests of the whole of Tally over real sockets, with a fake upstream as the only
+//! fake. One binary (see ripgrep's layout) so fixtures compile once.
+
+mod support;
+
+mod cli;
+mod errors;
+mod load;
+mod passthrough;
+mod sdk;
+mod usage;
