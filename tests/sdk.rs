@@ -29,10 +29,11 @@ async fn openai_and_anthropic_sdks_work_unmodified_and_are_recorded() {
     let tally = TestTally::start(&up.url()).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clients.py");
     let proxy = format!("http://{}", tally.proxy);
-    let output = tokio::task::spawn_blocking(move || Command::new(python()).arg(script).arg(proxy).output())
-        .await
-        .expect("join")
-        .expect("run python");
+    let output =
+        tokio::task::spawn_blocking(move || Command::new(python()).arg(script).arg(proxy).output())
+            .await
+            .expect("join")
+            .expect("run python");
     assert!(
         output.status.success(),
         "SDK script failed:\n{}",
@@ -43,12 +44,24 @@ async fn openai_and_anthropic_sdks_work_unmodified_and_are_recorded() {
     for (call, prompt) in [
         ("openai_json", OPENAI_USAGE.0),
         ("openai_stream", OPENAI_USAGE.0),
-        ("anthropic_json", ANTHROPIC_USAGE.0 + ANTHROPIC_USAGE.1 + ANTHROPIC_USAGE.2),
-        ("anthropic_stream", ANTHROPIC_USAGE.0 + ANTHROPIC_USAGE.1 + ANTHROPIC_USAGE.2),
+        (
+            "anthropic_json",
+            ANTHROPIC_USAGE.0 + ANTHROPIC_USAGE.1 + ANTHROPIC_USAGE.2,
+        ),
+        (
+            "anthropic_stream",
+            ANTHROPIC_USAGE.0 + ANTHROPIC_USAGE.1 + ANTHROPIC_USAGE.2,
+        ),
     ] {
         let r = &results[call];
-        assert_eq!(r["text"], text.as_str(), "{call}: the SDK got a different answer");
-        let id = r["id"].as_str().unwrap_or_else(|| panic!("{call}: no Tally-Request-Id"));
+        assert_eq!(
+            r["text"],
+            text.as_str(),
+            "{call}: the SDK got a different answer"
+        );
+        let id = r["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{call}: no Tally-Request-Id"));
         let rec = tally.record(id).await;
         assert_eq!(rec["prompt_tokens"], prompt, "{call}: {rec}");
         assert_eq!(rec["tokens_estimated"], false, "{call}");
@@ -56,7 +69,10 @@ async fn openai_and_anthropic_sdks_work_unmodified_and_are_recorded() {
         assert_eq!(rec["user_id"], "alice");
         assert_eq!(rec["session_id"], "s-1");
         assert_eq!(rec["properties"]["env"], "prod");
-        assert!(rec["api_key_hint"].as_str().expect("hint").ends_with("…wxyz"));
+        assert!(rec["api_key_hint"]
+            .as_str()
+            .expect("hint")
+            .ends_with("…wxyz"));
         assert!(!rec["ttft_ms"].is_null());
     }
     // The SDKs' own headers reached the upstream; Tally's did not.

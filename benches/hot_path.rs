@@ -1,0 +1,105 @@
+//! Per-chunk work on the proxy path: what one streamed response costs Tally beyond forwarding.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tally_ingest::Tokens;
+use tally_proxy::body::{BoxError, StripUsage};
+use tally_proxy::usage::{StreamObserver, WireFormat};
+use tally_proxy::PricingTable;
+
+/// A realistic chat stream: 200 content chunks and a usage chunk, one event per chunk, as
+/// OpenAI sends them with include_usage.
+fn openai_stream() -> Vec<Bytes> {
+    let mut v = Vec::new();
+    for i in 0..200 {
+        v.push(Bytes::from(format!(
+            "data: {{\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"system_fingerprint\":\"fp_1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\" token{i}\"}},\"logprobs\":null,\"finish_reason\":null}}],\"usage\":null}}\n\n"
+        )));
+    }
+    v.push(Bytes::from_static(b"data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini-2024-07-18\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":200,\"total_tokens\":220}}\n\n"));
+    v.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    v
+}
+
+fn anthropic_stream() -> Vec<Bytes> {
+    let mut v = vec![Bytes::from_static(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":20,\"output_tokens\":1}}}\n\n")];
+    for i in 0..200 {
+        v.push(Bytes::from(format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\" token{i}\"}}}}\n\n"
+        )));
+    }
+    v.push(Bytes::from_static(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":200}}\n\n"));
+    v
+}
+
+fn observers(c: &mut Criterion) {
+    for (name, format, chunks) in [
+        (
+            "openai_stream_202_events",
+            WireFormat::OpenAi,
+            openai_stream(),
+        ),
+        (
+            "anthropic_stream_202_events",
+            WireFormat::Anthropic,
+            anthropic_stream(),
+        ),
+    ] {
+        let bytes: usize = chunks.iter().map(Bytes::len).sum();
+        let mut g = c.benchmark_group("stream_observer");
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut o = StreamObserver::new(format);
+                for c in &chunks {
+                    o.feed(black_box(c));
+                }
+                black_box(o.finish())
+            })
+        });
+        g.finish();
+    }
+}
+
+fn strip(c: &mut Criterion) {
+    let chunks = openai_stream();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("strip_usage");
+    g.throughput(Throughput::Elements(chunks.len() as u64));
+    g.bench_function("openai_stream_202_events", |b| {
+        b.iter(|| {
+            let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+                chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
+            let body = StripUsage::new(StreamBody::new(futures_util::stream::iter(frames)));
+            rt.block_on(async { black_box(body.collect().await.expect("ok").to_bytes()) })
+        })
+    });
+    g.finish();
+}
+
+fn pricing(c: &mut Criterion) {
+    let table = PricingTable::builtin().expect("prices");
+    let t = Tokens {
+        prompt: 1000,
+        completion: 200,
+        cache_read: 100,
+        cache_write: 0,
+        reasoning: 50,
+    };
+    c.bench_function("pricing/dated_snapshot_lookup_and_cost", |b| {
+        b.iter(|| {
+            black_box(table.cost(black_box("openai"), black_box("gpt-4o-mini-2024-07-18"), &t))
+        })
+    });
+}
+
+criterion_group!(benches, observers, strip, pricing);
+criterion_main!(benches);
