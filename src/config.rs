@@ -172,12 +172,13 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("TALLY_").split("__").ignore(&[
-            "config",
-            "clickhouse_url",
-            "log",
-            "test_clickhouse_url",
-        ]));
+        // Only `TALLY_<SECTION>__<KEY>` variables are config; other TALLY_* variables
+        // (TALLY_CONFIG, TALLY_LOG, test settings) must not be read as unknown keys.
+        fig = fig.merge(
+            Env::prefixed("TALLY_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         let mut config: Config = fig.extract().context("invalid configuration")?;
         if let Ok(url) = std::env::var("TALLY_CLICKHOUSE_URL") {
             if !url.is_empty() {
@@ -241,5 +242,48 @@ impl Config {
                 ..BatchConfig::default()
             },
         })
+    }
+}
+
+#[cfg(test)]
+// figment's Jail API returns its large error type by value; that is its choice, not ours.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn section_variables_override_and_other_tally_variables_are_ignored() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TALLY_PROXY__LISTEN", "127.0.0.1:9999");
+            jail.set_env("TALLY_INGEST__BATCH_MAX_ROWS", "7");
+            jail.set_env("TALLY_LOG", "debug");
+            jail.set_env("TALLY_SOMETHING_ELSE", "x");
+            let c = Config::load(None).expect("loads");
+            assert_eq!(c.proxy.listen, "127.0.0.1:9999");
+            assert_eq!(c.ingest.batch_max_rows, 7);
+            jail.set_env("TALLY_PROXY__LISEN", "x");
+            let e = Config::load(None).expect_err("typo in a section key is an error");
+            assert!(format!("{e:#}").contains("lisen"), "{e:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_values_and_clickhouse_url() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "t.toml",
+                "[store]\npath = \"/tmp/x.db\"\n[providers.corp]\nbase_url = \"http://h\"\n",
+            )?;
+            let c = Config::load(Some(Path::new("t.toml"))).expect("loads");
+            assert_eq!(c.store.path, PathBuf::from("/tmp/x.db"));
+            assert!(c.validate().expect("valid").providers.get("corp").is_some());
+            jail.set_env("TALLY_CLICKHOUSE_URL", "http://127.0.0.1:8123");
+            let c = Config::load(Some(Path::new("t.toml"))).expect("loads");
+            assert_eq!(c.store.kind, StoreKind::Clickhouse);
+            let e = c.validate().err().expect("not built yet");
+            assert!(e.to_string().contains("ClickHouse store is not built yet"));
+            Ok(())
+        });
     }
 }
