@@ -123,17 +123,20 @@ fn collect_strings(v: &Value, out: &mut String) {
     }
 }
 
+/// The `choices` array of an OpenAI-format body or chunk; empty when absent.
+fn choices(v: &Value) -> impl Iterator<Item = &Value> {
+    v.get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
 /// The generated text of a complete JSON response.
 fn json_text(format: WireFormat, v: &Value) -> String {
     let mut out = String::new();
     match format {
         WireFormat::OpenAi => {
-            for c in v
-                .get("choices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for c in choices(&v) {
                 if let Some(s) = c.pointer("/message/content").and_then(Value::as_str) {
                     out.push_str(s);
                 }
@@ -164,12 +167,7 @@ fn stream_text(format: WireFormat, body: &[u8]) -> String {
         };
         match format {
             WireFormat::OpenAi => {
-                for c in v
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for c in choices(&v) {
                     for p in ["/delta/content", "/delta/reasoning_content", "/text"] {
                         if let Some(s) = c.pointer(p).and_then(Value::as_str) {
                             out.push_str(s);

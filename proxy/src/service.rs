@@ -299,6 +299,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    // hyper already answered any `Expect: 100-continue` when the body head was read; the
+    // upstream gets the body right away.
+    headers.remove(header::EXPECT);
     let tally: Vec<HeaderName> = headers
         .keys()
         .filter(|k| headers::is_tally_header(k.as_str()))
