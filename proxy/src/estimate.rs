@@ -136,7 +136,7 @@ fn json_text(format: WireFormat, v: &Value) -> String {
     let mut out = String::new();
     match format {
         WireFormat::OpenAi => {
-            for c in choices(&v) {
+            for c in choices(v) {
                 if let Some(s) = c.pointer("/message/content").and_then(Value::as_str) {
                     out.push_str(s);
                 }
