@@ -1,7 +1,10 @@
 -- One row per proxied request. Field names are the record contract in shared/design.md.
 -- ts is request start in milliseconds since the Unix epoch (UTC).
+-- A rowid table on purpose: rows carry kilobytes of bodies, and WITHOUT ROWID tables store
+-- whole rows in the key's B-tree, which measured 2.5x slower to insert (see BENCHMARKS.md).
+-- The UNIQUE request_id makes a replayed batch idempotent (INSERT OR IGNORE).
 CREATE TABLE IF NOT EXISTS requests (
-    request_id              TEXT PRIMARY KEY NOT NULL,
+    request_id              TEXT NOT NULL UNIQUE,
     ts                      INTEGER NOT NULL,
     provider                TEXT NOT NULL,
     endpoint                TEXT NOT NULL,
@@ -35,7 +38,7 @@ CREATE TABLE IF NOT EXISTS requests (
     response_body           TEXT,
     request_body_truncated  INTEGER NOT NULL DEFAULT 0,
     response_body_truncated INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
+);
 
 -- The JSON API and dashboard read newest-first, optionally narrowed by one of these.
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
