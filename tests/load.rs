@@ -46,3 +46,34 @@ async fn two_hundred_concurrent_streams_lose_no_record() {
     assert_eq!(tally.metric("tally_proxy_in_flight", "").await, 0.0);
     tally.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_right_after_estimated_streams_keeps_every_record() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start(&up.url()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        // `compat` is a passthrough provider: no usage arrives, so each record waits for a
+        // token estimate on a blocking thread.
+        let url = tally.url("/compat/v1/chat/completions");
+        tasks.spawn(async move {
+            let body = json!({"model": "gpt-4o-mini", "stream": true,
+                              "messages": [{"role": "user", "content": "x ".repeat(5000)}]});
+            post_json(&url, &[], &body).await.0
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(r.expect("task"), 200);
+    }
+    let db = tally.db.clone();
+    let _dir = tally.stop().await;
+    let conn = rusqlite::Connection::open(&db).expect("db");
+    let (n, estimated): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*), sum(tokens_estimated) FROM requests",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("query");
+    assert_eq!((n, estimated), (20, 20));
+}

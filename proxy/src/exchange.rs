@@ -372,6 +372,7 @@ impl ExchangeState {
             Cow::Owned(v) => v.into(),
         };
         let record = self.record;
+        shared.pending_estimates.fetch_add(1, Ordering::AcqRel);
         let job = move || {
             let mut record = record;
             let model = record.model.clone().unwrap_or_default();
@@ -382,6 +383,7 @@ impl ExchangeState {
             record.tokens_estimated = true;
             shared.metrics.tokens_estimated.inc();
             price_and_send(&shared, record);
+            shared.pending_estimates.fetch_sub(1, Ordering::AcqRel);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {

@@ -75,9 +75,9 @@ pub fn parse(headers: &HeaderMap) -> Result<Attribution, HeaderError> {
         if !is_tally_header(name) {
             continue;
         }
-        let value = value
-            .to_str()
-            .map_err(|_| err(name, "value is not visible ASCII text"))?
+        // UTF-8 is accepted (a property value may well be "café"); other bytes are refused.
+        let value = std::str::from_utf8(value.as_bytes())
+            .map_err(|_| err(name, "value is not valid UTF-8"))?
             .trim();
         if value.len() > MAX_HEADER_VALUE_LEN {
             return Err(err(
@@ -245,13 +245,15 @@ mod tests {
         }
         let mut h = HeaderMap::new();
         h.insert(
-            "tally-user-id",
+            "tally-property-city",
             HeaderValue::from_bytes(b"caf\xc3\xa9").expect("obs-text"),
         );
-        assert!(parse(&h)
-            .expect_err("non-ascii")
-            .reason
-            .contains("visible ASCII"));
+        assert_eq!(parse(&h).expect("utf-8 is fine").properties["city"], "café");
+        h.insert(
+            "tally-user-id",
+            HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+        );
+        assert!(parse(&h).expect_err("latin-1").reason.contains("UTF-8"));
         let long = "x".repeat(MAX_HEADER_VALUE_LEN + 1);
         assert!(parse(&headers(&[("Tally-User-Id", &long)])).is_err());
     }

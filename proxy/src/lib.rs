@@ -38,7 +38,9 @@ pub mod usage;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -63,7 +65,13 @@ pub(crate) struct Shared {
     pub(crate) sender: RecordSender,
     pub(crate) metrics: ProxyMetrics,
     pub(crate) client: client::UpstreamClient,
+    /// Token estimates running on blocking threads; each will still send a record.
+    pub(crate) pending_estimates: AtomicUsize,
 }
+
+/// Longest `serve` waits, after the last connection ended, for running token estimates to
+/// send their records.
+const ESTIMATE_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Building the proxy failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +109,7 @@ impl Proxy {
                 sender,
                 metrics: ProxyMetrics::default(),
                 client,
+                pending_estimates: AtomicUsize::new(0),
             }),
         })
     }
@@ -141,7 +150,7 @@ impl Proxy {
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
@@ -181,6 +190,17 @@ impl Proxy {
             connections.abort_all();
         }
         while connections.join_next().await.is_some() {}
+        // Records of requests whose tokens are being estimated are still on their way.
+        let started = tokio::time::Instant::now();
+        while self.shared.pending_estimates.load(Ordering::Acquire) > 0 {
+            if started.elapsed() > ESTIMATE_DRAIN_TIMEOUT {
+                tracing::warn!(
+                    "token estimates still running at shutdown; their records may be lost"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ pub struct TestTally {
     pub proxy: SocketAddr,
     pub dashboard: SocketAddr,
     pub db: PathBuf,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -79,7 +79,7 @@ impl TestTally {
             proxy,
             dashboard,
             db,
-            _dir: dir,
+            dir,
             stop: Some(stop),
             task: Some(task),
         };
@@ -100,14 +100,17 @@ impl TestTally {
         format!("http://{}{}", self.dashboard, path)
     }
 
-    /// Stops Tally the way SIGTERM does and waits until every record is written.
-    pub async fn stop(mut self) {
+    /// Stops Tally the way SIGTERM does and waits until every record is written. The store
+    /// file stays until the returned directory is dropped.
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
             t.await.expect("join").expect("tally ran cleanly");
         }
+        let placeholder = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, placeholder)
     }
 
     /// Rows in the store right now.
