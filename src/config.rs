@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
+use tally_ingest::clickhouse::{ClickHouseConfig, ClickHouseSettings};
 use tally_ingest::{
     BatchConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS,
@@ -90,6 +91,17 @@ pub struct StoreConfig {
     pub user: Option<String>,
     /// ClickHouse password.
     pub password: Option<String>,
+    /// ClickHouse cluster for `ON CLUSTER` migrations, replicated engines and Distributed
+    /// tables; unset for a single server.
+    pub cluster: Option<String>,
+    /// ClickHouse: days rows are kept; 0 (default) keeps them forever.
+    pub retention_days: u32,
+    /// ClickHouse: days request and response bodies are kept; 0 (default) as long as the row.
+    pub body_ttl_days: u32,
+    /// ClickHouse wire compression: `lz4` (default) or `none`.
+    pub compression: tally_ingest::clickhouse::Compression,
+    /// ClickHouse per-request timeout, milliseconds; 30000 when unset.
+    pub timeout_ms: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -101,6 +113,11 @@ impl Default for StoreConfig {
             database: None,
             user: None,
             password: None,
+            cluster: None,
+            retention_days: 0,
+            body_ttl_days: 0,
+            compression: tally_ingest::clickhouse::Compression::Lz4,
+            timeout_ms: None,
         }
     }
 }
@@ -144,6 +161,15 @@ pub struct PricingConfig {
     pub models: HashMap<String, Price>,
 }
 
+/// The store records go to, validated.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// The SQLite file at this path.
+    Sqlite(PathBuf),
+    /// A ClickHouse server.
+    ClickHouse(ClickHouseSettings),
+}
+
 /// The config after validation, in the types the crates take.
 pub struct Validated {
     /// Proxy settings.
@@ -154,8 +180,8 @@ pub struct Validated {
     pub pricing: PricingTable,
     /// Dashboard address.
     pub dashboard_listen: SocketAddr,
-    /// The SQLite file.
-    pub sqlite_path: PathBuf,
+    /// The store.
+    pub store: Store,
     /// Channel capacity.
     pub channel_capacity: usize,
     /// Flush loop limits.
@@ -218,12 +244,28 @@ impl Config {
                  dashboard.allow_public = true to do it anyway"
             );
         }
-        if self.store.kind == StoreKind::Clickhouse {
-            bail!(
-                "the ClickHouse store is not built yet (store.kind = \"clickhouse\" or \
-                 TALLY_CLICKHOUSE_URL is set); use the default SQLite store for now"
-            );
-        }
+        let store = match self.store.kind {
+            StoreKind::Sqlite => Store::Sqlite(self.store.path.clone()),
+            StoreKind::Clickhouse => {
+                let url = self.store.url.clone().context(
+                    "store.kind = \"clickhouse\" needs store.url (or TALLY_CLICKHOUSE_URL)",
+                )?;
+                Store::ClickHouse(
+                    ClickHouseConfig {
+                        url,
+                        database: self.store.database.clone(),
+                        user: self.store.user.clone(),
+                        password: self.store.password.clone(),
+                        cluster: self.store.cluster.clone(),
+                        retention_days: self.store.retention_days,
+                        body_ttl_days: self.store.body_ttl_days,
+                        compression: self.store.compression,
+                        timeout_ms: self.store.timeout_ms,
+                    }
+                    .validate()?,
+                )
+            }
+        };
         if self.ingest.channel_capacity == 0 || self.ingest.batch_max_rows == 0 {
             bail!("ingest.channel_capacity and ingest.batch_max_rows must be greater than zero");
         }
@@ -232,7 +274,7 @@ impl Config {
             providers,
             pricing,
             dashboard_listen,
-            sqlite_path: self.store.path.clone(),
+            store,
             channel_capacity: self.ingest.channel_capacity,
             batch: BatchConfig {
                 max_rows: self.ingest.batch_max_rows,
@@ -281,8 +323,15 @@ mod tests {
             jail.set_env("TALLY_CLICKHOUSE_URL", "http://127.0.0.1:8123");
             let c = Config::load(Some(Path::new("t.toml"))).expect("loads");
             assert_eq!(c.store.kind, StoreKind::Clickhouse);
-            let e = c.validate().err().expect("not built yet");
-            assert!(e.to_string().contains("ClickHouse store is not built yet"));
+            match c.validate().expect("valid").store {
+                Store::ClickHouse(s) => {
+                    assert_eq!(
+                        (s.url.as_str(), s.database.as_str()),
+                        ("http://127.0.0.1:8123", "tally")
+                    )
+                }
+                Store::Sqlite(_) => panic!("TALLY_CLICKHOUSE_URL must switch the store"),
+            }
             Ok(())
         });
     }

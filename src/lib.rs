@@ -11,12 +11,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
+use tally_dashboard::store::Reader;
+use tally_ingest::clickhouse::ClickHouseWriter;
 use tally_ingest::{sqlite, IngestMetrics, IngestWorker};
 use tally_proxy::Proxy;
 use tokio::net::TcpListener;
 
-pub use config::{Config, Validated};
+pub use config::{Config, Store, Validated};
 
 /// A bound, not yet running Tally.
 pub struct Server {
@@ -26,9 +29,14 @@ pub struct Server {
 }
 
 /// Applies pending migrations to the configured store.
-pub fn migrate(config: &Validated) -> anyhow::Result<usize> {
-    let mut conn = sqlite::open_rw(&config.sqlite_path)?;
-    Ok(sqlite::migrate(&mut conn)?)
+pub async fn migrate(config: &Validated) -> anyhow::Result<usize> {
+    match &config.store {
+        Store::Sqlite(path) => {
+            let mut conn = sqlite::open_rw(path)?;
+            Ok(sqlite::migrate(&mut conn)?)
+        }
+        Store::ClickHouse(s) => Ok(tally_ingest::clickhouse::migrate(s).await?),
+    }
 }
 
 impl Server {
@@ -66,26 +74,38 @@ impl Server {
             dashboard_listener,
         } = self;
 
-        let mut conn = sqlite::open_rw(&config.sqlite_path)?;
-        let applied = sqlite::migrate(&mut conn)?;
-        tracing::info!(path = %config.sqlite_path.display(), applied, "SQLite store ready");
-
         let mut registry = Registry::with_prefix("tally");
         let ingest_metrics = IngestMetrics::default();
         ingest_metrics.register(&mut registry);
         let (tx, rx) = tally_ingest::channel(config.channel_capacity, ingest_metrics.clone());
-        let worker = IngestWorker::spawn(
-            rx,
-            sqlite::SqliteWriter::new(conn),
-            config.batch.clone(),
-            ingest_metrics,
-        )?;
+        let (worker, reader) = match &config.store {
+            Store::Sqlite(path) => {
+                let mut conn = sqlite::open_rw(path)?;
+                let applied = sqlite::migrate(&mut conn)?;
+                tracing::info!(path = %path.display(), applied, "SQLite store ready");
+                let writer = sqlite::SqliteWriter::new(conn);
+                let worker = IngestWorker::spawn(rx, writer, config.batch.clone(), ingest_metrics)?;
+                (worker, Reader::Sqlite(SqliteReader::new(path)))
+            }
+            Store::ClickHouse(s) => {
+                let applied = tally_ingest::clickhouse::migrate(s)
+                    .await
+                    .with_context(|| format!("ClickHouse at {} is not usable", s.url))?;
+                tracing::info!(url = %s.url, database = %s.database, applied, "ClickHouse store ready");
+                let writer = ClickHouseWriter::new(s)?;
+                let worker = IngestWorker::spawn(rx, writer, config.batch.clone(), ingest_metrics)?;
+                (
+                    worker,
+                    Reader::ClickHouse(Box::new(ClickHouseReader::new(s))),
+                )
+            }
+        };
 
         let proxy = Proxy::new(config.proxy.clone(), config.providers, config.pricing, tx)?;
         proxy.register_metrics(&mut registry);
 
         let state = tally_dashboard::AppState {
-            reader: SqliteReader::new(&config.sqlite_path),
+            reader,
             registry: Arc::new(registry),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

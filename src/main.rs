@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tally::{Config, Server};
+use tally::{Config, Server, Store};
+use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
 
 #[derive(Parser)]
@@ -67,29 +68,40 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?.validate()?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-            runtime.block_on(async {
-                let server = Server::bind(config).await?;
-                server.run(shutdown_signal()).await
-            })
-        }
+        Command::Serve => runtime.block_on(async {
+            let server = Server::bind(config).await?;
+            server.run(shutdown_signal()).await
+        }),
         Command::Migrate => {
-            let n = tally::migrate(&config)?;
-            tracing::info!(applied = n, path = %config.sqlite_path.display(), "migrations done");
+            let n = runtime.block_on(tally::migrate(&config))?;
+            tracing::info!(applied = n, "migrations done");
             Ok(())
         }
-        Command::Sql { query, format } => {
-            if !config.sqlite_path.exists() {
-                anyhow::bail!(
-                    "no store at {} yet; run `tally` (or `tally migrate`) first",
-                    config.sqlite_path.display()
-                );
+        Command::Sql { query, format } => match &config.store {
+            Store::Sqlite(path) => {
+                if !path.exists() {
+                    anyhow::bail!(
+                        "no store at {} yet; run `tally` (or `tally migrate`) first",
+                        path.display()
+                    );
+                }
+                let result = SqliteReader::new(path).query(&query)?;
+                print_result(&result, format)
             }
-            let result = SqliteReader::new(&config.sqlite_path).query(&query)?;
-            print_result(&result, format)
-        }
+            Store::ClickHouse(s) => {
+                let format = match format {
+                    SqlFormat::Tsv => "TabSeparatedWithNames",
+                    SqlFormat::Json => "JSONEachRow",
+                };
+                let bytes = runtime.block_on(ClickHouseReader::new(s).query_raw(&query, format))?;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)?;
+                out.flush()?;
+                Ok(())
+            }
+        },
     }
 }
 

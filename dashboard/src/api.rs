@@ -140,10 +140,7 @@ pub async fn list_requests(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = filter_from_query(&q)?;
-    let reader = state.reader.clone();
-    let page = tokio::task::spawn_blocking(move || reader.list(&filter))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let page = state.reader.list(filter).await?;
     let requests: Vec<Value> = page.records.iter().map(|r| record_json(r, false)).collect();
     Ok(Json(json!({
         "requests": requests,
@@ -159,12 +156,7 @@ pub async fn get_request(
     let id = uuid::Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a request id")))?
         .to_string();
-    let reader = state.reader.clone();
-    let lookup = id.clone();
-    let record = tokio::task::spawn_blocking(move || reader.get(&lookup))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    match record {
+    match state.reader.get(id.clone()).await? {
         Some(r) => Ok(Json(record_json(&r, true))),
         None => Err(ApiError::NotFound(format!("no request {id}"))),
     }

@@ -20,13 +20,13 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 
 pub use error::ApiError;
-use store::sqlite::SqliteReader;
+use store::Reader;
 
 /// Shared state of every dashboard handler.
 #[derive(Clone)]
 pub struct AppState {
     /// The store's read side.
-    pub reader: SqliteReader,
+    pub reader: Reader,
     /// Every metric of the process, rendered by `/metrics`.
     pub registry: Arc<Registry>,
 }
@@ -42,14 +42,12 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    let reader = state.reader.clone();
-    match tokio::task::spawn_blocking(move || reader.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ok\n"),
-        Ok(Err(e)) => {
+    match state.reader.ping().await {
+        Ok(()) => (StatusCode::OK, "ok\n"),
+        Err(e) => {
             tracing::warn!(error = %e, "health check: store unreadable");
             (StatusCode::SERVICE_UNAVAILABLE, "store unreadable\n")
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "health check failed\n"),
     }
 }
 

@@ -28,6 +28,12 @@ pub trait BatchWriter: Send + 'static {
 
     /// Writes every record of `batch`, or none of them.
     fn write_batch(&mut self, batch: &[Record]) -> Result<(), Self::Error>;
+
+    /// Whether sending the same batch again may succeed. A permanent error (bad data, unknown
+    /// table, failed authentication) ends the attempts at once.
+    fn retriable(_error: &Self::Error) -> bool {
+        true
+    }
 }
 
 /// Limits for the flush loop.
@@ -195,6 +201,10 @@ impl<W: BatchWriter> FlushLoop<W> {
                 Err(e) => {
                     self.metrics.write_errors.inc();
                     tracing::warn!(attempt, rows = self.batch.len(), error = %e, "batch write failed");
+                    if !W::retriable(&e) {
+                        tracing::error!(error = %e, "the store refused the batch permanently");
+                        break;
+                    }
                     if attempt < self.config.max_attempts {
                         std::thread::sleep(backoff);
                         backoff *= 2;
@@ -204,8 +214,7 @@ impl<W: BatchWriter> FlushLoop<W> {
         }
         tracing::error!(
             rows = self.batch.len(),
-            "giving up on batch after {} attempts; records dropped",
-            self.config.max_attempts
+            "giving up on batch; records dropped"
         );
         self.metrics
             .dropped

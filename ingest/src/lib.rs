@@ -24,6 +24,7 @@
 
 mod batch;
 mod channel;
+pub mod clickhouse;
 mod metrics;
 mod record;
 pub mod sqlite;

@@ -24,14 +24,37 @@ pub const SQLITE: &[Migration] = &[Migration {
     sql: include_str!("../sqlite/0001_requests.sql"),
 }];
 
+/// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
+/// fills `{db}`, `{local}`, `{on_cluster}`, `{engine}`, `{agg_engine}` and the TTL placeholders
+/// from validated config (identifiers checked against a strict pattern), and splits each file
+/// into statements at semicolons that end a line.
+pub const CLICKHOUSE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_requests",
+        sql: include_str!("../clickhouse/0001_requests.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_rollups",
+        sql: include_str!("../clickhouse/0002_rollups.sql"),
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn versions_increase_and_match_names() {
+        for set in [SQLITE, CLICKHOUSE] {
+            check(set);
+        }
+    }
+
+    fn check(set: &[Migration]) {
         let mut last = 0;
-        for m in SQLITE {
+        for m in set {
             assert!(m.version > last, "{} is out of order", m.name);
             let prefix: u32 = m.name[..4].parse().expect("numbered name");
             assert_eq!(prefix, m.version, "{} has the wrong version", m.name);

@@ -1,9 +1,59 @@
 //! The read side of the store. Every query the dashboard and the JSON API run lives in one
 //! module per store (today `sqlite.rs`), so a reviewer can check them all in one place.
 
+pub mod clickhouse;
 pub mod sqlite;
 
 use tally_ingest::Record;
+
+/// The read side of whichever store is configured. An enum, not a trait object: there are two
+/// stores and every query exists for both.
+#[derive(Clone)]
+pub enum Reader {
+    /// The embedded SQLite file.
+    Sqlite(sqlite::SqliteReader),
+    /// A ClickHouse server (boxed: its client is much larger than a path).
+    ClickHouse(Box<clickhouse::ClickHouseReader>),
+}
+
+fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result<T, StoreError> {
+    r.map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+impl Reader {
+    /// Checks that the store can be read.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(tokio::task::spawn_blocking(move || r.ping()).await)
+            }
+            Reader::ClickHouse(r) => r.ping().await,
+        }
+    }
+
+    /// A page of records, newest first, without bodies.
+    pub async fn list(&self, filter: RequestFilter) -> Result<Page, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(tokio::task::spawn_blocking(move || r.list(&filter)).await)
+            }
+            Reader::ClickHouse(r) => r.list(&filter).await,
+        }
+    }
+
+    /// One record with its bodies.
+    pub async fn get(&self, request_id: String) -> Result<Option<Record>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(tokio::task::spawn_blocking(move || r.get(&request_id)).await)
+            }
+            Reader::ClickHouse(r) => r.get(&request_id).await,
+        }
+    }
+}
 
 /// Narrowing of `GET /api/requests`. Every value reaches the store as a bound parameter.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -101,9 +151,12 @@ pub enum StoreError {
     /// The SQLite store could not be opened.
     #[error(transparent)]
     Open(#[from] tally_ingest::sqlite::SqliteError),
-    /// A query failed.
+    /// A SQLite query failed.
     #[error("query failed: {0}")]
     Query(#[from] rusqlite::Error),
+    /// A ClickHouse query failed.
+    #[error("ClickHouse query failed: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
     /// The blocking task running the query was lost.
     #[error("query task failed: {0}")]
     Task(String),

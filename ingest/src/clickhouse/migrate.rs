@@ -1,0 +1,218 @@
+use serde::Deserialize;
+
+use super::{ClickHouseError, ClickHouseSettings};
+
+/// Fills a migration template's placeholders from validated settings and splits it into
+/// statements. In cluster mode, tables get a `_local` suffix and replicated engines, and for each
+/// `CREATE TABLE … {local}` a Distributed table with the plain name is added.
+pub fn render_statements(s: &ClickHouseSettings, template: &str) -> Vec<String> {
+    let db = s.database.as_str();
+    let (local, on_cluster, engine, agg_engine) = match &s.cluster {
+        Some(c) => (
+            "_local",
+            format!(" ON CLUSTER {c}"),
+            "ReplicatedMergeTree",
+            "ReplicatedAggregatingMergeTree",
+        ),
+        None => ("", String::new(), "MergeTree", "AggregatingMergeTree"),
+    };
+    let ttl = |days: u32, column: &str| {
+        if days == 0 {
+            String::new()
+        } else {
+            format!("TTL toDateTime({column}) + INTERVAL {days} DAY")
+        }
+    };
+    let rendered = template
+        .replace("{db}", db)
+        .replace("{local}", local)
+        .replace("{on_cluster}", &on_cluster)
+        .replace("{engine}", engine)
+        .replace("{agg_engine}", agg_engine)
+        .replace("{table_ttl}", &ttl(s.retention_days, "ts"))
+        .replace("{rollup_ttl}", &ttl(s.retention_days, "hour"))
+        .replace("{body_ttl}", &ttl(s.body_ttl_days, "ts"));
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in rendered.lines() {
+        current.push_str(line);
+        current.push('\n');
+        if line.trim_end().ends_with(';') {
+            push_statement(&mut out, &mut current);
+        }
+    }
+    push_statement(&mut out, &mut current);
+    if let Some(cluster) = &s.cluster {
+        let mut distributed = Vec::new();
+        for stmt in &out {
+            if let Some(table) = created_local_table(stmt, db) {
+                distributed.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {db}.{table}{on_cluster} AS {db}.{table}_local \
+                     ENGINE = Distributed({cluster}, {db}, {table}_local, rand())"
+                ));
+            }
+        }
+        out.extend(distributed);
+    }
+    out
+}
+
+fn push_statement(out: &mut Vec<String>, current: &mut String) {
+    let stmt = current.trim().trim_end_matches(';').trim();
+    let has_code = stmt
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"));
+    if has_code {
+        out.push(stmt.to_owned());
+    }
+    current.clear();
+}
+
+/// `requests` for `CREATE TABLE IF NOT EXISTS db.requests_local …` (not for views).
+fn created_local_table(stmt: &str, db: &str) -> Option<String> {
+    let code: String = stmt
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let rest = code
+        .trim_start()
+        .strip_prefix("CREATE TABLE IF NOT EXISTS ")?
+        .strip_prefix(db)?
+        .strip_prefix('.')?;
+    let name = rest.split_whitespace().next()?;
+    name.strip_suffix("_local").map(str::to_owned)
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct Applied {
+    version: u32,
+}
+
+/// Creates the database if missing and applies every migration not yet recorded in
+/// `tally_migrations`. Statements are `IF NOT EXISTS`, so a migration interrupted half-way is
+/// safe to run again. Returns how many migrations were applied.
+pub async fn migrate(s: &ClickHouseSettings) -> Result<usize, ClickHouseError> {
+    let db = &s.database;
+    let on_cluster = s
+        .cluster
+        .as_ref()
+        .map(|c| format!(" ON CLUSTER {c}"))
+        .unwrap_or_default();
+    let server = s.server_client();
+    server
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}{on_cluster}"))
+        .execute()
+        .await?;
+    let engine = if s.cluster.is_some() {
+        "ReplicatedMergeTree"
+    } else {
+        "MergeTree"
+    };
+    server
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.tally_migrations{on_cluster} \
+             (version UInt32, name String, applied_at DateTime64(3, 'UTC')) \
+             ENGINE = {engine} ORDER BY version"
+        ))
+        .execute()
+        .await?;
+    let applied: Vec<u32> = server
+        .query(&format!("SELECT version FROM {db}.tally_migrations"))
+        .fetch_all::<Applied>()
+        .await?
+        .into_iter()
+        .map(|a| a.version)
+        .collect();
+    let mut count = 0;
+    for m in tally_schema::CLICKHOUSE {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        for stmt in render_statements(s, m.sql) {
+            server.query(&stmt).execute().await?;
+        }
+        server
+            .query(&format!(
+                "INSERT INTO {db}.tally_migrations (version, name, applied_at) \
+                 SELECT ?, ?, now64(3, 'UTC')"
+            ))
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await?;
+        tracing::info!(migration = m.name, "applied ClickHouse migration");
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clickhouse::ClickHouseConfig;
+
+    fn settings(cluster: Option<&str>, retention: u32, body: u32) -> ClickHouseSettings {
+        ClickHouseConfig {
+            url: "http://h:8123".into(),
+            cluster: cluster.map(str::to_owned),
+            retention_days: retention,
+            body_ttl_days: body,
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid")
+    }
+
+    #[test]
+    fn single_server_ddl() {
+        let s = settings(None, 90, 14);
+        let stmts = render_statements(&s, tally_schema::CLICKHOUSE[0].sql);
+        assert_eq!(stmts.len(), 1);
+        let ddl = &stmts[0];
+        assert!(
+            ddl.contains("CREATE TABLE IF NOT EXISTS tally.requests\n"),
+            "{ddl}"
+        );
+        assert!(ddl.contains("ENGINE = MergeTree\n"));
+        assert!(ddl.contains("TTL toDateTime(ts) + INTERVAL 90 DAY"));
+        assert!(ddl.contains("CODEC(ZSTD(3)) TTL toDateTime(ts) + INTERVAL 14 DAY"));
+        assert!(!ddl.contains('{'), "unfilled placeholder: {ddl}");
+        let rollups = render_statements(&s, tally_schema::CLICKHOUSE[1].sql);
+        assert_eq!(rollups.len(), 2, "table and materialized view");
+        assert!(rollups[1].contains("TO tally.requests_hourly\n"));
+    }
+
+    #[test]
+    fn no_ttl_when_kept_forever() {
+        let s = settings(None, 0, 0);
+        let ddl = &render_statements(&s, tally_schema::CLICKHOUSE[0].sql)[0];
+        let code = ddl.lines().filter(|l| !l.trim_start().starts_with("--"));
+        assert!(!code.into_iter().any(|l| l.contains("TTL")), "{ddl}");
+    }
+
+    #[test]
+    fn cluster_ddl_is_replicated_on_cluster_with_distributed_tables() {
+        let s = settings(Some("prod"), 0, 0);
+        let stmts = render_statements(&s, tally_schema::CLICKHOUSE[0].sql);
+        assert_eq!(stmts.len(), 2);
+        assert!(
+            stmts[0].contains("CREATE TABLE IF NOT EXISTS tally.requests_local ON CLUSTER prod")
+        );
+        assert!(stmts[0].contains("ENGINE = ReplicatedMergeTree\n"));
+        assert_eq!(
+            stmts[1],
+            "CREATE TABLE IF NOT EXISTS tally.requests ON CLUSTER prod AS tally.requests_local \
+             ENGINE = Distributed(prod, tally, requests_local, rand())"
+        );
+        let rollups = render_statements(&s, tally_schema::CLICKHOUSE[1].sql);
+        assert_eq!(rollups.len(), 3, "local table, view, distributed table");
+        assert!(rollups[0].contains("ENGINE = ReplicatedAggregatingMergeTree"));
+        assert!(
+            rollups[1].contains("FROM tally.requests_local\n"),
+            "views read the local shard: {}",
+            rollups[1]
+        );
+        assert!(rollups[2].contains("Distributed(prod, tally, requests_hourly_local, rand())"));
+    }
+}

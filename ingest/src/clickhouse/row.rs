@@ -1,0 +1,150 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::record::{CacheStatus, Record, Tokens};
+
+/// The `requests` table's row, in column order, as the `clickhouse` crate encodes it
+/// (RowBinary; validated against the table's schema on first insert).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct RequestRow {
+    #[serde(with = "clickhouse::serde::uuid")]
+    request_id: Uuid,
+    #[serde(with = "clickhouse::serde::chrono::datetime64::millis")]
+    ts: DateTime<Utc>,
+    provider: String,
+    endpoint: String,
+    method: String,
+    model: Option<String>,
+    response_model: Option<String>,
+    status: u16,
+    stream: bool,
+    latency_ms: u64,
+    ttft_ms: Option<u64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cache_read_tokens: Option<u64>,
+    cache_write_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+    tokens_estimated: bool,
+    cost_usd: Option<f64>,
+    user_id: Option<String>,
+    session_id: Option<String>,
+    session_path: Option<String>,
+    session_name: Option<String>,
+    properties: Vec<(String, String)>,
+    cache_status: String,
+    error: Option<String>,
+    request_bytes: u64,
+    response_bytes: u64,
+    api_key_hint: Option<String>,
+    provider_request_id: Option<String>,
+    request_body: Option<String>,
+    response_body: Option<String>,
+    request_body_truncated: bool,
+    response_body_truncated: bool,
+}
+
+impl From<&Record> for RequestRow {
+    fn from(r: &Record) -> Self {
+        let t = r.tokens;
+        Self {
+            request_id: r.request_id,
+            ts: DateTime::from_timestamp_millis(r.ts).unwrap_or_default(),
+            provider: r.provider.clone(),
+            endpoint: r.endpoint.clone(),
+            method: r.method.clone(),
+            model: r.model.clone(),
+            response_model: r.response_model.clone(),
+            status: r.status,
+            stream: r.stream,
+            latency_ms: r.latency_ms,
+            ttft_ms: r.ttft_ms,
+            prompt_tokens: t.map(|t| t.prompt),
+            completion_tokens: t.map(|t| t.completion),
+            cache_read_tokens: t.map(|t| t.cache_read),
+            cache_write_tokens: t.map(|t| t.cache_write),
+            reasoning_tokens: t.map(|t| t.reasoning),
+            total_tokens: t.map(|t| t.total()),
+            tokens_estimated: r.tokens_estimated,
+            cost_usd: r.cost_usd,
+            user_id: r.user_id.clone(),
+            session_id: r.session_id.clone(),
+            session_path: r.session_path.clone(),
+            session_name: r.session_name.clone(),
+            properties: r
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cache_status: r.cache_status.as_str().to_owned(),
+            error: r.error.clone(),
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            api_key_hint: r.api_key_hint.clone(),
+            provider_request_id: r.provider_request_id.clone(),
+            request_body: r.request_body.clone(),
+            response_body: r.response_body.clone(),
+            request_body_truncated: r.request_body_truncated,
+            response_body_truncated: r.response_body_truncated,
+        }
+    }
+}
+
+impl From<RequestRow> for Record {
+    fn from(r: RequestRow) -> Self {
+        let tokens = match (r.prompt_tokens, r.completion_tokens) {
+            (None, None) => None,
+            (p, c) => Some(Tokens {
+                prompt: p.unwrap_or(0),
+                completion: c.unwrap_or(0),
+                cache_read: r.cache_read_tokens.unwrap_or(0),
+                cache_write: r.cache_write_tokens.unwrap_or(0),
+                reasoning: r.reasoning_tokens.unwrap_or(0),
+            }),
+        };
+        Record {
+            request_id: r.request_id,
+            ts: r.ts.timestamp_millis(),
+            provider: r.provider,
+            endpoint: r.endpoint,
+            method: r.method,
+            model: r.model,
+            response_model: r.response_model,
+            status: r.status,
+            stream: r.stream,
+            latency_ms: r.latency_ms,
+            ttft_ms: r.ttft_ms,
+            tokens,
+            tokens_estimated: r.tokens_estimated,
+            cost_usd: r.cost_usd,
+            user_id: r.user_id,
+            session_id: r.session_id,
+            session_path: r.session_path,
+            session_name: r.session_name,
+            properties: r.properties.into_iter().collect(),
+            cache_status: CacheStatus::parse(&r.cache_status),
+            error: r.error,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            api_key_hint: r.api_key_hint,
+            provider_request_id: r.provider_request_id,
+            request_body: r.request_body,
+            response_body: r.response_body,
+            request_body_truncated: r.request_body_truncated,
+            response_body_truncated: r.response_body_truncated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_through_the_row() {
+        let r = crate::tests::record(7);
+        assert_eq!(Record::from(RequestRow::from(&r)), r);
+    }
+}

@@ -1,0 +1,134 @@
+use clickhouse::error::Error;
+
+use super::{ClickHouseError, ClickHouseSettings, RequestRow};
+use crate::batch::BatchWriter;
+use crate::record::Record;
+
+/// ClickHouse error codes that no retry can fix: the request itself is wrong.
+const PERMANENT_CODES: &[&str] = &[
+    "Code: 16.",  // NO_SUCH_COLUMN_IN_TABLE
+    "Code: 27.",  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    "Code: 33.",  // CANNOT_READ_ALL_DATA
+    "Code: 47.",  // UNKNOWN_IDENTIFIER
+    "Code: 53.",  // TYPE_MISMATCH
+    "Code: 60.",  // UNKNOWN_TABLE
+    "Code: 62.",  // SYNTAX_ERROR
+    "Code: 81.",  // UNKNOWN_DATABASE
+    "Code: 117.", // INCORRECT_DATA
+    "Code: 164.", // READONLY
+    "Code: 192.", // UNKNOWN_USER
+    "Code: 193.", // WRONG_PASSWORD
+    "Code: 497.", // ACCESS_DENIED
+    "Code: 516.", // AUTHENTICATION_FAILED
+];
+
+/// Whether a failed insert may succeed if sent again: network failures, timeouts and server
+/// overload are retried; malformed data, schema mismatches and auth failures are not.
+pub fn is_retriable(e: &ClickHouseError) -> bool {
+    match e {
+        ClickHouseError::Client(Error::BadResponse(text)) => {
+            !PERMANENT_CODES.iter().any(|c| text.contains(c))
+        }
+        ClickHouseError::Client(
+            Error::InvalidParams(_)
+            | Error::RowNotFound
+            | Error::SchemaMismatch(_)
+            | Error::Unsupported(_),
+        ) => false,
+        _ => true,
+    }
+}
+
+/// The deduplication token of a batch: the same records in the same order always give the
+/// same token, so a batch re-sent after a lost acknowledgement (a retry, or a replay) is
+/// dropped by ClickHouse instead of counted twice.
+pub fn batch_token(batch: &[Record]) -> String {
+    let first = batch.first().map(|r| r.request_id.simple().to_string());
+    let last = batch.last().map(|r| r.request_id.simple().to_string());
+    format!(
+        "tally-{}-{}-{}",
+        first.unwrap_or_default(),
+        last.unwrap_or_default(),
+        batch.len()
+    )
+}
+
+/// Writes batches into `requests` with one INSERT each.
+///
+/// The ingest worker is a plain thread; this writer owns a single-threaded runtime to drive
+/// the async client, so ClickHouse I/O never touches the proxy's runtime.
+pub struct ClickHouseWriter {
+    runtime: tokio::runtime::Runtime,
+    client: clickhouse::Client,
+    table: &'static str,
+}
+
+impl ClickHouseWriter {
+    /// A writer for the validated settings (run migrations first).
+    pub fn new(settings: &ClickHouseSettings) -> Result<Self, ClickHouseError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            runtime,
+            client: settings.client(),
+            table: settings.requests_table(),
+        })
+    }
+
+    async fn insert(&self, batch: &[Record]) -> Result<(), ClickHouseError> {
+        let client = self
+            .client
+            .clone()
+            .with_setting("insert_deduplication_token", batch_token(batch))
+            .with_setting("insert_deduplicate", "1");
+        let mut insert = client.insert::<RequestRow>(self.table).await?;
+        for r in batch {
+            insert.write(&RequestRow::from(r)).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+}
+
+impl BatchWriter for ClickHouseWriter {
+    type Error = ClickHouseError;
+
+    fn write_batch(&mut self, batch: &[Record]) -> Result<(), ClickHouseError> {
+        self.runtime.block_on(self.insert(batch))
+    }
+
+    fn retriable(error: &ClickHouseError) -> bool {
+        is_retriable(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let bad = |t: &str| ClickHouseError::Client(Error::BadResponse(t.to_owned()));
+        assert!(!is_retriable(&bad(
+            "Code: 60. DB::Exception: Table tally.requests does not exist"
+        )));
+        assert!(!is_retriable(&bad(
+            "Code: 516. DB::Exception: Authentication failed"
+        )));
+        assert!(is_retriable(&bad(
+            "Code: 252. DB::Exception: Too many parts"
+        )));
+        assert!(is_retriable(&bad(
+            "Code: 159. DB::Exception: Timeout exceeded"
+        )));
+        assert!(is_retriable(&ClickHouseError::Client(Error::TimedOut)));
+    }
+
+    #[test]
+    fn token_depends_on_the_batch_only() {
+        let a: Vec<Record> = (0..3).map(crate::tests::record).collect();
+        assert_eq!(batch_token(&a), batch_token(&a.clone()));
+        assert_ne!(batch_token(&a), batch_token(&a[..2]));
+    }
+}
