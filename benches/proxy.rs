@@ -81,6 +81,7 @@ fn overhead(c: &mut Criterion) {
         config.proxy.listen = "127.0.0.1:0".into();
         config.dashboard.listen = "127.0.0.1:0".into();
         config.store.path = dir.path().join("bench.db");
+        config.store.spool_dir = dir.path().join("spool");
         config.providers.insert(
             "openai".into(),
             tally_proxy::ProviderConfig {

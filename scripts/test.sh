@@ -4,11 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The end-to-end SDK test drives Tally with the real openai and anthropic Python packages.
+# The end-to-end SDK test drives Tally with the real openai and anthropic Python packages, and
+# the ClickHouse tests run against a ClickHouse-HTTP server over the chdb-core engine.
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 export TALLY_TEST_PYTHON="$PWD/.venv/bin/python"
 
 cargo fmt --all -- --check

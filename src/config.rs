@@ -25,6 +25,8 @@ use tally_proxy::{Price, PricingTable, ProviderConfig, Providers, ProxyConfig, S
 pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:8788";
 /// The SQLite store file when unset.
 pub const DEFAULT_SQLITE_PATH: &str = "./tally.db";
+/// The spool directory when unset.
+pub const DEFAULT_SPOOL_DIR: &str = "./tally-spool";
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -102,6 +104,11 @@ pub struct StoreConfig {
     pub compression: tally_ingest::clickhouse::Compression,
     /// ClickHouse per-request timeout, milliseconds; 30000 when unset.
     pub timeout_ms: Option<u64>,
+    /// Where batches the store cannot take wait on disk; `./tally-spool` when unset.
+    pub spool_dir: PathBuf,
+    /// Spool size limit in bytes; 1 GiB when unset. At the limit new batches are dropped
+    /// (counted as `spool_full`), never older ones.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -118,6 +125,8 @@ impl Default for StoreConfig {
             body_ttl_days: 0,
             compression: tally_ingest::clickhouse::Compression::Lz4,
             timeout_ms: None,
+            spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
+            spool_max_bytes: tally_ingest::spool::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -182,6 +191,8 @@ pub struct Validated {
     pub dashboard_listen: SocketAddr,
     /// The store.
     pub store: Store,
+    /// The spool directory and its limit in bytes.
+    pub spool: (PathBuf, u64),
     /// Channel capacity.
     pub channel_capacity: usize,
     /// Flush loop limits.
@@ -275,6 +286,7 @@ impl Config {
             pricing,
             dashboard_listen,
             store,
+            spool: (self.store.spool_dir.clone(), self.store.spool_max_bytes),
             channel_capacity: self.ingest.channel_capacity,
             batch: BatchConfig {
                 max_rows: self.ingest.batch_max_rows,

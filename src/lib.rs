@@ -15,6 +15,7 @@ use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
 use tally_dashboard::store::Reader;
 use tally_ingest::clickhouse::ClickHouseWriter;
+use tally_ingest::spool::Spool;
 use tally_ingest::{sqlite, IngestMetrics, IngestWorker};
 use tally_proxy::Proxy;
 use tokio::net::TcpListener;
@@ -78,13 +79,30 @@ impl Server {
         let ingest_metrics = IngestMetrics::default();
         ingest_metrics.register(&mut registry);
         let (tx, rx) = tally_ingest::channel(config.channel_capacity, ingest_metrics.clone());
+        let (spool_dir, spool_max) = &config.spool;
+        let spool = Spool::open(spool_dir, *spool_max)
+            .with_context(|| format!("cannot open the spool at {}", spool_dir.display()))?;
+        if !spool.is_empty() {
+            tracing::warn!(
+                segments = spool.len(),
+                bytes = spool.bytes(),
+                "spool holds batches from an earlier run; replaying"
+            );
+        }
+        let spool = Some(spool);
         let (worker, reader) = match &config.store {
             Store::Sqlite(path) => {
                 let mut conn = sqlite::open_rw(path)?;
                 let applied = sqlite::migrate(&mut conn)?;
                 tracing::info!(path = %path.display(), applied, "SQLite store ready");
                 let writer = sqlite::SqliteWriter::new(conn);
-                let worker = IngestWorker::spawn(rx, writer, config.batch.clone(), ingest_metrics)?;
+                let worker = IngestWorker::spawn_with_spool(
+                    rx,
+                    writer,
+                    config.batch.clone(),
+                    ingest_metrics,
+                    spool,
+                )?;
                 (worker, Reader::Sqlite(SqliteReader::new(path)))
             }
             Store::ClickHouse(s) => {
@@ -93,7 +111,13 @@ impl Server {
                     .with_context(|| format!("ClickHouse at {} is not usable", s.url))?;
                 tracing::info!(url = %s.url, database = %s.database, applied, "ClickHouse store ready");
                 let writer = ClickHouseWriter::new(s)?;
-                let worker = IngestWorker::spawn(rx, writer, config.batch.clone(), ingest_metrics)?;
+                let worker = IngestWorker::spawn_with_spool(
+                    rx,
+                    writer,
+                    config.batch.clone(),
+                    ingest_metrics,
+                    spool,
+                )?;
                 (
                     worker,
                     Reader::ClickHouse(Box::new(ClickHouseReader::new(s))),

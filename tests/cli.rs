@@ -33,13 +33,15 @@ listen = "127.0.0.1:{d}"
 [store]
 kind = "sqlite"
 path = "{db}"
+spool_dir = "{spool}"
 [providers.openai]
 base_url = "{upstream}"
 [providers.anthropic]
 kind = "anthropic"
 base_url = "{upstream}"
 "#,
-            db = dir.join("tally.db").display()
+            db = dir.join("tally.db").display(),
+            spool = dir.join("spool").display()
         ),
     )
     .expect("write config");

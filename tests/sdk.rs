@@ -5,23 +5,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::support::clickhouse::python;
+
 use serde_json::Value;
 
 use crate::support::fake_upstream::{ANTHROPIC_USAGE, OPENAI_USAGE, WORDS};
 use crate::support::*;
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("TALLY_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "the SDK test needs Python with the openai and anthropic packages: run scripts/test.sh \
-         (it creates .venv from tests/sdk/requirements.txt) or set TALLY_TEST_PYTHON"
-    );
-    venv
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_and_anthropic_sdks_work_unmodified_and_are_recorded() {

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod clickhouse_store;
 mod errors;
 mod load;
 mod passthrough;

@@ -11,6 +11,11 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::metrics::{DropLabels, IngestMetrics};
 use crate::record::Record;
+use crate::spool::{Spool, SpoolError};
+
+/// First wait before replaying the spool after the store failed; doubles up to the maximum.
+const REPLAY_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Rows per batch when unset.
 pub const DEFAULT_MAX_ROWS: usize = 1_000;
@@ -70,18 +75,36 @@ pub struct IngestWorker {
 }
 
 impl IngestWorker {
-    /// Starts the flush loop on a dedicated thread.
+    /// Starts the flush loop on a dedicated thread, without a spool: a batch the store keeps
+    /// refusing is counted as dropped.
     pub fn spawn<W: BatchWriter>(
         rx: Receiver<Record>,
         writer: W,
         config: BatchConfig,
         metrics: IngestMetrics,
     ) -> std::io::Result<Self> {
+        Self::spawn_with_spool(rx, writer, config, metrics, None)
+    }
+
+    /// Starts the flush loop with a spool: a batch the store cannot take (after the configured
+    /// attempts, for retriable errors) is written to disk and replayed, oldest first, once the
+    /// store answers again; segments left by an earlier run are replayed too.
+    pub fn spawn_with_spool<W: BatchWriter>(
+        rx: Receiver<Record>,
+        writer: W,
+        config: BatchConfig,
+        metrics: IngestMetrics,
+        spool: Option<Spool>,
+    ) -> std::io::Result<Self> {
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("tally-ingest".into())
             .spawn(move || {
-                FlushLoop {
+                let replay_at = spool
+                    .as_ref()
+                    .filter(|s| !s.is_empty())
+                    .map(|_| Instant::now());
+                let l = FlushLoop {
                     rx,
                     stop: stop_rx,
                     writer,
@@ -89,8 +112,13 @@ impl IngestWorker {
                     metrics,
                     batch: Vec::new(),
                     batch_bytes: 0,
-                }
-                .run()
+                    spool,
+                    store_down: false,
+                    replay_at,
+                    replay_backoff: REPLAY_BACKOFF_MIN,
+                };
+                l.update_spool_gauges();
+                l.run()
             })?;
         Ok(Self { stop, thread })
     }
@@ -113,13 +141,26 @@ struct FlushLoop<W> {
     metrics: IngestMetrics,
     batch: Vec<Record>,
     batch_bytes: usize,
+    spool: Option<Spool>,
+    /// The last write failed: new batches get one attempt before going to the spool.
+    store_down: bool,
+    /// When to try the spool's oldest segment next; `None` when the spool is empty.
+    replay_at: Option<Instant>,
+    replay_backoff: Duration,
 }
 
 impl<W: BatchWriter> FlushLoop<W> {
     fn run(mut self) {
         let mut deadline: Option<Instant> = None;
         loop {
-            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+            if self.replay_at.is_some_and(|t| t <= Instant::now()) {
+                self.replay();
+            }
+            let next = match (deadline, self.replay_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = next.map_or(Duration::from_secs(3600), |d| {
                 d.saturating_duration_since(Instant::now())
             });
             select! {
@@ -153,8 +194,10 @@ impl<W: BatchWriter> FlushLoop<W> {
                     return;
                 },
                 default(wait) => {
-                    self.flush();
-                    deadline = None;
+                    if deadline.is_some_and(|d| d <= Instant::now()) {
+                        self.flush();
+                        deadline = None;
+                    }
                 }
             }
         }
@@ -184,45 +227,166 @@ impl<W: BatchWriter> FlushLoop<W> {
         if self.batch.is_empty() {
             return;
         }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        // While the store is known to be down, do not spend the backoff on every new batch.
+        let attempts = if self.store_down {
+            1
+        } else {
+            self.config.max_attempts
+        };
+        match self.write(&batch, attempts) {
+            Ok(()) => {
+                if self.store_down {
+                    tracing::info!("store is accepting writes again");
+                }
+                self.store_down = false;
+                if self.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+                    self.replay_at = Some(Instant::now());
+                }
+            }
+            Err(retriable) => {
+                self.store_down = retriable;
+                if retriable && self.spool.is_some() {
+                    self.spool_batch(&batch);
+                } else {
+                    tracing::error!(rows = batch.len(), "giving up on batch; records dropped");
+                    self.drop_records("store_error", batch.len());
+                }
+            }
+        }
+        let mut batch = batch;
+        batch.clear();
+        self.batch = batch;
+    }
+
+    /// Tries a batch up to `attempts` times. `Err(true)` when the last failure may pass on a
+    /// later try, `Err(false)` when the store refused the batch for good.
+    fn write(&mut self, batch: &[Record], attempts: u32) -> Result<(), bool> {
         let mut backoff = self.config.retry_backoff;
-        for attempt in 1..=self.config.max_attempts {
+        for attempt in 1..=attempts.max(1) {
             let started = Instant::now();
-            match self.writer.write_batch(&self.batch) {
+            match self.writer.write_batch(batch) {
                 Ok(()) => {
                     self.metrics
                         .batch_write_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    self.metrics.written.inc_by(self.batch.len() as u64);
-                    tracing::debug!(rows = self.batch.len(), "batch written");
-                    self.batch.clear();
-                    self.batch_bytes = 0;
-                    return;
+                    self.metrics.written.inc_by(batch.len() as u64);
+                    tracing::debug!(rows = batch.len(), "batch written");
+                    return Ok(());
                 }
                 Err(e) => {
                     self.metrics.write_errors.inc();
-                    tracing::warn!(attempt, rows = self.batch.len(), error = %e, "batch write failed");
+                    tracing::warn!(attempt, rows = batch.len(), error = %e, "batch write failed");
                     if !W::retriable(&e) {
                         tracing::error!(error = %e, "the store refused the batch permanently");
-                        break;
+                        return Err(false);
                     }
-                    if attempt < self.config.max_attempts {
+                    if attempt < attempts {
                         std::thread::sleep(backoff);
                         backoff *= 2;
                     }
                 }
             }
         }
-        tracing::error!(
-            rows = self.batch.len(),
-            "giving up on batch; records dropped"
-        );
+        Err(true)
+    }
+
+    fn spool_batch(&mut self, batch: &[Record]) {
+        let Some(spool) = self.spool.as_mut() else {
+            return;
+        };
+        match spool.append(batch) {
+            Ok(()) => {
+                self.metrics.spooled.inc_by(batch.len() as u64);
+                tracing::warn!(
+                    rows = batch.len(),
+                    segments = spool.len(),
+                    "store unavailable; batch spooled to disk"
+                );
+                if self.replay_at.is_none() {
+                    self.replay_at = Some(Instant::now() + self.replay_backoff);
+                }
+            }
+            Err(e @ SpoolError::Full { .. }) => {
+                tracing::error!(rows = batch.len(), error = %e, "spool full; records dropped");
+                self.drop_records("spool_full", batch.len());
+            }
+            Err(e) => {
+                tracing::error!(rows = batch.len(), error = %e, "cannot spool; records dropped");
+                self.drop_records("spool_error", batch.len());
+            }
+        }
+        self.update_spool_gauges();
+    }
+
+    /// Replays spooled segments, oldest first, until one fails or the spool is empty.
+    fn replay(&mut self) {
+        self.replay_at = None;
+        loop {
+            let Some(segment) = self.spool.as_ref().and_then(Spool::oldest) else {
+                self.replay_backoff = REPLAY_BACKOFF_MIN;
+                break;
+            };
+            let read = self.spool.as_ref().map(|s| s.read(&segment));
+            match read {
+                Some(Ok(records)) => match self.write(&records, 1) {
+                    Ok(()) => {
+                        self.metrics.replayed.inc_by(records.len() as u64);
+                        if let Some(s) = self.spool.as_mut() {
+                            if let Err(e) = s.remove(&segment) {
+                                // Replaying it again later is harmless: the batch token makes
+                                // the store drop the duplicate.
+                                tracing::error!(error = %e, "cannot delete a replayed segment");
+                                break;
+                            }
+                        }
+                        self.store_down = false;
+                    }
+                    Err(retriable) => {
+                        if !retriable {
+                            self.quarantine(&segment);
+                            continue;
+                        }
+                        self.store_down = true;
+                        self.replay_at = Some(Instant::now() + self.replay_backoff);
+                        self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_BACKOFF_MAX);
+                        break;
+                    }
+                },
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "spool segment unreadable");
+                    self.quarantine(&segment);
+                }
+                None => break,
+            }
+        }
+        self.update_spool_gauges();
+    }
+
+    fn quarantine(&mut self, segment: &crate::spool::Segment) {
+        if let Some(s) = self.spool.as_mut() {
+            match s.quarantine(segment) {
+                Ok(path) => {
+                    self.metrics.spool_quarantined.inc();
+                    tracing::error!(path = %path.display(), "spool segment quarantined");
+                }
+                Err(e) => tracing::error!(error = %e, "cannot quarantine a spool segment"),
+            }
+        }
+    }
+
+    fn drop_records(&self, reason: &'static str, n: usize) {
         self.metrics
             .dropped
-            .get_or_create(&DropLabels {
-                reason: "store_error",
-            })
-            .inc_by(self.batch.len() as u64);
-        self.batch.clear();
-        self.batch_bytes = 0;
+            .get_or_create(&DropLabels { reason })
+            .inc_by(n as u64);
+    }
+
+    fn update_spool_gauges(&self) {
+        if let Some(s) = &self.spool {
+            self.metrics.spool_bytes.set(s.bytes() as i64);
+            self.metrics.spool_segments.set(s.len() as i64);
+        }
     }
 }

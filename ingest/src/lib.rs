@@ -27,6 +27,7 @@ mod channel;
 pub mod clickhouse;
 mod metrics;
 mod record;
+pub mod spool;
 pub mod sqlite;
 
 pub use batch::{

@@ -29,11 +29,27 @@ pub struct IngestMetrics {
     pub write_errors: Counter,
     /// Time to write one batch, seconds.
     pub batch_write_seconds: Histogram,
+    /// Records written to the disk spool because the store was unavailable.
+    pub spooled: Counter,
+    /// Spooled records later written to the store.
+    pub replayed: Counter,
+    /// Bytes in the spool.
+    pub spool_bytes: Gauge,
+    /// Segments (batches) in the spool.
+    pub spool_segments: Gauge,
+    /// Corrupt spool segments moved aside.
+    pub spool_quarantined: Counter,
 }
 
 /// Every drop reason, so each series exists (at 0) before the first drop and alerts can
 /// watch it.
-pub const DROP_REASONS: [&str; 3] = ["channel_full", "channel_closed", "store_error"];
+pub const DROP_REASONS: [&str; 5] = [
+    "channel_full",
+    "channel_closed",
+    "store_error",
+    "spool_full",
+    "spool_error",
+];
 
 impl Default for IngestMetrics {
     fn default() -> Self {
@@ -48,6 +64,11 @@ impl Default for IngestMetrics {
             channel_depth: Gauge::default(),
             write_errors: Counter::default(),
             batch_write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            spooled: Counter::default(),
+            replayed: Counter::default(),
+            spool_bytes: Gauge::default(),
+            spool_segments: Gauge::default(),
+            spool_quarantined: Counter::default(),
         }
     }
 }
@@ -79,6 +100,31 @@ impl IngestMetrics {
             "store_write_errors",
             "Batch writes that failed (and may be retried)",
             self.write_errors.clone(),
+        );
+        registry.register(
+            "records_spooled",
+            "Records written to the disk spool while the store was unavailable",
+            self.spooled.clone(),
+        );
+        registry.register(
+            "records_replayed",
+            "Spooled records later written to the store",
+            self.replayed.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes in the disk spool",
+            self.spool_bytes.clone(),
+        );
+        registry.register(
+            "spool_segments",
+            "Batches waiting in the disk spool",
+            self.spool_segments.clone(),
+        );
+        registry.register(
+            "spool_quarantined",
+            "Corrupt spool segments moved to quarantine",
+            self.spool_quarantined.clone(),
         );
         registry.register(
             "batch_write_seconds",

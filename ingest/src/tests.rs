@@ -195,3 +195,113 @@ fn sqlite_writer_round_trips_and_ignores_a_replayed_batch() {
         "read-only connection wrote"
     );
 }
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn outage_spools_then_replays_every_record_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    let probe = Probe::default();
+    *probe.fail.lock().expect("lock") = u32::MAX; // the store is down
+    let spool = spool::Spool::open(dir.path(), spool::DEFAULT_MAX_BYTES).expect("spool");
+    let config = BatchConfig {
+        flush_interval: Duration::from_millis(10),
+        ..fast_config()
+    };
+    let worker =
+        IngestWorker::spawn_with_spool(rx, probe.clone(), config, metrics.clone(), Some(spool))
+            .expect("spawn");
+    for i in 0..25 {
+        tx.send(record(i));
+    }
+    wait_until("records spooled", || metrics.spooled.get() == 25);
+    assert_eq!(metrics.written.get(), 0);
+    assert!(metrics.spool_segments.get() >= 3);
+    *probe.fail.lock().expect("lock") = 0; // the store is back
+    wait_until("spool replayed", || metrics.replayed.get() == 25);
+    assert_eq!(metrics.written.get(), 25);
+    assert_eq!(metrics.spool_segments.get(), 0);
+    assert_eq!(metrics.dropped_total(), 0);
+    assert_eq!(
+        probe.batches.lock().expect("lock").iter().sum::<usize>(),
+        25
+    );
+    worker.shutdown();
+}
+
+#[test]
+fn records_spooled_at_shutdown_are_replayed_by_the_next_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let down = Probe::default();
+    *down.fail.lock().expect("lock") = u32::MAX;
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    for i in 0..7 {
+        tx.send(record(i));
+    }
+    let spool = spool::Spool::open(dir.path(), spool::DEFAULT_MAX_BYTES).expect("spool");
+    IngestWorker::spawn_with_spool(rx, down, fast_config(), metrics.clone(), Some(spool))
+        .expect("spawn")
+        .shutdown();
+    assert_eq!((metrics.spooled.get(), metrics.dropped_total()), (7, 0));
+
+    let up = Probe::default();
+    let metrics = IngestMetrics::default();
+    let (_tx, rx) = channel(100, metrics.clone());
+    let spool = spool::Spool::open(dir.path(), spool::DEFAULT_MAX_BYTES).expect("reopen");
+    assert_eq!(spool.len(), 1);
+    let worker =
+        IngestWorker::spawn_with_spool(rx, up.clone(), fast_config(), metrics.clone(), Some(spool))
+            .expect("spawn");
+    wait_until("replay after restart", || metrics.replayed.get() == 7);
+    worker.shutdown();
+    assert_eq!(up.batches.lock().expect("lock").clone(), vec![7]);
+}
+
+/// A writer whose every error is permanent.
+struct Refuses;
+
+impl BatchWriter for Refuses {
+    type Error = ProbeError;
+    fn write_batch(&mut self, _: &[Record]) -> Result<(), ProbeError> {
+        Err(ProbeError)
+    }
+    fn retriable(_: &ProbeError) -> bool {
+        false
+    }
+}
+
+#[test]
+fn permanent_errors_are_not_retried_or_spooled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    tx.send(record(1));
+    let spool = spool::Spool::open(dir.path(), spool::DEFAULT_MAX_BYTES).expect("spool");
+    IngestWorker::spawn_with_spool(rx, Refuses, fast_config(), metrics.clone(), Some(spool))
+        .expect("spawn")
+        .shutdown();
+    assert_eq!(
+        metrics.write_errors.get(),
+        1,
+        "no retry of a permanent error"
+    );
+    assert_eq!(metrics.spooled.get(), 0);
+    let dropped = metrics
+        .dropped
+        .get_or_create(&DropLabels {
+            reason: "store_error",
+        })
+        .get();
+    assert_eq!(dropped, 1);
+}

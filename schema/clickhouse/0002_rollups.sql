@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS {db}.requests_hourly{local}{on_cluster}
 ENGINE = {agg_engine}
 PARTITION BY toYYYYMM(hour)
 ORDER BY (hour, provider, model)
-{rollup_ttl};
+{rollup_ttl}
+SETTINGS non_replicated_deduplication_window = 10000;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.requests_hourly_mv{local}{on_cluster}
 TO {db}.requests_hourly{local}

@@ -1,6 +1,7 @@
 //! Fixtures the suite starts itself: the fake upstream and an in-process Tally on free ports
 //! with its own SQLite file.
 
+pub mod clickhouse;
 pub mod fake_upstream;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub fn test_config(upstream: &str, db: PathBuf) -> Config {
     let mut c = Config::default();
     c.proxy.listen = "127.0.0.1:0".into();
     c.dashboard.listen = "127.0.0.1:0".into();
+    c.store.spool_dir = db.with_file_name("spool");
     c.store.path = db;
     c.ingest.flush_interval_ms = 20;
     for name in ["openai", "anthropic"] {

@@ -81,7 +81,10 @@ impl ClickHouseWriter {
             .client
             .clone()
             .with_setting("insert_deduplication_token", batch_token(batch))
-            .with_setting("insert_deduplicate", "1");
+            .with_setting("insert_deduplicate", "1")
+            // Without this, a retried batch is dropped by `requests` but still aggregated again
+            // by the rollup's materialized view (the suite's rollup test catches it).
+            .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         let mut insert = client.insert::<RequestRow>(self.table).await?;
         for r in batch {
             insert.write(&RequestRow::from(r)).await?;

@@ -1,0 +1,418 @@
+//! ClickHouse as the store, against a real ClickHouse engine (see `support/clickhouse.rs`).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use tally_ingest::clickhouse::ClickHouseWriter;
+use tally_ingest::{BatchWriter, CacheStatus, Record, Tokens};
+
+use crate::support::clickhouse::{ClickHouse, FaultGate};
+use crate::support::{get, post_json, request_id, FakeUpstream, TestTally};
+
+async fn count(ch: &ClickHouse, sql: &str) -> u64 {
+    ch.client().query(sql).fetch_one::<u64>().await.expect(sql)
+}
+
+async fn wait_for_rows(ch: &ClickHouse, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let c = count(ch, "SELECT count() FROM requests").await;
+        if c >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {c} of {n} rows arrived in ClickHouse"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The API's view of a record, minus what differs between two runs of the same request.
+fn comparable(mut rec: Value) -> Value {
+    let o = rec.as_object_mut().expect("object");
+    for k in ["request_id", "ts", "latency_ms", "ttft_ms"] {
+        assert!(o.remove(k).is_some(), "{k} missing");
+    }
+    rec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lands_in_clickhouse_with_every_field_as_in_sqlite() {
+    let up = FakeUpstream::start().await;
+    let ch = tokio::task::spawn_blocking(ClickHouse::start)
+        .await
+        .expect("start engine");
+    let on_ch = TestTally::start_with(&up.url(), |c| ch.configure(c)).await;
+    let on_sqlite = TestTally::start(&up.url()).await;
+    let headers = [
+        ("authorization", "Bearer sk-proj-secretsecretsecret-abcd"),
+        ("Tally-User-Id", "alice"),
+        ("Tally-Session-Id", "s-1"),
+        ("Tally-Session-Path", "/plan/step-1"),
+        ("Tally-Session-Name", "Trip"),
+        ("Tally-Property-Env", "prod"),
+        ("Tally-Property-Team", "search"),
+    ];
+    let cases = [
+        (
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/anthropic/v1/messages",
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 9, "messages": []}),
+        ),
+        (
+            "/compat/v1/chat/completions",
+            json!({"model": "mystery", "stream": true, "messages": []}),
+        ),
+    ];
+    for (path, body) in cases {
+        let (_, h1, b1) = post_json(&on_ch.url(path), &headers, &body).await;
+        let (_, h2, b2) = post_json(&on_sqlite.url(path), &headers, &body).await;
+        assert_eq!(b1, b2);
+        let from_ch = on_ch.record(&request_id(&h1)).await;
+        let from_sqlite = on_sqlite.record(&request_id(&h2)).await;
+        assert_eq!(from_ch["ts"].as_str().map(str::len), Some(24), "{from_ch}");
+        assert_eq!(comparable(from_ch), comparable(from_sqlite), "{path}");
+    }
+    // The list endpoint and its filters read ClickHouse too.
+    let (status, _, body) =
+        get(&on_ch
+            .dashboard_url("/api/requests?property.env=prod&user_id=alice&status=2xx&limit=2"))
+        .await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(page["requests"].as_array().expect("rows").len(), 2);
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let (_, _, body) = get(&on_ch.dashboard_url(&format!(
+        "/api/requests?property.env=prod&limit=2&cursor={cursor}"
+    )))
+    .await;
+    let rest: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(rest["requests"].as_array().expect("rows").len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    on_ch.stop().await;
+    on_sqlite.stop().await;
+}
+
+fn record(i: i64, model: &str, cost: Option<f64>, status: u16) -> Record {
+    Record {
+        request_id: uuid::Uuid::now_v7(),
+        ts: 1_795_305_600_000 + i * 60_000,
+        provider: if i % 2 == 0 {
+            "openai".into()
+        } else {
+            "anthropic".into()
+        },
+        endpoint: "/v1/chat/completions".into(),
+        method: "POST".into(),
+        model: Some(model.into()),
+        response_model: None,
+        status,
+        stream: i % 3 == 0,
+        latency_ms: 100 + (i as u64 * 37) % 900,
+        ttft_ms: Some(20 + i as u64),
+        tokens: Some(Tokens {
+            prompt: 10 + i as u64,
+            completion: 5,
+            cache_read: 2,
+            cache_write: 0,
+            reasoning: 0,
+        }),
+        tokens_estimated: i % 5 == 0,
+        cost_usd: cost,
+        user_id: Some(format!("u{}", i % 3)),
+        session_id: Some(format!("s{}", i % 4)),
+        session_path: None,
+        session_name: None,
+        properties: BTreeMap::from([(
+            "env".to_owned(),
+            if i % 2 == 0 { "prod" } else { "dev" }.to_owned(),
+        )]),
+        cache_status: CacheStatus::None,
+        error: (status >= 400).then(|| "boom".to_owned()),
+        request_bytes: 100,
+        response_bytes: 200,
+        api_key_hint: None,
+        provider_request_id: None,
+        request_body: Some("{}".into()),
+        response_body: Some("{}".into()),
+        request_body_truncated: false,
+        response_body_truncated: false,
+    }
+}
+
+fn seed() -> Vec<Record> {
+    (0..120)
+        .map(|i| {
+            let model = ["gpt-4o", "gpt-4o-mini", "claude-haiku-4-5"][i as usize % 3];
+            let cost = (i % 7 != 0).then_some(0.001 * (i as f64 + 1.0));
+            let status = if i % 11 == 0 { 500 } else { 200 };
+            record(i, model, cost, status)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_are_idempotent_retries_count_once_and_rollups_agree() {
+    let ch = tokio::task::spawn_blocking(ClickHouse::start)
+        .await
+        .expect("start engine");
+    let settings = ch.settings();
+    assert_eq!(
+        tally_ingest::clickhouse::migrate(&settings)
+            .await
+            .expect("first"),
+        2
+    );
+    assert_eq!(
+        tally_ingest::clickhouse::migrate(&settings)
+            .await
+            .expect("second"),
+        0
+    );
+
+    let batches: Vec<Vec<Record>> = seed().chunks(40).map(<[Record]>::to_vec).collect();
+    let written = tokio::task::spawn_blocking({
+        let settings = settings.clone();
+        let batches = batches.clone();
+        move || {
+            let mut w = ClickHouseWriter::new(&settings).expect("writer");
+            for b in &batches {
+                w.write_batch(b).expect("write");
+            }
+            // The acknowledgement of the last batch was "lost": it is sent again, twice.
+            w.write_batch(&batches[2]).expect("retry");
+            w.write_batch(&batches[2]).expect("retry");
+        }
+    })
+    .await;
+    written.expect("writer thread");
+    assert_eq!(
+        count(&ch, "SELECT count() FROM requests").await,
+        120,
+        "a retried batch was counted twice"
+    );
+    assert_eq!(
+        count(&ch, "SELECT uniqExact(request_id) FROM requests").await,
+        120
+    );
+
+    // The rollup agrees with aggregates over the raw rows, group by group.
+    #[derive(Debug, PartialEq, serde::Deserialize, clickhouse::Row)]
+    struct Agg {
+        provider: String,
+        model: String,
+        requests: u64,
+        errors: u64,
+        prompt: u64,
+        cost_millis: i64,
+        unpriced: u64,
+        estimated: u64,
+        latency: Vec<f64>,
+    }
+    let raw: Vec<Agg> = ch
+        .client()
+        .query(
+            "SELECT provider, ifNull(model, '') AS model, count() AS requests,
+                    countIf(status = 0 OR status >= 400 OR error IS NOT NULL) AS errors,
+                    sum(ifNull(prompt_tokens, 0)) AS prompt,
+                    toInt64(round(sum(ifNull(cost_usd, 0)) * 1000000)) AS cost_millis,
+                    countIf(cost_usd IS NULL AND prompt_tokens IS NOT NULL) AS unpriced,
+                    countIf(tokens_estimated) AS estimated,
+                    quantiles(0.5, 0.95, 0.99)(latency_ms) AS latency
+             FROM requests GROUP BY provider, model ORDER BY provider, model",
+        )
+        .fetch_all()
+        .await
+        .expect("raw aggregates");
+    let rolled: Vec<Agg> = ch
+        .client()
+        .query(
+            "SELECT provider, model, sum(requests) AS requests, sum(errors) AS errors,
+                    sum(prompt_tokens) AS prompt,
+                    toInt64(round(sum(cost_usd) * 1000000)) AS cost_millis,
+                    sum(unpriced) AS unpriced, sum(estimated) AS estimated,
+                    quantilesMerge(0.5, 0.95, 0.99)(latency_ms) AS latency
+             FROM requests_hourly GROUP BY provider, model ORDER BY provider, model",
+        )
+        .fetch_all()
+        .await
+        .expect("rollup aggregates");
+    assert!(!raw.is_empty());
+    assert_eq!(raw.iter().map(|a| a.requests).sum::<u64>(), 120);
+    assert_eq!(rolled, raw);
+}
+
+/// Every `sql` block of README's cookbook runs against the real engine and returns rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_cookbook_queries_run() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let section = readme
+        .split("### SQL cookbook")
+        .nth(1)
+        .expect("cookbook section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let queries: Vec<&str> = section
+        .split("```sql")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap_or("").trim())
+        .collect();
+    assert!(
+        queries.len() >= 10,
+        "the cookbook has {} queries",
+        queries.len()
+    );
+
+    let ch = tokio::task::spawn_blocking(ClickHouse::start)
+        .await
+        .expect("start engine");
+    let settings = ch.settings();
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("migrate");
+    let now = chrono::Utc::now().timestamp_millis();
+    let rows: Vec<Record> = seed()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut r)| {
+            r.ts = now - (i as i64) * 60_000;
+            r
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings)
+            .expect("writer")
+            .write_batch(&rows)
+            .expect("write")
+    })
+    .await
+    .expect("join");
+    for q in queries {
+        let mut cursor = ch
+            .client()
+            .query(q)
+            .fetch_bytes("TabSeparatedWithNames")
+            .expect("query");
+        let out = cursor
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{q}\nfailed: {e}"));
+        let lines = String::from_utf8_lossy(&out).lines().count();
+        assert!(lines >= 2, "no rows from:\n{q}");
+    }
+}
+
+async fn spooled(tally: &TestTally) -> f64 {
+    tally.metric("tally_records_spooled_total", "").await
+}
+
+async fn wait_metric(tally: &TestTally, name: &str, want: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let v = tally.metric(name, "").await;
+        if v >= want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stuck at {v}, want {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_outage_loses_nothing_and_counts_nothing_twice() {
+    let up = FakeUpstream::start().await;
+    let ch = tokio::task::spawn_blocking(ClickHouse::start)
+        .await
+        .expect("start engine");
+    let gate = FaultGate::start(&ch.url).await;
+    let tally = TestTally::start_with(&up.url(), |c| {
+        ch.configure_via(c, &gate.url);
+        c.ingest.max_attempts = 2;
+    })
+    .await;
+
+    gate.down();
+    for i in 0..20 {
+        let user = format!("u{i}");
+        let (status, _, _) = post_json(
+            &tally.url("/v1/chat/completions"),
+            &[("Tally-User-Id", &user)],
+            &json!({"model": "gpt-4o", "stream": i % 2 == 0, "messages": []}),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "the proxy keeps serving while the store is down"
+        );
+    }
+    wait_metric(&tally, "tally_records_spooled_total", 20.0).await;
+    assert_eq!(count(&ch, "SELECT count() FROM requests").await, 0);
+
+    gate.up();
+    wait_for_rows(&ch, 20).await;
+    wait_metric(&tally, "tally_records_replayed_total", 20.0).await;
+    assert_eq!(count(&ch, "SELECT count() FROM requests").await, 20);
+    assert_eq!(
+        count(&ch, "SELECT uniqExact(user_id) FROM requests").await,
+        20
+    );
+    assert_eq!(tally.metric("tally_records_dropped_total", "").await, 0.0);
+    assert_eq!(tally.metric("tally_spool_segments", "").await, 0.0);
+    tally.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_left_at_shutdown_is_replayed_after_restart() {
+    let up = FakeUpstream::start().await;
+    let ch = tokio::task::spawn_blocking(ClickHouse::start)
+        .await
+        .expect("start engine");
+    let gate = FaultGate::start(&ch.url).await;
+    let spool = tempfile::tempdir().expect("spool dir");
+    let configure = |c: &mut tally::Config| {
+        ch.configure_via(c, &gate.url);
+        c.store.spool_dir = spool.path().to_owned();
+        c.ingest.max_attempts = 1;
+    };
+    let first = TestTally::start_with(&up.url(), configure).await;
+    gate.down();
+    for _ in 0..10 {
+        let (status, _, _) = post_json(
+            &first.url("/v1/embeddings"),
+            &[],
+            &json!({"model": "text-embedding-3-small", "input": "x"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let _first_dir = first.stop().await;
+    assert!(
+        std::fs::read_dir(spool.path()).expect("spool").count() > 0,
+        "nothing was spooled"
+    );
+
+    gate.up();
+    let second = TestTally::start_with(&up.url(), configure).await;
+    wait_for_rows(&ch, 10).await;
+    assert_eq!(
+        count(
+            &ch,
+            "SELECT count() FROM requests WHERE endpoint = '/v1/embeddings'"
+        )
+        .await,
+        10
+    );
+    assert!(
+        spooled(&second).await == 0.0,
+        "the second run spooled nothing itself"
+    );
+    wait_metric(&second, "tally_records_replayed_total", 10.0).await;
+    second.stop().await;
+}
