@@ -137,13 +137,14 @@ impl Default for StoreConfig {
 pub struct IngestConfig {
     /// Records the channel holds before new ones are dropped (and counted); 65536 when unset.
     pub channel_capacity: usize,
-    /// Records per batch; 1000 when unset.
-    pub batch_max_rows: usize,
+    /// Records per batch; 1000 for SQLite and 10000 for ClickHouse when unset.
+    pub batch_max_rows: Option<usize>,
     /// Approximate bytes per batch; 16 MiB when unset.
     pub batch_max_bytes: usize,
-    /// Longest a record waits in a partial batch, milliseconds; 200 when unset.
-    pub flush_interval_ms: u64,
-    /// Write attempts per batch before its records are counted as dropped; 5 when unset.
+    /// Longest a record waits in a partial batch, milliseconds; 200 for SQLite and 1000 for
+    /// ClickHouse (about one insert per second, as ClickHouse recommends) when unset.
+    pub flush_interval_ms: Option<u64>,
+    /// Write attempts per batch before it goes to the spool; 5 when unset.
     pub max_attempts: u32,
 }
 
@@ -151,13 +152,18 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
-            batch_max_rows: DEFAULT_MAX_ROWS,
+            batch_max_rows: None,
             batch_max_bytes: DEFAULT_MAX_BYTES,
-            flush_interval_ms: DEFAULT_FLUSH_INTERVAL.as_millis() as u64,
+            flush_interval_ms: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
 }
+
+/// ClickHouse batch size when `ingest.batch_max_rows` is unset.
+pub const CLICKHOUSE_MAX_ROWS: usize = 10_000;
+/// ClickHouse flush interval when `ingest.flush_interval_ms` is unset.
+pub const CLICKHOUSE_FLUSH_INTERVAL_MS: u64 = 1_000;
 
 /// `[pricing]`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -277,7 +283,12 @@ impl Config {
                 )
             }
         };
-        if self.ingest.channel_capacity == 0 || self.ingest.batch_max_rows == 0 {
+        let (default_rows, default_interval_ms) = match store {
+            Store::Sqlite(_) => (DEFAULT_MAX_ROWS, DEFAULT_FLUSH_INTERVAL.as_millis() as u64),
+            Store::ClickHouse(_) => (CLICKHOUSE_MAX_ROWS, CLICKHOUSE_FLUSH_INTERVAL_MS),
+        };
+        let max_rows = self.ingest.batch_max_rows.unwrap_or(default_rows);
+        if self.ingest.channel_capacity == 0 || max_rows == 0 {
             bail!("ingest.channel_capacity and ingest.batch_max_rows must be greater than zero");
         }
         Ok(Validated {
@@ -289,9 +300,14 @@ impl Config {
             spool: (self.store.spool_dir.clone(), self.store.spool_max_bytes),
             channel_capacity: self.ingest.channel_capacity,
             batch: BatchConfig {
-                max_rows: self.ingest.batch_max_rows,
+                max_rows,
                 max_bytes: self.ingest.batch_max_bytes.max(1),
-                flush_interval: Duration::from_millis(self.ingest.flush_interval_ms.max(1)),
+                flush_interval: Duration::from_millis(
+                    self.ingest
+                        .flush_interval_ms
+                        .unwrap_or(default_interval_ms)
+                        .max(1),
+                ),
                 max_attempts: self.ingest.max_attempts.max(1),
                 ..BatchConfig::default()
             },
@@ -314,7 +330,7 @@ mod tests {
             jail.set_env("TALLY_SOMETHING_ELSE", "x");
             let c = Config::load(None).expect("loads");
             assert_eq!(c.proxy.listen, "127.0.0.1:9999");
-            assert_eq!(c.ingest.batch_max_rows, 7);
+            assert_eq!(c.ingest.batch_max_rows, Some(7));
             jail.set_env("TALLY_PROXY__LISEN", "x");
             let e = Config::load(None).expect_err("typo in a section key is an error");
             assert!(format!("{e:#}").contains("lisen"), "{e:#}");
@@ -335,7 +351,13 @@ mod tests {
             jail.set_env("TALLY_CLICKHOUSE_URL", "http://127.0.0.1:8123");
             let c = Config::load(Some(Path::new("t.toml"))).expect("loads");
             assert_eq!(c.store.kind, StoreKind::Clickhouse);
-            match c.validate().expect("valid").store {
+            let v = c.validate().expect("valid");
+            assert_eq!(
+                v.batch.max_rows, CLICKHOUSE_MAX_ROWS,
+                "ClickHouse batching defaults"
+            );
+            assert_eq!(v.batch.flush_interval, Duration::from_secs(1));
+            match v.store {
                 Store::ClickHouse(s) => {
                     assert_eq!(
                         (s.url.as_str(), s.database.as_str()),

@@ -224,3 +224,55 @@ fn migrate_is_idempotent_and_bad_config_is_explained() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_and_sql_work_against_clickhouse_via_environment() {
+    let ch = tokio::task::spawn_blocking(crate::support::clickhouse::ClickHouse::start)
+        .await
+        .expect("start engine");
+    let compression = match ch.compression {
+        tally_ingest::clickhouse::Compression::Lz4 => "lz4",
+        tally_ingest::clickhouse::Compression::None => "none",
+    };
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env_remove("TALLY_CONFIG")
+            .env("TALLY_CLICKHOUSE_URL", &ch.url)
+            .env("TALLY_STORE__DATABASE", &ch.database)
+            .env("TALLY_STORE__COMPRESSION", compression);
+        cmd.output().expect("run tally")
+    };
+    // The engine is another process; blocking this test's thread on the CLI is harmless.
+    let out = run(&["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["sql", "SELECT name FROM system.tables WHERE database = currentDatabase() AND name LIKE 'requests%' ORDER BY name"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "name\nrequests\nrequests_hourly\nrequests_hourly_mv\n"
+    );
+    let out = run(&[
+        "sql",
+        "--format",
+        "json",
+        "SELECT count() AS n FROM requests",
+    ]);
+    // Whether 64-bit integers are quoted in JSON depends on the server's version.
+    let row: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON row");
+    assert!(row["n"] == 0 || row["n"] == "0", "{row}");
+    let out = run(&["sql", "DROP TABLE requests"]);
+    assert!(
+        !out.status.success(),
+        "sql must be read-only on ClickHouse too"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("readonly"));
+}

@@ -37,7 +37,7 @@ pub fn test_config(upstream: &str, db: PathBuf) -> Config {
     c.dashboard.listen = "127.0.0.1:0".into();
     c.store.spool_dir = db.with_file_name("spool");
     c.store.path = db;
-    c.ingest.flush_interval_ms = 20;
+    c.ingest.flush_interval_ms = Some(20);
     for name in ["openai", "anthropic"] {
         c.providers.insert(
             name.into(),
