@@ -416,3 +416,35 @@ async fn spool_left_at_shutdown_is_replayed_after_restart() {
     wait_metric(&second, "tally_records_replayed_total", 10.0).await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_sent_and_a_wrong_password_stops_startup_with_a_clear_error() {
+    let up = FakeUpstream::start().await;
+    let ch = tokio::task::spawn_blocking(|| ClickHouse::start_with_credentials("tally", "s3cret"))
+        .await
+        .expect("start engine");
+    let tally = TestTally::start_with(&up.url(), |c| ch.configure(c)).await;
+    let (status, h, _) = post_json(
+        &tally.url("/v1/chat/completions"),
+        &[],
+        &json!({"model": "gpt-4o"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(tally.record(&request_id(&h)).await["prompt_tokens"], 21);
+    tally.stop().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::support::test_config(&up.url(), dir.path().join("unused.db"));
+    ch.configure(&mut config);
+    config.store.password = Some("wrong".into());
+    let server = tally::Server::bind(config.validate().expect("valid"))
+        .await
+        .expect("bind");
+    let err = server
+        .run(std::future::pending())
+        .await
+        .expect_err("must not start");
+    let text = format!("{err:#}");
+    assert!(text.contains("Authentication failed"), "{text}");
+}

@@ -31,6 +31,8 @@ pub struct ClickHouse {
     pub url: String,
     pub database: String,
     pub compression: Compression,
+    /// Credentials the engine requires (local engine only).
+    pub credentials: Option<(String, String)>,
     child: Option<Child>,
     data: Option<tempfile::TempDir>,
 }
@@ -52,15 +54,26 @@ impl ClickHouse {
                 url,
                 database: unique_database(),
                 compression: Compression::Lz4,
+                credentials: None,
                 child: None,
                 data: None,
             };
         }
+        Self::local(None)
+    }
+
+    /// A local engine that requires this user and password.
+    pub fn start_with_credentials(user: &str, password: &str) -> Self {
+        Self::local(Some((user.to_owned(), password.to_owned())))
+    }
+
+    fn local(credentials: Option<(String, String)>) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let mut ch = Self {
             url: String::new(),
             database: "tally".into(),
             compression: Compression::None,
+            credentials,
             child: None,
             data: Some(data),
         };
@@ -75,10 +88,13 @@ impl ClickHouse {
     fn spawn(&mut self, port: u16) {
         let script =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clickhouse/chdb_server.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg(port.to_string())
-            .arg(self.data_dir())
+        let mut cmd = Command::new(python());
+        cmd.arg(script).arg(port.to_string()).arg(self.data_dir());
+        if let Some((user, password)) = &self.credentials {
+            cmd.env("CHDB_SERVER_USER", user)
+                .env("CHDB_SERVER_PASSWORD", password);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -130,12 +146,9 @@ impl ClickHouse {
         c.store.url = Some(url.to_owned());
         c.store.database = Some(self.database.clone());
         c.store.compression = self.compression;
-        if let Ok(user) = std::env::var("TALLY_TEST_CLICKHOUSE_USER") {
-            c.store.user = Some(user);
-        }
-        if let Ok(p) = std::env::var("TALLY_TEST_CLICKHOUSE_PASSWORD") {
-            c.store.password = Some(p);
-        }
+        let (user, password) = self.user_password();
+        c.store.user = user;
+        c.store.password = password;
     }
 
     pub fn settings(&self) -> ClickHouseSettings {
@@ -143,12 +156,22 @@ impl ClickHouse {
             url: self.url.clone(),
             database: Some(self.database.clone()),
             compression: self.compression,
-            user: std::env::var("TALLY_TEST_CLICKHOUSE_USER").ok(),
-            password: std::env::var("TALLY_TEST_CLICKHOUSE_PASSWORD").ok(),
+            user: self.user_password().0,
+            password: self.user_password().1,
             ..Default::default()
         }
         .validate()
         .expect("valid settings")
+    }
+
+    fn user_password(&self) -> (Option<String>, Option<String>) {
+        match &self.credentials {
+            Some((u, p)) => (Some(u.clone()), Some(p.clone())),
+            None => (
+                std::env::var("TALLY_TEST_CLICKHOUSE_USER").ok(),
+                std::env::var("TALLY_TEST_CLICKHOUSE_PASSWORD").ok(),
+            ),
+        }
     }
 
     pub fn client(&self) -> clickhouse::Client {
