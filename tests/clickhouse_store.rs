@@ -448,3 +448,55 @@ async fn credentials_are_sent_and_a_wrong_password_stops_startup_with_a_clear_er
     let text = format!("{err:#}");
     assert!(text.contains("Authentication failed"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_changes_apply_to_existing_tables() {
+    let ch = tokio::task::spawn_blocking(ClickHouse::start)
+        .await
+        .expect("start engine");
+    let show = |ch: &ClickHouse| {
+        let client = ch.client();
+        async move {
+            let ddl = client
+                .query("SHOW CREATE TABLE requests")
+                .fetch_bytes("TabSeparatedRaw")
+                .expect("query")
+                .collect()
+                .await
+                .expect("ddl");
+            String::from_utf8_lossy(&ddl).into_owned()
+        }
+    };
+    let mut settings = ch.settings();
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("create without TTL");
+    assert!(!show(&ch).await.contains("TTL"));
+
+    settings.retention_days = 90;
+    settings.body_ttl_days = 14;
+    assert_eq!(
+        tally_ingest::clickhouse::migrate(&settings)
+            .await
+            .expect("apply"),
+        0
+    );
+    let ddl = show(&ch).await;
+    assert!(
+        ddl.contains("\nTTL toDateTime(ts) + toIntervalDay(90)"),
+        "{ddl}"
+    );
+    assert_eq!(
+        ddl.matches("TTL toDateTime(ts) + toIntervalDay(14)")
+            .count(),
+        2,
+        "{ddl}"
+    );
+
+    settings.retention_days = 0;
+    settings.body_ttl_days = 0;
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("remove");
+    assert!(!show(&ch).await.contains("TTL"), "{}", show(&ch).await);
+}

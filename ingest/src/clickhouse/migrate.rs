@@ -144,7 +144,83 @@ pub async fn migrate(s: &ClickHouseSettings) -> Result<usize, ClickHouseError> {
         tracing::info!(migration = m.name, "applied ClickHouse migration");
         count += 1;
     }
+    apply_retention(s, &server).await?;
     Ok(count)
+}
+
+/// The TTL clause ClickHouse shows for `days` of retention on `column` (its normalised form).
+fn shown_ttl(column: &str, days: u32) -> Option<String> {
+    (days > 0).then(|| format!("toDateTime({column}) + toIntervalDay({days})"))
+}
+
+/// Brings the tables' TTLs in line with the configured retention. TTLs are set when the tables
+/// are created; this applies later changes of `retention_days` / `body_ttl_days`, and only when
+/// the live TTL differs. `materialize_ttl_after_modify = 0`: old parts are cleaned by the normal
+/// TTL merges instead of a mutation rewriting the table at startup.
+async fn apply_retention(
+    s: &ClickHouseSettings,
+    server: &clickhouse::Client,
+) -> Result<(), ClickHouseError> {
+    let db = &s.database;
+    let (local, on_cluster) = match &s.cluster {
+        Some(c) => ("_local", format!(" ON CLUSTER {c}")),
+        None => ("", String::new()),
+    };
+    let alter = server
+        .clone()
+        .with_setting("materialize_ttl_after_modify", "0");
+    for (table, time_column, bodies) in [
+        ("requests", "ts", &["request_body", "response_body"][..]),
+        ("requests_hourly", "hour", &[][..]),
+    ] {
+        let name = format!("{db}.{table}{local}");
+        let ddl = server
+            .query(&format!("SHOW CREATE TABLE {name}"))
+            .fetch_bytes("TabSeparatedRaw")?
+            .collect()
+            .await?;
+        let ddl = String::from_utf8_lossy(&ddl);
+        let current = ddl
+            .lines()
+            .find_map(|l| l.strip_prefix("TTL "))
+            .map(str::trim);
+        let wanted = shown_ttl(time_column, s.retention_days);
+        if current != wanted.as_deref() {
+            let stmt = match &wanted {
+                Some(_) => format!(
+                    "ALTER TABLE {name}{on_cluster} MODIFY TTL toDateTime({time_column}) + INTERVAL {} DAY",
+                    s.retention_days
+                ),
+                None => format!("ALTER TABLE {name}{on_cluster} REMOVE TTL"),
+            };
+            alter.query(&stmt).execute().await?;
+            tracing::info!(table = %name, retention_days = s.retention_days, "row retention updated");
+        }
+        for column in bodies {
+            let line = ddl
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("`{column}`")));
+            let current = line
+                .and_then(|l| l.split(" TTL ").nth(1))
+                .map(|t| t.trim().trim_end_matches(','));
+            let wanted = shown_ttl("ts", s.body_ttl_days);
+            if current != wanted.as_deref() {
+                let stmt = match &wanted {
+                    Some(_) => format!(
+                        "ALTER TABLE {name}{on_cluster} MODIFY COLUMN {column} Nullable(String) \
+                         CODEC(ZSTD(3)) TTL toDateTime(ts) + INTERVAL {} DAY",
+                        s.body_ttl_days
+                    ),
+                    None => {
+                        format!("ALTER TABLE {name}{on_cluster} MODIFY COLUMN {column} REMOVE TTL")
+                    }
+                };
+                alter.query(&stmt).execute().await?;
+                tracing::info!(table = %name, column, body_ttl_days = s.body_ttl_days, "body retention updated");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
