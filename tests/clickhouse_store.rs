@@ -364,7 +364,12 @@ async fn clickhouse_outage_loses_nothing_and_counts_nothing_twice() {
         20
     );
     assert_eq!(tally.metric("tally_records_dropped_total", "").await, 0.0);
-    assert_eq!(tally.metric("tally_spool_segments", "").await, 0.0);
+    // Metrics are separate atomics: give the gauge its moment rather than racing it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tally.metric("tally_spool_segments", "").await != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "spool never emptied");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     tally.stop().await;
 }
 

@@ -332,7 +332,6 @@ impl<W: BatchWriter> FlushLoop<W> {
             match read {
                 Some(Ok(records)) => match self.write(&records, 1) {
                     Ok(()) => {
-                        self.metrics.replayed.inc_by(records.len() as u64);
                         if let Some(s) = self.spool.as_mut() {
                             if let Err(e) = s.remove(&segment) {
                                 // Replaying it again later is harmless: the batch token makes
@@ -341,6 +340,8 @@ impl<W: BatchWriter> FlushLoop<W> {
                                 break;
                             }
                         }
+                        self.update_spool_gauges();
+                        self.metrics.replayed.inc_by(records.len() as u64);
                         self.store_down = false;
                     }
                     Err(retriable) => {
