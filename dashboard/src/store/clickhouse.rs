@@ -5,7 +5,7 @@ use clickhouse::Client;
 use tally_ingest::clickhouse::{ClickHouseSettings, RequestRow};
 use tally_ingest::Record;
 
-use super::{Cursor, Page, RequestFilter, StoreError};
+use super::{Page, RequestFilter, StoreError};
 
 /// The columns of [`RequestRow`], with the bodies read or replaced by NULL.
 fn columns(with_bodies: bool) -> String {
@@ -104,25 +104,13 @@ impl ClickHouseReader {
                 V::U(v) => q.bind(v),
             };
         }
-        let mut records: Vec<Record> = q
+        let records: Vec<Record> = q
             .fetch_all::<RequestRow>()
             .await?
             .into_iter()
             .map(Record::from)
             .collect();
-        let next_cursor = if records.len() > limit {
-            records.truncate(limit);
-            records.last().map(|r| Cursor {
-                ts: r.ts,
-                request_id: r.request_id.to_string(),
-            })
-        } else {
-            None
-        };
-        Ok(Page {
-            records,
-            next_cursor,
-        })
+        Ok(Page::from_overfetch(records, limit))
     }
 
     /// One record with its bodies.

@@ -144,6 +144,26 @@ pub struct Page {
     pub next_cursor: Option<Cursor>,
 }
 
+impl Page {
+    /// A page from a query that asked for `limit + 1` rows: the extra row only tells that
+    /// there is a next page, which starts after the last row kept.
+    pub fn from_overfetch(mut records: Vec<Record>, limit: usize) -> Self {
+        let next_cursor = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| Cursor {
+                ts: r.ts,
+                request_id: r.request_id.to_string(),
+            })
+        } else {
+            None
+        };
+        Self {
+            records,
+            next_cursor,
+        }
+    }
+}
+
 /// Reading the store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

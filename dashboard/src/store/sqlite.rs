@@ -6,7 +6,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
 use tally_ingest::{CacheStatus, Record, Tokens};
 
-use super::{Cursor, Page, RequestFilter, StoreError};
+use super::{Page, RequestFilter, StoreError};
 
 const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, response_model,
     status, stream, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cache_read_tokens,
@@ -99,22 +99,10 @@ impl SqliteReader {
             Value::Integer(limit as i64 + 1),
         );
         let mut stmt = conn.prepare(&sql)?;
-        let mut records = stmt
+        let records = stmt
             .query_map(params_from_iter(params), row_to_record)?
             .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if records.len() > limit {
-            records.truncate(limit);
-            records.last().map(|r| Cursor {
-                ts: r.ts,
-                request_id: r.request_id.to_string(),
-            })
-        } else {
-            None
-        };
-        Ok(Page {
-            records,
-            next_cursor,
-        })
+        Ok(Page::from_overfetch(records, limit))
     }
 
     /// One record with its bodies.
