@@ -73,12 +73,7 @@ impl ClickHouseReader {
             sql.push_str(" AND ts < fromUnixTimestamp64Milli(?)");
             binds.push(V::I(v));
         }
-        for (col, v) in [
-            ("user_id", &f.user_id),
-            ("session_id", &f.session_id),
-            ("model", &f.model),
-            ("provider", &f.provider),
-        ] {
+        for (col, v) in f.equality_filters() {
             if let Some(v) = v {
                 sql.push_str(&format!(" AND {col} = ?"));
                 binds.push(V::S(v.clone()));

@@ -80,6 +80,19 @@ pub struct RequestFilter {
     pub properties: Vec<(String, String)>,
 }
 
+impl RequestFilter {
+    /// The filters that compare a column for equality, as (column, value). The column names
+    /// are fixed here, never taken from the request.
+    pub fn equality_filters(&self) -> [(&'static str, &Option<String>); 4] {
+        [
+            ("user_id", &self.user_id),
+            ("session_id", &self.session_id),
+            ("model", &self.model),
+            ("provider", &self.provider),
+        ]
+    }
+}
+
 /// A status filter: one code (`429`) or a class (`5xx`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusFilter {

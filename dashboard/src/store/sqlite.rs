@@ -67,12 +67,7 @@ impl SqliteReader {
         if let Some(v) = f.to_ms {
             bind(&mut sql, " AND ts < ?", Value::Integer(v));
         }
-        for (col, v) in [
-            ("user_id", &f.user_id),
-            ("session_id", &f.session_id),
-            ("model", &f.model),
-            ("provider", &f.provider),
-        ] {
+        for (col, v) in f.equality_filters() {
             if let Some(v) = v {
                 bind(&mut sql, &format!(" AND {col} = ?"), Value::Text(v.clone()));
             }
