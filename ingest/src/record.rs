@@ -57,6 +57,28 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// Rebuilds token counts from a store's nullable columns, in the order prompt,
+    /// completion, cache read, cache write, reasoning. No usage at all is stored as NULL
+    /// prompt and completion; otherwise a NULL count reads as 0.
+    pub fn from_columns(
+        prompt: Option<u64>,
+        completion: Option<u64>,
+        cache_read: Option<u64>,
+        cache_write: Option<u64>,
+        reasoning: Option<u64>,
+    ) -> Option<Self> {
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        Some(Self {
+            prompt: prompt.unwrap_or(0),
+            completion: completion.unwrap_or(0),
+            cache_read: cache_read.unwrap_or(0),
+            cache_write: cache_write.unwrap_or(0),
+            reasoning: reasoning.unwrap_or(0),
+        })
+    }
+
     /// Input plus output.
     pub fn total(&self) -> u64 {
         self.prompt + self.completion

@@ -153,16 +153,7 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
     let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
         Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
     };
-    let tokens = match (tok(11)?, tok(12)?) {
-        (None, None) => None,
-        (p, c) => Some(Tokens {
-            prompt: p.unwrap_or(0),
-            completion: c.unwrap_or(0),
-            cache_read: tok(13)?.unwrap_or(0),
-            cache_write: tok(14)?.unwrap_or(0),
-            reasoning: tok(15)?.unwrap_or(0),
-        }),
-    };
+    let tokens = Tokens::from_columns(tok(11)?, tok(12)?, tok(13)?, tok(14)?, tok(15)?);
     let properties: String = row.get(22)?;
     let cache_status: String = row.get(23)?;
     Ok(Record {

@@ -94,16 +94,13 @@ impl From<&Record> for RequestRow {
 
 impl From<RequestRow> for Record {
     fn from(r: RequestRow) -> Self {
-        let tokens = match (r.prompt_tokens, r.completion_tokens) {
-            (None, None) => None,
-            (p, c) => Some(Tokens {
-                prompt: p.unwrap_or(0),
-                completion: c.unwrap_or(0),
-                cache_read: r.cache_read_tokens.unwrap_or(0),
-                cache_write: r.cache_write_tokens.unwrap_or(0),
-                reasoning: r.reasoning_tokens.unwrap_or(0),
-            }),
-        };
+        let tokens = Tokens::from_columns(
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.cache_read_tokens,
+            r.cache_write_tokens,
+            r.reasoning_tokens,
+        );
         Record {
             request_id: r.request_id,
             ts: r.ts.timestamp_millis(),
