@@ -20,9 +20,6 @@ pub enum ApiError {
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Anything else on our side.
-    #[error("{0}")]
-    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -30,7 +27,7 @@ impl IntoResponse for ApiError {
         let (status, message) = match &self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-            ApiError::Store(_) | ApiError::Internal(_) => {
+            ApiError::Store(_) => {
                 tracing::error!(error = %self, "dashboard request failed");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
