@@ -4,13 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The end-to-end SDK test drives Tally with the real openai and anthropic Python packages, and
-# the ClickHouse tests run against a ClickHouse-HTTP server over the chdb-core engine.
+# The end-to-end SDK test drives Tally with the real openai and anthropic Python packages, the
+# ClickHouse tests run against a ClickHouse-HTTP server over the chdb-core engine, and the
+# browser test uses Playwright.
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 export TALLY_TEST_PYTHON="$PWD/.venv/bin/python"
+
+# The dashboard's browser test drives Debian's Chromium through Playwright (tests/browser/).
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -52,9 +52,15 @@ pub struct Config {
 pub struct DashboardConfig {
     /// Address for the dashboard, `/metrics` and the API; `127.0.0.1:8788` when unset.
     pub listen: String,
-    /// Allow a non-loopback `listen` although the dashboard has no authentication yet; false
-    /// when unset. Logged bodies contain prompts: think before setting this.
+    /// Allow a non-loopback `listen` without authentication; false when unset. Logged bodies
+    /// contain prompts: set `auth_token` or `auth_username`/`auth_password` instead.
     pub allow_public: bool,
+    /// Require `Authorization: Bearer <token>` (or basic auth with this as the password).
+    pub auth_token: Option<String>,
+    /// Require basic auth with this user name (and `auth_password`).
+    pub auth_username: Option<String>,
+    /// The basic-auth password for `auth_username`.
+    pub auth_password: Option<String>,
 }
 
 impl Default for DashboardConfig {
@@ -62,6 +68,9 @@ impl Default for DashboardConfig {
         Self {
             listen: DEFAULT_DASHBOARD_LISTEN.to_owned(),
             allow_public: false,
+            auth_token: None,
+            auth_username: None,
+            auth_password: None,
         }
     }
 }
@@ -195,6 +204,8 @@ pub struct Validated {
     pub pricing: PricingTable,
     /// Dashboard address.
     pub dashboard_listen: SocketAddr,
+    /// The dashboard's credential, when one is configured.
+    pub dashboard_auth: Option<tally_dashboard::Auth>,
     /// The store.
     pub store: Store,
     /// The spool directory and its limit in bytes.
@@ -254,10 +265,27 @@ impl Config {
                 self.dashboard.listen
             )
         })?;
-        if !dashboard_listen.ip().is_loopback() && !self.dashboard.allow_public {
+        let d = &self.dashboard;
+        let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+        let dashboard_auth = match (
+            nonempty(&d.auth_token),
+            nonempty(&d.auth_username),
+            nonempty(&d.auth_password),
+        ) {
+            (None, None, None) => None,
+            (Some(t), None, None) => Some(tally_dashboard::Auth::Token(t)),
+            (None, Some(user), Some(password)) => {
+                Some(tally_dashboard::Auth::Basic { user, password })
+            }
+            _ => bail!(
+                "dashboard auth: set either auth_token, or both auth_username and auth_password"
+            ),
+        };
+        if !dashboard_listen.ip().is_loopback() && dashboard_auth.is_none() && !d.allow_public {
             bail!(
                 "dashboard.listen {dashboard_listen} is not a loopback address and the dashboard \
-                 has no authentication yet; it would expose logged prompts to the network. Set \
+                 has no authentication; it would expose logged prompts to the network. Set \
+                 dashboard.auth_token (or auth_username and auth_password), or \
                  dashboard.allow_public = true to do it anyway"
             );
         }
@@ -296,6 +324,7 @@ impl Config {
             providers,
             pricing,
             dashboard_listen,
+            dashboard_auth,
             store,
             spool: (self.store.spool_dir.clone(), self.store.spool_max_bytes),
             channel_capacity: self.ingest.channel_capacity,
@@ -336,6 +365,39 @@ mod tests {
             assert!(format!("{e:#}").contains("lisen"), "{e:#}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_public_dashboard_needs_auth_or_an_explicit_opt_in() {
+        let public = |f: fn(&mut DashboardConfig)| {
+            let mut c = Config::default();
+            c.dashboard.listen = "0.0.0.0:8788".into();
+            f(&mut c.dashboard);
+            c.validate()
+        };
+        let Err(e) = public(|_| {}) else {
+            panic!("an open public dashboard must be refused");
+        };
+        assert!(format!("{e:#}").contains("auth_token"), "{e:#}");
+        let v = public(|d| d.auth_token = Some("t".into())).expect("token is enough");
+        assert!(matches!(
+            v.dashboard_auth,
+            Some(tally_dashboard::Auth::Token(_))
+        ));
+        let v = public(|d| {
+            d.auth_username = Some("ops".into());
+            d.auth_password = Some("pw".into());
+        })
+        .expect("basic auth is enough");
+        assert!(matches!(
+            v.dashboard_auth,
+            Some(tally_dashboard::Auth::Basic { .. })
+        ));
+        public(|d| d.allow_public = true).expect("explicit opt-in");
+        let Err(e) = public(|d| d.auth_username = Some("ops".into())) else {
+            panic!("half of basic auth must be refused");
+        };
+        assert!(format!("{e:#}").contains("auth_password"), "{e:#}");
     }
 
     #[test]

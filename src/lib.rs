@@ -100,7 +100,7 @@ impl Server {
                     rx,
                     writer,
                     config.batch.clone(),
-                    ingest_metrics,
+                    ingest_metrics.clone(),
                     spool,
                 )?;
                 (worker, Reader::Sqlite(SqliteReader::new(path)))
@@ -115,7 +115,7 @@ impl Server {
                     rx,
                     writer,
                     config.batch.clone(),
-                    ingest_metrics,
+                    ingest_metrics.clone(),
                     spool,
                 )?;
                 (
@@ -131,6 +131,8 @@ impl Server {
         let state = tally_dashboard::AppState {
             reader,
             registry: Arc::new(registry),
+            ingest: Some(ingest_metrics),
+            auth: config.dashboard_auth.clone().map(Arc::new),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

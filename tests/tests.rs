@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod clickhouse_store;
+mod dashboard;
 mod errors;
 mod load;
 mod passthrough;

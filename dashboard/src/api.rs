@@ -1,6 +1,7 @@
-//! The JSON API: `GET /api/requests` and `GET /api/requests/<id>`.
+//! The JSON API: requests (the contract in the design brief) and one endpoint per dashboard
+//! page, each returning the numbers that page shows.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -8,33 +9,15 @@ use serde_json::{json, Value};
 use tally_ingest::Record;
 
 use crate::error::ApiError;
-use crate::store::{Cursor, RequestFilter, StatusFilter};
-use crate::AppState;
-
-/// Page size when `limit` is unset.
-pub const DEFAULT_LIMIT: usize = 50;
-/// Largest page a client may ask for.
-pub const MAX_LIMIT: usize = 1000;
+use crate::query::{parse_filter, ViewQuery};
+use crate::store::GroupBy;
+use crate::{views, AppState};
 
 /// Milliseconds since the epoch as RFC 3339 UTC with milliseconds: `2026-11-22T02:31:10.123Z`.
 pub fn format_ts(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_default()
-}
-
-/// Accepts RFC 3339 (`2026-11-22T00:00:00Z`) or milliseconds since the epoch.
-fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = v.parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(v)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            ApiError::BadRequest(format!(
-                "{name}: expected RFC 3339 time or epoch milliseconds, got {v:?}"
-            ))
-        })
 }
 
 /// A record as the API shows it: the contract's flat field names.
@@ -83,63 +66,17 @@ pub fn record_json(r: &Record, with_bodies: bool) -> Value {
     v
 }
 
-fn filter_from_query(q: &HashMap<String, String>) -> Result<RequestFilter, ApiError> {
-    let mut f = RequestFilter {
-        limit: DEFAULT_LIMIT,
-        ..RequestFilter::default()
-    };
-    let text = |v: &String| (!v.is_empty()).then(|| v.clone());
-    for (k, v) in q {
-        match k.as_str() {
-            "limit" => {
-                f.limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!("limit: expected 1..={MAX_LIMIT}, got {v:?}"))
-                    })?
-            }
-            "cursor" => {
-                f.cursor = Some(Cursor::decode(v).ok_or_else(|| {
-                    ApiError::BadRequest("cursor: not a cursor from next_cursor".into())
-                })?)
-            }
-            "from" => f.from_ms = Some(parse_time("from", v)?),
-            "to" => f.to_ms = Some(parse_time("to", v)?),
-            "user_id" => f.user_id = text(v),
-            "session_id" => f.session_id = text(v),
-            "model" => f.model = text(v),
-            "provider" => f.provider = text(v),
-            "status" => {
-                f.status = Some(StatusFilter::parse(v).ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "status: expected a code like 429 or a class like 5xx, got {v:?}"
-                    ))
-                })?)
-            }
-            other => {
-                if let Some(name) = other.strip_prefix("property.") {
-                    if name.is_empty() {
-                        return Err(ApiError::BadRequest("property.: name is empty".into()));
-                    }
-                    f.properties.push((name.to_ascii_lowercase(), v.clone()));
-                } else {
-                    return Err(ApiError::BadRequest(format!("unknown parameter {other:?}")));
-                }
-            }
-        }
-    }
-    f.properties.sort();
-    Ok(f)
-}
-
 /// `GET /api/requests`.
 pub async fn list_requests(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let filter = filter_from_query(&q)?;
+    // The contract's endpoint has no default time range; `range` narrows it when given.
+    let filter = if q.contains_key("range") {
+        ViewQuery::parse(&q, &[], now_ms())?.filter
+    } else {
+        parse_filter(&q, &[], &[])?
+    };
     let page = state.reader.list(filter).await?;
     let requests: Vec<Value> = page.records.iter().map(|r| record_json(r, false)).collect();
     Ok(Json(json!({
@@ -162,37 +99,81 @@ pub async fn get_request(
     }
 }
 
+/// `GET /api/overview`: the overview page's numbers.
+pub async fn overview(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<views::Overview>, ApiError> {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    Ok(Json(
+        views::overview(&state.reader, &v, state.ingest.as_ref()).await?,
+    ))
+}
+
+/// `GET /api/models`: models and providers side by side.
+pub async fn models(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<views::ModelsView>, ApiError> {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    Ok(Json(views::models(&state.reader, &v).await?))
+}
+
+/// `GET /api/sessions`.
+pub async fn sessions(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<views::ListView>, ApiError> {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    Ok(Json(
+        views::list(&state.reader, &v, GroupBy::Session).await?,
+    ))
+}
+
+/// `GET /api/sessions/<id>`.
+pub async fn session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<views::SessionView>, ApiError> {
+    Ok(Json(views::session(&state.reader, &id).await?))
+}
+
+/// `GET /api/users`.
+pub async fn users(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<views::ListView>, ApiError> {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    Ok(Json(views::list(&state.reader, &v, GroupBy::User).await?))
+}
+
+/// `GET /api/users/<id>`.
+pub async fn user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<views::UserView>, ApiError> {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    Ok(Json(views::user(&state.reader, &v, &id).await?))
+}
+
+/// `GET /api/properties?key=`.
+pub async fn properties(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<views::PropertiesView>, ApiError> {
+    let v = ViewQuery::parse(&q, &["key"], now_ms())?;
+    Ok(Json(views::properties(&state.reader, &v).await?))
+}
+
+/// The wall clock, ms since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn query_parsing() {
-        let q: HashMap<String, String> = [
-            ("limit", "10"),
-            ("status", "5xx"),
-            ("from", "2026-11-22T00:00:00Z"),
-            ("property.Env", "prod"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let f = filter_from_query(&q).expect("valid");
-        assert_eq!(f.limit, 10);
-        assert_eq!(f.status, Some(StatusFilter::Class(5)));
-        assert_eq!(f.from_ms, Some(1_795_305_600_000));
-        assert_eq!(f.properties, vec![("env".into(), "prod".into())]);
-        for bad in [
-            ("limit", "0"),
-            ("status", "abc"),
-            ("from", "yesterday"),
-            ("nope", "1"),
-            ("cursor", "x"),
-        ] {
-            let q: HashMap<String, String> = [(bad.0.to_string(), bad.1.to_string())].into();
-            assert!(filter_from_query(&q).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn ts_format() {

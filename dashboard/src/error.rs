@@ -22,19 +22,26 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, message) = match &self {
+impl ApiError {
+    /// The HTTP status and the message a client may see (internal detail is logged instead).
+    pub fn status_and_message(&self) -> (StatusCode, String) {
+        match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-            ApiError::Store(_) => {
-                tracing::error!(error = %self, "dashboard request failed");
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, "dashboard request failed");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the store could not answer; see Tally's log".to_owned(),
                 )
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.status_and_message();
         (status, Json(json!({ "error": { "message": message } }))).into_response()
     }
 }

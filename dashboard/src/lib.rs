@@ -1,14 +1,25 @@
-//! Tally's dashboard server: health, Prometheus metrics and the JSON API over the store.
+//! Tally's dashboard server: server-rendered pages, health, Prometheus metrics and the JSON
+//! API over the store.
 //!
 //! [`app`] builds the axum `Router` from an [`AppState`]; `tally` serves it on the dashboard
-//! port. All store reads go through [`store`], one module per store, and run on blocking
-//! threads so a slow query never stalls the runtime. The server-rendered pages come with the
-//! dashboard issue; this crate already holds the read model they will use.
+//! port. The layers, top to bottom:
+//! - [`pages`] renders HTML (askama templates in `templates/`, SVG from [`chart`]) and
+//!   [`api`] answers JSON, both from the same view functions in [`views`];
+//! - [`query`] turns a URL query into a time range and filters (the URL is the whole state);
+//! - [`store`] holds every query, one module per store, behind one [`store::Reader`]; SQLite
+//!   queries run on blocking threads so a slow scan never stalls the runtime.
+//!
+//! Pages need no JavaScript and load nothing from outside the binary.
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod auth;
+pub mod chart;
 mod error;
+pub mod pages;
+pub mod query;
 pub mod store;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -18,7 +29,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::registry::Registry;
+use tally_ingest::metrics::IngestMetrics;
 
+pub use auth::Auth;
 pub use error::ApiError;
 use store::Reader;
 
@@ -29,15 +42,41 @@ pub struct AppState {
     pub reader: Reader,
     /// Every metric of the process, rendered by `/metrics`.
     pub registry: Arc<Registry>,
+    /// Live ingest counters, for the overview's dropped/spooled warning.
+    pub ingest: Option<IngestMetrics>,
+    /// Required credential; `None` leaves the dashboard open (loopback only, unless
+    /// `allow_public`).
+    pub auth: Option<Arc<Auth>>,
 }
 
-/// The dashboard's routes.
+/// The dashboard's routes. Everything but `/healthz` sits behind [`auth::require`].
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+    let auth = state.auth.clone();
+    let protected = Router::new()
+        .route("/", get(pages::overview))
+        .route("/requests", get(pages::requests))
+        .route("/requests/{id}", get(pages::request))
+        .route("/sessions", get(pages::sessions))
+        .route("/sessions/{id}", get(pages::session))
+        .route("/users", get(pages::users))
+        .route("/users/{id}", get(pages::user))
+        .route("/models", get(pages::models))
+        .route("/properties", get(pages::properties))
+        .route("/assets/{name}", get(pages::asset))
         .route("/metrics", get(metrics))
         .route("/api/requests", get(api::list_requests))
         .route("/api/requests/{id}", get(api::get_request))
+        .route("/api/overview", get(api::overview))
+        .route("/api/models", get(api::models))
+        .route("/api/sessions", get(api::sessions))
+        .route("/api/sessions/{id}", get(api::session))
+        .route("/api/users", get(api::users))
+        .route("/api/users/{id}", get(api::user))
+        .route("/api/properties", get(api::properties))
+        .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(protected)
         .with_state(state)
 }
 

@@ -25,7 +25,7 @@
 mod batch;
 mod channel;
 pub mod clickhouse;
-mod metrics;
+pub mod metrics;
 mod record;
 pub mod spool;
 pub mod sqlite;

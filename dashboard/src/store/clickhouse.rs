@@ -5,6 +5,7 @@ use clickhouse::Client;
 use tally_ingest::clickhouse::{ClickHouseSettings, RequestRow};
 use tally_ingest::Record;
 
+use super::stats::{order_and_limit, Group, GroupBy, Order, Quantiles, Stats};
 use super::{Page, RequestFilter, StoreError};
 
 /// The columns of [`RequestRow`], with the bodies read or replaced by NULL.
@@ -51,61 +52,111 @@ impl ClickHouseReader {
 
     /// A page of records, newest first, without bodies.
     pub async fn list(&self, f: &RequestFilter) -> Result<Page, StoreError> {
+        let mut binds = Vec::new();
         let mut sql = format!("SELECT {} FROM {} WHERE 1", columns(false), self.table);
-        // (clause, binds) in order; every value goes through `bind`.
-        enum V {
-            I(i64),
-            S(String),
-            U(u16),
-        }
-        let mut binds: Vec<V> = Vec::new();
         if let Some(c) = &f.cursor {
             sql.push_str(
                 " AND (ts < fromUnixTimestamp64Milli(?) OR (ts = fromUnixTimestamp64Milli(?) AND toString(request_id) < ?))",
             );
             binds.extend([V::I(c.ts), V::I(c.ts), V::S(c.request_id.clone())]);
         }
-        if let Some(v) = f.from_ms {
-            sql.push_str(" AND ts >= fromUnixTimestamp64Milli(?)");
-            binds.push(V::I(v));
-        }
-        if let Some(v) = f.to_ms {
-            sql.push_str(" AND ts < fromUnixTimestamp64Milli(?)");
-            binds.push(V::I(v));
-        }
-        for (col, v) in f.equality_filters() {
-            if let Some(v) = v {
-                sql.push_str(&format!(" AND {col} = ?"));
-                binds.push(V::S(v.clone()));
-            }
-        }
-        if let Some(s) = f.status {
-            let (lo, hi) = s.range();
-            sql.push_str(" AND status BETWEEN ? AND ?");
-            binds.extend([V::U(lo), V::U(hi)]);
-        }
-        for (k, v) in &f.properties {
-            sql.push_str(" AND properties[?] = ?");
-            binds.extend([V::S(k.clone()), V::S(v.clone())]);
-        }
+        where_clause(f, &mut sql, &mut binds);
         let limit = f.limit.max(1);
         sql.push_str(" ORDER BY ts DESC, toString(request_id) DESC LIMIT ?");
         binds.push(V::I(limit as i64 + 1));
-        let mut q = self.client.query(&sql);
-        for b in binds {
-            q = match b {
-                V::I(v) => q.bind(v),
-                V::S(v) => q.bind(v),
-                V::U(v) => q.bind(v),
-            };
-        }
-        let records: Vec<Record> = q
+        let records: Vec<Record> = bound(self.client.query(&sql), binds)
             .fetch_all::<RequestRow>()
             .await?
             .into_iter()
             .map(Record::from)
             .collect();
         Ok(Page::from_overfetch(records, limit))
+    }
+
+    /// Aggregates the records matching `f` (its cursor and limit ignored) by `group`, with
+    /// the definitions of [`super::stats`].
+    pub async fn aggregate(
+        &self,
+        f: &RequestFilter,
+        group: &GroupBy,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Group>, StoreError> {
+        let mut binds = Vec::new();
+        let (key, not_null) = match group {
+            GroupBy::Nothing => ("''", ""),
+            GroupBy::Bucket(ms) => {
+                binds.extend([V::I(*ms), V::I(*ms)]);
+                ("toString(intDiv(toUnixTimestamp64Milli(ts), ?) * ?)", "")
+            }
+            GroupBy::Model => ("toString(assumeNotNull(model))", " AND model IS NOT NULL"),
+            GroupBy::Provider => ("toString(provider)", ""),
+            GroupBy::User => ("assumeNotNull(user_id)", " AND user_id IS NOT NULL"),
+            GroupBy::Session => ("assumeNotNull(session_id)", " AND session_id IS NOT NULL"),
+            GroupBy::Property(k) => {
+                binds.push(V::S(k.clone()));
+                ("properties[?]", "")
+            }
+        };
+        let mut sql = format!(
+            "SELECT {key} AS k,
+                    count() AS requests,
+                    countIf(status = 0 OR status >= 400 OR error IS NOT NULL) AS errors,
+                    sum(ifNull(cost_usd, 0)) AS cost,
+                    sum(ifNull(prompt_tokens, 0)) AS prompt,
+                    sum(ifNull(completion_tokens, 0)) AS completion,
+                    countIf(cost_usd IS NULL AND prompt_tokens IS NOT NULL) AS unpriced_n,
+                    countIf(tokens_estimated) AS estimated_n,
+                    countIf(cache_status = 'hit') AS hits,
+                    sum(latency_ms) AS latency_sum,
+                    quantilesExact(0.5, 0.95, 0.99)(latency_ms) AS lat,
+                    quantilesExactIf(0.5, 0.95, 0.99)(ifNull(ttft_ms, 0), ttft_ms IS NOT NULL) AS ttft,
+                    countIf(ttft_ms IS NOT NULL) AS ttft_n,
+                    uniqExact(user_id) AS users_n,
+                    toUnixTimestamp64Milli(min(ts)) AS first,
+                    toUnixTimestamp64Milli(max(ts)) AS last,
+                    max(toUnixTimestamp64Milli(ts) + toInt64(latency_ms)) AS last_end
+             FROM {} WHERE 1{not_null}",
+            self.table
+        );
+        if let GroupBy::Property(k) = group {
+            sql.push_str(" AND mapContains(properties, ?)");
+            binds.push(V::S(k.clone()));
+        }
+        where_clause(f, &mut sql, &mut binds);
+        sql.push_str(" GROUP BY k ORDER BY ");
+        sql.push_str(match order {
+            Order::Cost => "cost DESC, requests DESC, k",
+            Order::Key => "k",
+            Order::LastSeen => "last DESC, k",
+        });
+        sql.push_str(" LIMIT ?");
+        binds.push(V::I(limit as i64));
+        let rows = bound(self.client.query(&sql), binds)
+            .fetch_all::<AggRow>()
+            .await?;
+        let mut groups: Vec<Group> = rows.into_iter().map(AggRow::into_group).collect();
+        order_and_limit(&mut groups, order, limit);
+        Ok(groups)
+    }
+
+    /// Property keys used by the records matching `f`, sorted, at most `limit`.
+    pub async fn property_keys(
+        &self,
+        f: &RequestFilter,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut binds = Vec::new();
+        let mut sql = format!(
+            "SELECT DISTINCT toString(arrayJoin(mapKeys(properties))) AS key FROM {} WHERE 1",
+            self.table
+        );
+        where_clause(f, &mut sql, &mut binds);
+        sql.push_str(" ORDER BY key LIMIT ?");
+        binds.push(V::I(limit as i64));
+        Ok(bound(self.client.query(&sql), binds)
+            .fetch_all::<String>()
+            .await?)
     }
 
     /// One record with its bodies.
@@ -134,5 +185,97 @@ impl ClickHouseReader {
             .query(sql)
             .fetch_bytes(format)?;
         Ok(cursor.collect().await?.to_vec())
+    }
+}
+
+/// A value for one `?` placeholder, in order.
+enum V {
+    I(i64),
+    S(String),
+    U(u16),
+}
+
+fn bound(mut q: clickhouse::query::Query, binds: Vec<V>) -> clickhouse::query::Query {
+    for b in binds {
+        q = match b {
+            V::I(v) => q.bind(v),
+            V::S(v) => q.bind(v),
+            V::U(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// Appends the conditions of `f` (without its cursor) to `sql`.
+fn where_clause(f: &RequestFilter, sql: &mut String, binds: &mut Vec<V>) {
+    if let Some(v) = f.from_ms {
+        sql.push_str(" AND ts >= fromUnixTimestamp64Milli(?)");
+        binds.push(V::I(v));
+    }
+    if let Some(v) = f.to_ms {
+        sql.push_str(" AND ts < fromUnixTimestamp64Milli(?)");
+        binds.push(V::I(v));
+    }
+    for (col, v) in f.equality_filters() {
+        if let Some(v) = v {
+            sql.push_str(&format!(" AND {col} = ?"));
+            binds.push(V::S(v.clone()));
+        }
+    }
+    if let Some(s) = f.status {
+        let (lo, hi) = s.range();
+        sql.push_str(" AND status BETWEEN ? AND ?");
+        binds.extend([V::U(lo), V::U(hi)]);
+    }
+    for (k, v) in &f.properties {
+        sql.push_str(" AND properties[?] = ?");
+        binds.extend([V::S(k.clone()), V::S(v.clone())]);
+    }
+}
+
+/// One row of [`ClickHouseReader::aggregate`].
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct AggRow {
+    k: String,
+    requests: u64,
+    errors: u64,
+    cost: f64,
+    prompt: u64,
+    completion: u64,
+    unpriced_n: u64,
+    estimated_n: u64,
+    hits: u64,
+    latency_sum: u64,
+    lat: Vec<u64>,
+    ttft: Vec<u64>,
+    ttft_n: u64,
+    users_n: u64,
+    first: i64,
+    last: i64,
+    last_end: i64,
+}
+
+impl AggRow {
+    fn into_group(self) -> Group {
+        Group {
+            key: self.k,
+            stats: Stats {
+                requests: self.requests,
+                errors: self.errors,
+                cost_usd: self.cost,
+                prompt_tokens: self.prompt,
+                completion_tokens: self.completion,
+                unpriced: self.unpriced_n,
+                estimated: self.estimated_n,
+                cache_hits: self.hits,
+                latency_sum_ms: self.latency_sum,
+                latency_ms: Quantiles::from_levels(&self.lat, self.requests),
+                ttft_ms: Quantiles::from_levels(&self.ttft, self.ttft_n),
+                users: self.users_n,
+                first_ts: self.first,
+                last_ts: self.last,
+                last_end_ts: self.last_end,
+            },
+        }
     }
 }

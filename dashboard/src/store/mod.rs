@@ -1,8 +1,12 @@
 //! The read side of the store. Every query the dashboard and the JSON API run lives in one
-//! module per store (today `sqlite.rs`), so a reviewer can check them all in one place.
+//! module per store (`sqlite.rs`, `clickhouse.rs`), so a reviewer can check them all in one
+//! place; [`stats`] defines the numbers both must agree on.
 
 pub mod clickhouse;
 pub mod sqlite;
+pub mod stats;
+
+pub use stats::{Group, GroupBy, Order, Quantiles, Stats};
 
 use tally_ingest::Record;
 
@@ -40,6 +44,54 @@ impl Reader {
                 joined(tokio::task::spawn_blocking(move || r.list(&filter)).await)
             }
             Reader::ClickHouse(r) => r.list(&filter).await,
+        }
+    }
+
+    /// Aggregates the records matching `filter` (cursor and limit ignored) by `group`: at
+    /// most `limit` groups in `order`.
+    pub async fn aggregate(
+        &self,
+        filter: RequestFilter,
+        group: GroupBy,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Group>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(
+                    tokio::task::spawn_blocking(move || r.aggregate(&filter, &group, order, limit))
+                        .await,
+                )
+            }
+            Reader::ClickHouse(r) => r.aggregate(&filter, &group, order, limit).await,
+        }
+    }
+
+    /// The aggregate of everything matching `filter` as one [`Stats`].
+    pub async fn totals(&self, filter: RequestFilter) -> Result<Stats, StoreError> {
+        let groups = self
+            .aggregate(filter, GroupBy::Nothing, Order::Key, 1)
+            .await?;
+        Ok(groups
+            .into_iter()
+            .next()
+            .map(|g| g.stats)
+            .unwrap_or_default())
+    }
+
+    /// Property keys in use by the records matching `filter`, sorted.
+    pub async fn property_keys(
+        &self,
+        filter: RequestFilter,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(tokio::task::spawn_blocking(move || r.property_keys(&filter, limit)).await)
+            }
+            Reader::ClickHouse(r) => r.property_keys(&filter, limit).await,
         }
     }
 

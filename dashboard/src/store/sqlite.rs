@@ -1,11 +1,13 @@
 //! Every read query against the SQLite store.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
 use tally_ingest::{CacheStatus, Record, Tokens};
 
+use super::stats::{order_and_limit, Accumulator, Group, GroupBy, Order, Sample};
 use super::{Page, RequestFilter, StoreError};
 
 const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, response_model,
@@ -46,58 +48,129 @@ impl SqliteReader {
     /// A page of records, newest first, without bodies.
     pub fn list(&self, f: &RequestFilter) -> Result<Page, StoreError> {
         let conn = self.conn()?;
-        let mut sql = format!("SELECT {LIST_COLUMNS}, NULL, NULL FROM requests WHERE 1 = 1");
-        let mut params: Vec<Value> = Vec::new();
-        let mut bind = |sql: &mut String, clause: &str, v: Value| {
-            params.push(v);
-            sql.push_str(&clause.replace('?', &format!("?{}", params.len())));
-        };
+        let mut w = Where::new(f);
         if let Some(c) = &f.cursor {
-            bind(&mut sql, " AND (ts < ?", Value::Integer(c.ts));
-            bind(&mut sql, " OR (ts = ?", Value::Integer(c.ts));
-            bind(
-                &mut sql,
-                " AND request_id < ?))",
-                Value::Text(c.request_id.clone()),
-            );
-        }
-        if let Some(v) = f.from_ms {
-            bind(&mut sql, " AND ts >= ?", Value::Integer(v));
-        }
-        if let Some(v) = f.to_ms {
-            bind(&mut sql, " AND ts < ?", Value::Integer(v));
-        }
-        for (col, v) in f.equality_filters() {
-            if let Some(v) = v {
-                bind(&mut sql, &format!(" AND {col} = ?"), Value::Text(v.clone()));
-            }
-        }
-        if let Some(s) = f.status {
-            let (lo, hi) = s.range();
-            bind(&mut sql, " AND status >= ?", Value::Integer(lo.into()));
-            bind(&mut sql, " AND status <= ?", Value::Integer(hi.into()));
-        }
-        for (k, v) in &f.properties {
-            // The JSON path is a parameter too; the key is quoted inside it so any name works.
-            let path = format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""));
-            bind(
-                &mut sql,
-                " AND json_extract(properties, ?",
-                Value::Text(path),
-            );
-            bind(&mut sql, ") = ?", Value::Text(v.clone()));
+            w.bind(" AND (ts < ?", Value::Integer(c.ts));
+            w.bind(" OR (ts = ?", Value::Integer(c.ts));
+            w.bind(" AND request_id < ?))", Value::Text(c.request_id.clone()));
         }
         let limit = f.limit.max(1);
-        bind(
-            &mut sql,
+        w.bind(
             " ORDER BY ts DESC, request_id DESC LIMIT ?",
             Value::Integer(limit as i64 + 1),
         );
+        let sql = format!(
+            "SELECT {LIST_COLUMNS}, NULL, NULL FROM requests WHERE {}",
+            w.sql
+        );
+        let params = w.params;
         let mut stmt = conn.prepare(&sql)?;
         let records = stmt
             .query_map(params_from_iter(params), row_to_record)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Page::from_overfetch(records, limit))
+    }
+
+    /// Aggregates the records matching `f` (its cursor and limit ignored) by `group`. SQLite
+    /// has no quantile function, so one scan feeds an [`Accumulator`] per group in Rust.
+    pub fn aggregate(
+        &self,
+        f: &RequestFilter,
+        group: &GroupBy,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Group>, StoreError> {
+        let conn = self.conn()?;
+        let mut w = Where::new(f);
+        let key = match group {
+            GroupBy::Nothing | GroupBy::Bucket(_) => "NULL".to_owned(),
+            GroupBy::Model => "model".to_owned(),
+            GroupBy::Provider => "provider".to_owned(),
+            GroupBy::User => "user_id".to_owned(),
+            GroupBy::Session => "session_id".to_owned(),
+            GroupBy::Property(k) => {
+                // Bound once, referenced by number from the SELECT list.
+                w.params.push(Value::Text(json_path(k)));
+                format!("json_extract(properties, ?{})", w.params.len())
+            }
+        };
+        let sql = format!(
+            "SELECT {key}, ts, status, error IS NOT NULL, latency_ms, ttft_ms, cost_usd,
+                    prompt_tokens, completion_tokens, tokens_estimated, cache_status = 'hit',
+                    user_id
+             FROM requests WHERE {}",
+            w.sql
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query(params_from_iter(w.params))?;
+        let mut groups: HashMap<String, Accumulator> = HashMap::new();
+        let keyed = !matches!(group, GroupBy::Nothing | GroupBy::Bucket(_));
+        let count = |v: Option<i64>| v.map(|v| v.max(0) as u64);
+        while let Some(row) = rows.next()? {
+            let ts: i64 = row.get(1)?;
+            let sample = Sample {
+                ts,
+                status: row.get::<_, i64>(2)?.clamp(0, u16::MAX as i64) as u16,
+                has_error: row.get(3)?,
+                latency_ms: row.get::<_, i64>(4)?.max(0) as u64,
+                ttft_ms: count(row.get(5)?),
+                cost_usd: row.get(6)?,
+                prompt_tokens: count(row.get(7)?),
+                completion_tokens: count(row.get(8)?),
+                estimated: row.get(9)?,
+                cache_hit: row.get(10)?,
+                user_id: match row.get_ref(11)? {
+                    ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+                    _ => None,
+                },
+            };
+            let acc = if keyed {
+                let ValueRef::Text(k) = row.get_ref(0)? else {
+                    continue;
+                };
+                let k = String::from_utf8_lossy(k);
+                match groups.get_mut(k.as_ref()) {
+                    Some(acc) => acc,
+                    None => groups.entry(k.into_owned()).or_default(),
+                }
+            } else {
+                let k = match group {
+                    GroupBy::Bucket(ms) => (ts.div_euclid(*ms) * ms).to_string(),
+                    _ => String::new(),
+                };
+                groups.entry(k).or_default()
+            };
+            acc.add(sample);
+        }
+        let mut out: Vec<Group> = groups
+            .into_iter()
+            .map(|(key, acc)| Group {
+                key,
+                stats: acc.finish(),
+            })
+            .collect();
+        order_and_limit(&mut out, order, limit);
+        Ok(out)
+    }
+
+    /// Property keys used by the records matching `f`, sorted, at most `limit`.
+    pub fn property_keys(
+        &self,
+        f: &RequestFilter,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn()?;
+        let mut w = Where::new(f);
+        w.bind(" ORDER BY 1 LIMIT ?", Value::Integer(limit as i64));
+        let sql = format!(
+            "SELECT DISTINCT j.key FROM requests, json_each(requests.properties) AS j WHERE {}",
+            w.sql
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let keys = stmt
+            .query_map(params_from_iter(w.params), |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keys)
     }
 
     /// One record with its bodies.
@@ -137,6 +210,56 @@ impl SqliteReader {
         }
         Ok(QueryResult { columns, rows })
     }
+}
+
+/// The WHERE clause of a [`RequestFilter`] (without its cursor), every value a numbered
+/// parameter.
+struct Where {
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl Where {
+    fn new(f: &RequestFilter) -> Self {
+        let mut w = Self {
+            sql: "1 = 1".to_owned(),
+            params: Vec::new(),
+        };
+        if let Some(v) = f.from_ms {
+            w.bind(" AND ts >= ?", Value::Integer(v));
+        }
+        if let Some(v) = f.to_ms {
+            w.bind(" AND ts < ?", Value::Integer(v));
+        }
+        for (col, v) in f.equality_filters() {
+            if let Some(v) = v {
+                w.bind(&format!(" AND {col} = ?"), Value::Text(v.clone()));
+            }
+        }
+        if let Some(s) = f.status {
+            let (lo, hi) = s.range();
+            w.bind(" AND status >= ?", Value::Integer(lo.into()));
+            w.bind(" AND status <= ?", Value::Integer(hi.into()));
+        }
+        for (k, v) in &f.properties {
+            w.bind(" AND json_extract(properties, ?", Value::Text(json_path(k)));
+            w.bind(") = ?", Value::Text(v.clone()));
+        }
+        w
+    }
+
+    /// Appends `clause`, whose one `?` becomes the next numbered parameter.
+    fn bind(&mut self, clause: &str, v: Value) {
+        self.params.push(v);
+        self.sql
+            .push_str(&clause.replace('?', &format!("?{}", self.params.len())));
+    }
+}
+
+/// The JSON path of a property key, bound as a parameter; the key is quoted inside it so any
+/// name works.
+fn json_path(key: &str) -> String {
+    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The result of [`SqliteReader::query`].

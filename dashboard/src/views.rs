@@ -1,0 +1,394 @@
+//! What each page shows, computed once and served two ways: rendered by [`crate::pages`] and
+//! as JSON by [`crate::api`]. Keeping one function per view is what guarantees that every
+//! number on a page is also reachable as JSON.
+
+use serde::Serialize;
+use tally_ingest::metrics::IngestMetrics;
+use tally_ingest::Record;
+
+use crate::api::format_ts;
+use crate::error::ApiError;
+use crate::query::{TimeRange, ViewQuery};
+use crate::store::{Group, GroupBy, Order, Reader, RequestFilter, Stats};
+
+/// How many rows the "top" tables and list pages show.
+pub const TOP: usize = 10;
+/// Rows of the sessions, users and breakdown lists.
+pub const LIST: usize = 200;
+
+/// [`Stats`] plus the derived numbers every page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsView {
+    /// The raw aggregate.
+    #[serde(flatten)]
+    pub stats: Stats,
+    /// Prompt plus completion tokens.
+    pub total_tokens: u64,
+    /// Errors per request.
+    pub error_rate: f64,
+    /// Cache hits per request.
+    pub cache_hit_rate: f64,
+    /// Mean latency, ms.
+    pub avg_latency_ms: f64,
+    /// First start to last end, ms.
+    pub duration_ms: i64,
+    /// `first_ts` as RFC 3339.
+    pub first_seen: String,
+    /// `last_ts` as RFC 3339.
+    pub last_seen: String,
+}
+
+impl From<Stats> for StatsView {
+    fn from(stats: Stats) -> Self {
+        Self {
+            total_tokens: stats.total_tokens(),
+            error_rate: stats.error_rate(),
+            cache_hit_rate: stats.cache_hit_rate(),
+            avg_latency_ms: stats.avg_latency_ms(),
+            duration_ms: stats.duration_ms(),
+            first_seen: if stats.requests > 0 {
+                format_ts(stats.first_ts)
+            } else {
+                String::new()
+            },
+            last_seen: if stats.requests > 0 {
+                format_ts(stats.last_ts)
+            } else {
+                String::new()
+            },
+            stats,
+        }
+    }
+}
+
+/// One row of a breakdown.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupView {
+    /// Model, provider, user id, session id or property value.
+    pub key: String,
+    /// Its numbers.
+    #[serde(flatten)]
+    pub stats: StatsView,
+}
+
+impl From<Group> for GroupView {
+    fn from(g: Group) -> Self {
+        Self {
+            key: g.key,
+            stats: g.stats.into(),
+        }
+    }
+}
+
+/// One point of a time series: the bucket's start and its numbers (zero when empty).
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Bucket start, ms.
+    pub t: i64,
+    /// Its numbers.
+    #[serde(flatten)]
+    pub stats: StatsView,
+}
+
+/// The time window a view covers, as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct RangeView {
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End (exclusive), RFC 3339.
+    pub to: String,
+    /// Chart bucket width, ms.
+    pub bucket_ms: i64,
+}
+
+impl From<TimeRange> for RangeView {
+    fn from(r: TimeRange) -> Self {
+        Self {
+            from: format_ts(r.from_ms),
+            to: format_ts(r.to_ms),
+            bucket_ms: r.bucket_ms(),
+        }
+    }
+}
+
+/// Whether any record is lost or waiting: the overview's warning.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestHealth {
+    /// Records that will never be stored, since start.
+    pub dropped: u64,
+    /// Batches waiting in the disk spool.
+    pub spooled_batches: i64,
+    /// Bytes waiting in the disk spool.
+    pub spool_bytes: i64,
+    /// Records waiting in the channel.
+    pub channel_depth: i64,
+}
+
+impl IngestHealth {
+    /// Reads the live ingest counters.
+    pub fn read(m: Option<&IngestMetrics>) -> Self {
+        let Some(m) = m else {
+            return Self::default();
+        };
+        Self {
+            dropped: tally_ingest::metrics::DROP_REASONS
+                .iter()
+                .map(|reason| {
+                    m.dropped
+                        .get_or_create(&tally_ingest::metrics::DropLabels { reason })
+                        .get()
+                })
+                .sum(),
+            spooled_batches: m.spool_segments.get(),
+            spool_bytes: m.spool_bytes.get(),
+            channel_depth: m.channel_depth.get(),
+        }
+    }
+}
+
+/// The overview page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overview {
+    /// The window.
+    pub range: RangeView,
+    /// Totals over the window.
+    pub summary: StatsView,
+    /// One point per bucket.
+    pub series: Vec<Point>,
+    /// Models by cost.
+    pub top_models: Vec<GroupView>,
+    /// Providers by cost.
+    pub top_providers: Vec<GroupView>,
+    /// Users by cost.
+    pub top_users: Vec<GroupView>,
+    /// Lost or waiting records.
+    pub ingest: IngestHealth,
+}
+
+/// Every bucket of the range, filled from the store's groups (empty buckets are zero).
+pub async fn series(reader: &Reader, v: &ViewQuery) -> Result<Vec<Point>, ApiError> {
+    let bucket = v.range.bucket_ms();
+    let groups = reader
+        .aggregate(
+            v.filter.clone(),
+            GroupBy::Bucket(bucket),
+            Order::Key,
+            usize::MAX >> 1,
+        )
+        .await?;
+    let mut by_t: std::collections::HashMap<i64, Stats> = groups
+        .into_iter()
+        .filter_map(|g| Some((g.key.parse().ok()?, g.stats)))
+        .collect();
+    Ok(v.range
+        .bucket_starts()
+        .into_iter()
+        .map(|t| Point {
+            t,
+            stats: by_t.remove(&t).unwrap_or_default().into(),
+        })
+        .collect())
+}
+
+/// A breakdown of the view's records by `by`.
+pub async fn breakdown(
+    reader: &Reader,
+    filter: &RequestFilter,
+    by: GroupBy,
+    order: Order,
+    limit: usize,
+) -> Result<Vec<GroupView>, ApiError> {
+    Ok(reader
+        .aggregate(filter.clone(), by, order, limit)
+        .await?
+        .into_iter()
+        .map(GroupView::from)
+        .collect())
+}
+
+/// The overview.
+pub async fn overview(
+    reader: &Reader,
+    v: &ViewQuery,
+    ingest: Option<&IngestMetrics>,
+) -> Result<Overview, ApiError> {
+    let f = &v.filter;
+    let (summary, series, top_models, top_providers, top_users) = tokio::try_join!(
+        async { Ok::<_, ApiError>(reader.totals(f.clone()).await?) },
+        series(reader, v),
+        breakdown(reader, f, GroupBy::Model, Order::Cost, TOP),
+        breakdown(reader, f, GroupBy::Provider, Order::Cost, TOP),
+        breakdown(reader, f, GroupBy::User, Order::Cost, TOP),
+    )?;
+    Ok(Overview {
+        range: v.range.into(),
+        summary: summary.into(),
+        series,
+        top_models,
+        top_providers,
+        top_users,
+        ingest: IngestHealth::read(ingest),
+    })
+}
+
+/// Models and providers side by side.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelsView {
+    /// The window.
+    pub range: RangeView,
+    /// By model.
+    pub models: Vec<GroupView>,
+    /// By provider.
+    pub providers: Vec<GroupView>,
+}
+
+/// The models and providers page.
+pub async fn models(reader: &Reader, v: &ViewQuery) -> Result<ModelsView, ApiError> {
+    Ok(ModelsView {
+        range: v.range.into(),
+        models: breakdown(reader, &v.filter, GroupBy::Model, Order::Cost, LIST).await?,
+        providers: breakdown(reader, &v.filter, GroupBy::Provider, Order::Cost, LIST).await?,
+    })
+}
+
+/// A list page: sessions or users.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListView {
+    /// The window.
+    pub range: RangeView,
+    /// One row per session or user, most recently seen first.
+    pub rows: Vec<GroupView>,
+}
+
+/// The sessions or users list.
+pub async fn list(reader: &Reader, v: &ViewQuery, by: GroupBy) -> Result<ListView, ApiError> {
+    Ok(ListView {
+        range: v.range.into(),
+        rows: breakdown(reader, &v.filter, by, Order::LastSeen, LIST).await?,
+    })
+}
+
+/// One session: totals and every request, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// The session id.
+    pub session_id: String,
+    /// Its name, from the first request that has one.
+    pub session_name: Option<String>,
+    /// Totals.
+    pub summary: StatsView,
+    /// Requests, oldest first (at most [`crate::query::MAX_LIMIT`]).
+    #[serde(skip)]
+    pub requests: Vec<Record>,
+    /// The same requests as JSON.
+    #[serde(rename = "requests")]
+    pub requests_json: Vec<serde_json::Value>,
+}
+
+/// The session view. Sessions are not cut by the page's time range: a session is shown whole.
+pub async fn session(reader: &Reader, id: &str) -> Result<SessionView, ApiError> {
+    let filter = RequestFilter {
+        session_id: Some(id.to_owned()),
+        limit: crate::query::MAX_LIMIT,
+        ..RequestFilter::default()
+    };
+    let summary = reader.totals(filter.clone()).await?;
+    if summary.requests == 0 {
+        return Err(ApiError::NotFound(format!("no session {id:?}")));
+    }
+    let mut requests = reader.list(filter).await?.records;
+    requests.reverse();
+    Ok(SessionView {
+        session_id: id.to_owned(),
+        session_name: requests.iter().find_map(|r| r.session_name.clone()),
+        summary: summary.into(),
+        requests_json: requests
+            .iter()
+            .map(|r| crate::api::record_json(r, false))
+            .collect(),
+        requests,
+    })
+}
+
+/// One user: totals, cost over time and recent requests within the range.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    /// The user id.
+    pub user_id: String,
+    /// The window.
+    pub range: RangeView,
+    /// Totals in the window.
+    pub summary: StatsView,
+    /// One point per bucket.
+    pub series: Vec<Point>,
+    /// Newest requests first.
+    #[serde(skip)]
+    pub recent: Vec<Record>,
+    /// The same requests as JSON.
+    #[serde(rename = "recent")]
+    pub recent_json: Vec<serde_json::Value>,
+}
+
+/// The user view.
+pub async fn user(reader: &Reader, v: &ViewQuery, id: &str) -> Result<UserView, ApiError> {
+    let mut v = v.clone();
+    v.filter.user_id = Some(id.to_owned());
+    v.filter.limit = 50;
+    let summary = reader.totals(v.filter.clone()).await?;
+    let series = series(reader, &v).await?;
+    let recent = reader.list(v.filter.clone()).await?.records;
+    Ok(UserView {
+        user_id: id.to_owned(),
+        range: v.range.into(),
+        summary: summary.into(),
+        series,
+        recent_json: recent
+            .iter()
+            .map(|r| crate::api::record_json(r, false))
+            .collect(),
+        recent,
+    })
+}
+
+/// The properties page: the keys in use and the breakdown by one key's values.
+#[derive(Debug, Clone, Serialize)]
+pub struct PropertiesView {
+    /// The window.
+    pub range: RangeView,
+    /// Keys in use in the window.
+    pub keys: Vec<String>,
+    /// The chosen key, if any.
+    pub key: Option<String>,
+    /// One row per value of `key`, by cost.
+    pub values: Vec<GroupView>,
+}
+
+/// The properties page.
+pub async fn properties(reader: &Reader, v: &ViewQuery) -> Result<PropertiesView, ApiError> {
+    let keys = reader.property_keys(v.filter.clone(), LIST).await?;
+    let key = v
+        .extra
+        .get("key")
+        .filter(|k| !k.is_empty())
+        .map(|k| k.to_ascii_lowercase())
+        .or_else(|| keys.first().cloned());
+    let values = match &key {
+        Some(k) => {
+            breakdown(
+                reader,
+                &v.filter,
+                GroupBy::Property(k.clone()),
+                Order::Cost,
+                LIST,
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    Ok(PropertiesView {
+        range: v.range.into(),
+        keys,
+        key,
+        values,
+    })
+}
