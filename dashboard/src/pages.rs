@@ -262,6 +262,7 @@ struct ErrorPage {
 }
 
 /// A page's error, rendered as HTML.
+#[derive(Debug)]
 pub struct PageError(ApiError);
 
 impl From<ApiError> for PageError {

@@ -165,30 +165,37 @@ pub struct Overview {
     pub ingest: IngestHealth,
 }
 
-/// Every bucket of the range, filled from the store's groups (empty buckets are zero).
-pub async fn series(reader: &Reader, v: &ViewQuery) -> Result<Vec<Point>, ApiError> {
-    let bucket = v.range.bucket_ms();
-    let groups = reader
-        .aggregate(
-            v.filter.clone(),
-            GroupBy::Bucket(bucket),
-            Order::Key,
-            usize::MAX >> 1,
-        )
-        .await?;
+/// Every bucket of the range, filled from the store's bucket groups (empty buckets are zero).
+fn fill_series(range: &TimeRange, groups: Vec<Group>) -> Vec<Point> {
     let mut by_t: std::collections::HashMap<i64, Stats> = groups
         .into_iter()
         .filter_map(|g| Some((g.key.parse().ok()?, g.stats)))
         .collect();
-    Ok(v.range
+    range
         .bucket_starts()
         .into_iter()
         .map(|t| Point {
             t,
             stats: by_t.remove(&t).unwrap_or_default().into(),
         })
-        .collect())
+        .collect()
 }
+
+fn views(groups: Vec<Group>) -> Vec<GroupView> {
+    groups.into_iter().map(GroupView::from).collect()
+}
+
+fn totals(groups: Vec<Group>) -> StatsView {
+    groups
+        .into_iter()
+        .next()
+        .map(|g| g.stats)
+        .unwrap_or_default()
+        .into()
+}
+
+/// Every bucket of a chart: enough for the longest range at the smallest bucket.
+const ALL_BUCKETS: usize = usize::MAX >> 1;
 
 /// A breakdown of the view's records by `by`.
 pub async fn breakdown(
@@ -212,17 +219,34 @@ pub async fn overview(
     v: &ViewQuery,
     ingest: Option<&IngestMetrics>,
 ) -> Result<Overview, ApiError> {
-    let f = &v.filter;
-    let (summary, series, top_models, top_providers, top_users) = tokio::try_join!(
-        async { Ok::<_, ApiError>(reader.totals(f.clone()).await?) },
-        series(reader, v),
-        breakdown(reader, f, GroupBy::Model, Order::Cost, TOP),
-        breakdown(reader, f, GroupBy::Provider, Order::Cost, TOP),
-        breakdown(reader, f, GroupBy::User, Order::Cost, TOP),
-    )?;
+    let mut parts = reader
+        .aggregate_many(
+            v.filter.clone(),
+            vec![
+                (GroupBy::Nothing, Order::Key, 1),
+                (
+                    GroupBy::Bucket(v.range.bucket_ms()),
+                    Order::Key,
+                    ALL_BUCKETS,
+                ),
+                (GroupBy::Model, Order::Cost, TOP),
+                (GroupBy::Provider, Order::Cost, TOP),
+                (GroupBy::User, Order::Cost, TOP),
+            ],
+        )
+        .await?
+        .into_iter();
+    let mut next = || parts.next().unwrap_or_default();
+    let (summary, series, top_models, top_providers, top_users) = (
+        totals(next()),
+        fill_series(&v.range, next()),
+        views(next()),
+        views(next()),
+        views(next()),
+    );
     Ok(Overview {
         range: v.range.into(),
-        summary: summary.into(),
+        summary,
         series,
         top_models,
         top_providers,
@@ -244,10 +268,20 @@ pub struct ModelsView {
 
 /// The models and providers page.
 pub async fn models(reader: &Reader, v: &ViewQuery) -> Result<ModelsView, ApiError> {
+    let mut parts = reader
+        .aggregate_many(
+            v.filter.clone(),
+            vec![
+                (GroupBy::Model, Order::Cost, LIST),
+                (GroupBy::Provider, Order::Cost, LIST),
+            ],
+        )
+        .await?
+        .into_iter();
     Ok(ModelsView {
         range: v.range.into(),
-        models: breakdown(reader, &v.filter, GroupBy::Model, Order::Cost, LIST).await?,
-        providers: breakdown(reader, &v.filter, GroupBy::Provider, Order::Cost, LIST).await?,
+        models: views(parts.next().unwrap_or_default()),
+        providers: views(parts.next().unwrap_or_default()),
     })
 }
 
@@ -334,13 +368,27 @@ pub async fn user(reader: &Reader, v: &ViewQuery, id: &str) -> Result<UserView, 
     let mut v = v.clone();
     v.filter.user_id = Some(id.to_owned());
     v.filter.limit = 50;
-    let summary = reader.totals(v.filter.clone()).await?;
-    let series = series(reader, &v).await?;
+    let mut parts = reader
+        .aggregate_many(
+            v.filter.clone(),
+            vec![
+                (GroupBy::Nothing, Order::Key, 1),
+                (
+                    GroupBy::Bucket(v.range.bucket_ms()),
+                    Order::Key,
+                    ALL_BUCKETS,
+                ),
+            ],
+        )
+        .await?
+        .into_iter();
+    let summary = totals(parts.next().unwrap_or_default());
+    let series = fill_series(&v.range, parts.next().unwrap_or_default());
     let recent = reader.list(v.filter.clone()).await?.records;
     Ok(UserView {
         user_id: id.to_owned(),
         range: v.range.into(),
-        summary: summary.into(),
+        summary,
         series,
         recent_json: recent
             .iter()

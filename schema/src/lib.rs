@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// The SQLite migrations, oldest first.
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_requests",
-    sql: include_str!("../sqlite/0001_requests.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_requests",
+        sql: include_str!("../sqlite/0001_requests.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_dashboard_index",
+        sql: include_str!("../sqlite/0002_dashboard_index.sql"),
+    },
+];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
 /// fills `{db}`, `{local}`, `{on_cluster}`, `{engine}`, `{agg_engine}` and the TTL placeholders

@@ -6,7 +6,7 @@ pub mod clickhouse;
 pub mod sqlite;
 pub mod stats;
 
-pub use stats::{Group, GroupBy, Order, Quantiles, Stats};
+pub use stats::{AggregateSpec, Group, GroupBy, Order, Quantiles, Stats};
 
 use tally_ingest::Record;
 
@@ -56,15 +56,32 @@ impl Reader {
         order: Order,
         limit: usize,
     ) -> Result<Vec<Group>, StoreError> {
+        let mut all = self
+            .aggregate_many(filter, vec![(group, order, limit)])
+            .await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// Several aggregates of the same records, one per spec, in order. SQLite computes them
+    /// in one scan; ClickHouse runs one query each, concurrently.
+    pub async fn aggregate_many(
+        &self,
+        filter: RequestFilter,
+        specs: Vec<AggregateSpec>,
+    ) -> Result<Vec<Vec<Group>>, StoreError> {
         match self {
             Reader::Sqlite(r) => {
                 let r = r.clone();
-                joined(
-                    tokio::task::spawn_blocking(move || r.aggregate(&filter, &group, order, limit))
-                        .await,
-                )
+                joined(tokio::task::spawn_blocking(move || r.aggregate_many(&filter, &specs)).await)
             }
-            Reader::ClickHouse(r) => r.aggregate(&filter, &group, order, limit).await,
+            Reader::ClickHouse(r) => {
+                futures_util::future::try_join_all(
+                    specs
+                        .iter()
+                        .map(|(group, order, limit)| r.aggregate(&filter, group, *order, *limit)),
+                )
+                .await
+            }
         }
     }
 

@@ -1,13 +1,13 @@
 //! Every read query against the SQLite store.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
 use tally_ingest::{CacheStatus, Record, Tokens};
 
-use super::stats::{order_and_limit, Accumulator, Group, GroupBy, Order, Sample};
+use super::stats::{order_and_limit, user_key, Accumulator, AggregateSpec, Group, GroupBy, Sample};
 use super::{Page, RequestFilter, StoreError};
 
 const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, response_model,
@@ -71,86 +71,140 @@ impl SqliteReader {
         Ok(Page::from_overfetch(records, limit))
     }
 
-    /// Aggregates the records matching `f` (its cursor and limit ignored) by `group`. SQLite
-    /// has no quantile function, so one scan feeds an [`Accumulator`] per group in Rust.
-    pub fn aggregate(
+    /// Aggregates the records matching `f` (its cursor and limit ignored) once per spec
+    /// `(group, order, limit)`, all in one scan. SQLite has no quantile function, so the scan
+    /// feeds [`Accumulator`]s in Rust; one scan for a whole page (totals, series and every
+    /// breakdown) matters because the scan is the cost.
+    ///
+    /// A long time range is split into one part per core, scanned in parallel on its own
+    /// connection, and the parts' accumulators merged.
+    pub fn aggregate_many(
         &self,
         f: &RequestFilter,
-        group: &GroupBy,
-        order: Order,
-        limit: usize,
-    ) -> Result<Vec<Group>, StoreError> {
+        specs: &[AggregateSpec],
+    ) -> Result<Vec<Vec<Group>>, StoreError> {
+        let parts = match (f.from_ms, f.to_ms) {
+            (Some(from), Some(to)) if to - from >= SPLIT_MIN_SPAN_MS => {
+                let n = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(MAX_PARTS) as i64;
+                (0..n)
+                    .map(|i| RequestFilter {
+                        from_ms: Some(from + (to - from) * i / n),
+                        to_ms: Some(from + (to - from) * (i + 1) / n),
+                        ..f.clone()
+                    })
+                    .collect()
+            }
+            _ => vec![f.clone()],
+        };
+        let mut scans = std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|part| s.spawn(move || self.scan(part, specs)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(StoreError::Task("scan panicked".into())))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?
+        .into_iter();
+        let mut merged = scans.next().unwrap_or_default();
+        for scan in scans {
+            for (into, from) in merged.iter_mut().zip(scan) {
+                into.merge(from);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .zip(specs)
+            .map(|(g, (_, order, limit))| {
+                let mut out = g.finish();
+                order_and_limit(&mut out, *order, *limit);
+                out
+            })
+            .collect())
+    }
+
+    /// One scan of the records matching `f`, accumulated per spec.
+    fn scan(
+        &self,
+        f: &RequestFilter,
+        specs: &[AggregateSpec],
+    ) -> Result<Vec<Grouping>, StoreError> {
         let conn = self.conn()?;
         let mut w = Where::new(f);
-        let key = match group {
-            GroupBy::Nothing | GroupBy::Bucket(_) => "NULL".to_owned(),
-            GroupBy::Model => "model".to_owned(),
-            GroupBy::Provider => "provider".to_owned(),
-            GroupBy::User => "user_id".to_owned(),
-            GroupBy::Session => "session_id".to_owned(),
-            GroupBy::Property(k) => {
-                // Bound once, referenced by number from the SELECT list.
-                w.params.push(Value::Text(json_path(k)));
-                format!("json_extract(properties, ?{})", w.params.len())
-            }
-        };
-        let sql = format!(
-            "SELECT {key}, ts, status, error IS NOT NULL, latency_ms, ttft_ms, cost_usd,
-                    prompt_tokens, completion_tokens, tokens_estimated, cache_status = 'hit',
-                    user_id
-             FROM requests WHERE {}",
-            w.sql
+        // Fixed columns 0..=13, then one column per property grouping.
+        let mut select = String::from(
+            "ts, status, error IS NOT NULL, latency_ms, ttft_ms, cost_usd, prompt_tokens,
+             completion_tokens, tokens_estimated, cache_status = 'hit', user_id, model,
+             provider, session_id",
         );
+        let mut groupings: Vec<Grouping> = Vec::with_capacity(specs.len());
+        let mut next_column = 14;
+        for (group, _, _) in specs {
+            groupings.push(match group {
+                GroupBy::Nothing => Grouping::One(Box::default()),
+                GroupBy::Bucket(ms) => Grouping::Buckets((*ms).max(1), HashMap::default()),
+                GroupBy::User => Grouping::Keyed(10, HashMap::default()),
+                GroupBy::Model => Grouping::Keyed(11, HashMap::default()),
+                GroupBy::Provider => Grouping::Keyed(12, HashMap::default()),
+                GroupBy::Session => Grouping::Keyed(13, HashMap::default()),
+                GroupBy::Property(k) => {
+                    // Bound once, referenced by number from the SELECT list.
+                    w.params.push(Value::Text(json_path(k)));
+                    select.push_str(&format!(", json_extract(properties, ?{})", w.params.len()));
+                    next_column += 1;
+                    Grouping::Keyed(next_column - 1, HashMap::default())
+                }
+            });
+        }
+        let sql = format!("SELECT {select} FROM requests WHERE {}", w.sql);
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(params_from_iter(w.params))?;
-        let mut groups: HashMap<String, Accumulator> = HashMap::new();
-        let keyed = !matches!(group, GroupBy::Nothing | GroupBy::Bucket(_));
         let count = |v: Option<i64>| v.map(|v| v.max(0) as u64);
         while let Some(row) = rows.next()? {
-            let ts: i64 = row.get(1)?;
+            let ts: i64 = row.get(0)?;
+            let user = match row.get_ref(10)? {
+                ValueRef::Text(t) => Some(user_key(t)),
+                _ => None,
+            };
             let sample = Sample {
                 ts,
-                status: row.get::<_, i64>(2)?.clamp(0, u16::MAX as i64) as u16,
-                has_error: row.get(3)?,
-                latency_ms: row.get::<_, i64>(4)?.max(0) as u64,
-                ttft_ms: count(row.get(5)?),
-                cost_usd: row.get(6)?,
-                prompt_tokens: count(row.get(7)?),
-                completion_tokens: count(row.get(8)?),
-                estimated: row.get(9)?,
-                cache_hit: row.get(10)?,
-                user_id: match row.get_ref(11)? {
-                    ValueRef::Text(t) => std::str::from_utf8(t).ok(),
-                    _ => None,
-                },
+                status: row.get::<_, i64>(1)?.clamp(0, u16::MAX as i64) as u16,
+                has_error: row.get(2)?,
+                latency_ms: row.get::<_, i64>(3)?.max(0) as u64,
+                ttft_ms: count(row.get(4)?),
+                cost_usd: row.get(5)?,
+                prompt_tokens: count(row.get(6)?),
+                completion_tokens: count(row.get(7)?),
+                estimated: row.get(8)?,
+                cache_hit: row.get(9)?,
+                user,
             };
-            let acc = if keyed {
-                let ValueRef::Text(k) = row.get_ref(0)? else {
-                    continue;
-                };
-                let k = String::from_utf8_lossy(k);
-                match groups.get_mut(k.as_ref()) {
-                    Some(acc) => acc,
-                    None => groups.entry(k.into_owned()).or_default(),
+            for g in groupings.iter_mut() {
+                match g {
+                    Grouping::One(acc) => acc.add(sample),
+                    Grouping::Buckets(ms, map) => {
+                        map.entry(ts.div_euclid(*ms) * *ms).or_default().add(sample)
+                    }
+                    Grouping::Keyed(col, map) => {
+                        let ValueRef::Text(k) = row.get_ref(*col)? else {
+                            continue;
+                        };
+                        let k = String::from_utf8_lossy(k);
+                        match map.get_mut(k.as_ref()) {
+                            Some(acc) => acc.add(sample),
+                            None => map.entry(k.into_owned()).or_default().add(sample),
+                        }
+                    }
                 }
-            } else {
-                let k = match group {
-                    GroupBy::Bucket(ms) => (ts.div_euclid(*ms) * ms).to_string(),
-                    _ => String::new(),
-                };
-                groups.entry(k).or_default()
-            };
-            acc.add(sample);
+            }
         }
-        let mut out: Vec<Group> = groups
-            .into_iter()
-            .map(|(key, acc)| Group {
-                key,
-                stats: acc.finish(),
-            })
-            .collect();
-        order_and_limit(&mut out, order, limit);
-        Ok(out)
+        Ok(groupings)
     }
 
     /// Property keys used by the records matching `f`, sorted, at most `limit`.
@@ -260,6 +314,62 @@ impl Where {
 /// name works.
 fn json_path(key: &str) -> String {
     format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// How one scan's rows are grouped: one accumulator, time buckets, or the text of a column.
+enum Grouping {
+    One(Box<Accumulator>),
+    Buckets(i64, HashMap<i64, Accumulator>),
+    Keyed(usize, HashMap<String, Accumulator>),
+}
+
+/// Scans shorter than this are not split: a thread per part costs more than it saves.
+const SPLIT_MIN_SPAN_MS: i64 = 2 * 86_400_000;
+/// At most this many parallel parts, whatever the core count.
+const MAX_PARTS: usize = 4;
+
+impl Grouping {
+    fn merge(&mut self, other: Grouping) {
+        fn merge_maps<K: std::hash::Hash + Eq>(
+            into: &mut HashMap<K, Accumulator>,
+            from: HashMap<K, Accumulator>,
+        ) {
+            for (k, acc) in from {
+                into.entry(k).or_default().merge(acc);
+            }
+        }
+        match (self, other) {
+            (Grouping::One(a), Grouping::One(b)) => a.merge(*b),
+            (Grouping::Buckets(_, a), Grouping::Buckets(_, b)) => merge_maps(a, b),
+            (Grouping::Keyed(_, a), Grouping::Keyed(_, b)) => merge_maps(a, b),
+            // Parts are built from the same specs, so their groupings line up.
+            _ => {}
+        }
+    }
+
+    fn finish(self) -> Vec<Group> {
+        match self {
+            Grouping::One(acc) if acc.is_empty() => Vec::new(),
+            Grouping::One(acc) => vec![Group {
+                key: String::new(),
+                stats: (*acc).finish(),
+            }],
+            Grouping::Buckets(_, map) => map
+                .into_iter()
+                .map(|(t, acc)| Group {
+                    key: t.to_string(),
+                    stats: acc.finish(),
+                })
+                .collect(),
+            Grouping::Keyed(_, map) => map
+                .into_iter()
+                .map(|(key, acc)| Group {
+                    key,
+                    stats: acc.finish(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The result of [`SqliteReader::query`].
