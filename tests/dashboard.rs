@@ -322,6 +322,27 @@ async fn logged_bodies_and_tags_render_inert() {
         assert!(!html.contains("<img"), "{path}");
         assert!(!html.contains("<b>mallory"), "{path}");
     }
+    // Ids with spaces, slashes, `+` and `?` survive the round trip through links.
+    let odd = "a b/c+d?e";
+    let (status, _, _) = post_json(
+        &t.url("/v1/chat/completions"),
+        &[("Tally-User-Id", odd), ("Tally-Session-Id", odd)],
+        &json!({"model": "gpt-4o", "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    t.wait_for_rows(2).await;
+    let html = page(&t, "/users").await;
+    let href = html
+        .split("href=\"/users/a")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("a link to the odd user");
+    let user_page = page(&t, &format!("/users/a{}", href.replace("&#38;", "&"))).await;
+    assert!(user_page.contains(r#"id="requests">1<"#), "{user_page}");
+    let session_page = page(&t, "/sessions/a%20b%2Fc%2Bd%3Fe").await;
+    assert!(session_page.contains(r#"id="requests">1<"#));
+
     let html = page(&t, &format!("/requests/{id}")).await;
     // Shown as text (askama escapes `<` as `&#60;`).
     assert!(
@@ -513,4 +534,53 @@ async fn a_real_browser_loads_every_page_without_errors() {
         "a real screenshot"
     );
     t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_warns_when_records_were_dropped_or_are_spooled() {
+    use tally_dashboard::store::sqlite::SqliteReader;
+    use tally_ingest::metrics::{DropLabels, IngestMetrics};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("tally.db");
+    let mut conn = tally_ingest::sqlite::open_rw(&db).expect("open");
+    tally_ingest::sqlite::migrate(&mut conn).expect("migrate");
+    let metrics = IngestMetrics::default();
+    let app = |metrics: &IngestMetrics| {
+        tally_dashboard::app(tally_dashboard::AppState {
+            reader: tally_dashboard::store::Reader::Sqlite(SqliteReader::new(&db)),
+            registry: Default::default(),
+            ingest: Some(metrics.clone()),
+            auth: None,
+        })
+    };
+    let serve = |router: axum::Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    };
+    let base = serve(app(&metrics)).await;
+    let (_, _, body) = get(&format!("{base}/")).await;
+    assert!(!String::from_utf8_lossy(&body).contains(r#"role="alert""#));
+
+    metrics
+        .dropped
+        .get_or_create(&DropLabels {
+            reason: "channel_full",
+        })
+        .inc_by(3);
+    metrics.spool_segments.set(2);
+    metrics.spool_bytes.set(4096);
+    let (_, _, body) = get(&format!("{base}/")).await;
+    let html = String::from_utf8_lossy(&body);
+    assert!(html.contains(r#"role="alert""#), "{html}");
+    assert!(html.contains("3 records were dropped"), "{html}");
+    assert!(html.contains("2 batches (4096 bytes) are waiting in the spool"));
+    let (_, _, body) = get(&format!("{base}/api/overview")).await;
+    let o: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(o["ingest"]["dropped"], 3);
+    assert_eq!(o["ingest"]["spooled_batches"], 2);
 }

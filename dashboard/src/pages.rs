@@ -188,10 +188,15 @@ fn ms(v: Option<u64>) -> String {
     }
 }
 
+/// A path segment: every byte but `A-Za-z0-9-._~` percent-encoded (a `+` or `/` in an id must
+/// survive the round trip through the router's `Path` extractor).
 fn enc(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)])
-        .map(|q| q[1..].to_owned())
-        .unwrap_or_default()
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// A request as a table row.
@@ -974,7 +979,7 @@ mod tests {
         assert_eq!(usd(0.00123), "$0.001230");
         assert_eq!(usd(1.5), "$1.5000");
         assert_eq!(ms(Some(12_345)), "12.3 s");
-        assert_eq!(enc("a b/c"), "a+b%2Fc");
+        assert_eq!(enc("a b/c+d"), "a%20b%2Fc%2Bd");
     }
 
     #[test]
