@@ -282,6 +282,15 @@ async fn pages_show_the_numbers_of_a_seeded_dataset() {
         "request pretty-printed in its own key order"
     );
 
+    // Auto-refresh is a meta tag, no script, and the range links keep it.
+    let html = page(&t, &format!("/models?refresh=30&{RANGE}")).await;
+    assert!(html.contains(r#"<meta http-equiv="refresh" content="30">"#));
+    assert!(
+        html.contains("href=\"/models?range=1h&#38;refresh=30\""),
+        "{html}"
+    );
+    assert!(!page(&t, "/models").await.contains("http-equiv"));
+
     // Bad input gets a clear error page, not a 500.
     let (status, _, body) = get(&t.dashboard_url("/?range=2y")).await;
     assert_eq!(status, 400);

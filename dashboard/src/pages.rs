@@ -36,6 +36,10 @@ pub struct Nav {
     pub to: String,
     /// Parameters the range form carries along (the page's filters).
     pub hidden: Vec<(String, String)>,
+    /// Seconds between reloads, when auto-refresh is on.
+    pub refresh: Option<u32>,
+    /// (href, label, selected) of the auto-refresh choices.
+    pub refreshes: Vec<(String, &'static str, bool)>,
 }
 
 const PAGES: [(&str, &str, &str); 6] = [
@@ -63,6 +67,8 @@ impl Nav {
             from: String::new(),
             to: String::new(),
             hidden: Vec::new(),
+            refresh: None,
+            refreshes: Vec::new(),
         };
         if let Some(v) = v {
             nav.ranges = PRESETS
@@ -81,6 +87,15 @@ impl Nav {
                         *label,
                         v.range.preset == Some(*name),
                     )
+                })
+                .collect();
+            nav.refresh = v.refresh;
+            nav.refreshes = [("off", "off"), ("30", "30 s"), ("60", "1 min")]
+                .into_iter()
+                .map(|(value, label)| {
+                    let selected = v.refresh.map_or(value == "off", |r| r.to_string() == value);
+                    let change = (value != "off").then_some(value);
+                    (v.link(path, &[("refresh", change)]), label, selected)
                 })
                 .collect();
             nav.from = input_time(v.range.from_ms);

@@ -82,6 +82,8 @@ pub struct ViewQuery {
     pub extra: BTreeMap<String, String>,
     /// Every parameter as given, to rebuild links.
     pub params: BTreeMap<String, String>,
+    /// Reload the page every this many seconds (a `<meta http-equiv="refresh">`, no script).
+    pub refresh: Option<u32>,
 }
 
 impl ViewQuery {
@@ -92,7 +94,20 @@ impl ViewQuery {
         extra: &[&str],
         now_ms: i64,
     ) -> Result<Self, ApiError> {
-        let mut f = parse_filter(q, &["range"], extra)?;
+        let mut f = parse_filter(q, &["range", "refresh"], extra)?;
+        let refresh = match q.get("refresh").map(String::as_str) {
+            None | Some("") | Some("off") => None,
+            Some(v) => Some(
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|s| (5..=3600).contains(s))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "refresh: expected seconds between 5 and 3600, got {v:?}"
+                        ))
+                    })?,
+            ),
+        };
         let range = match (q.get("range").map(String::as_str), f.from_ms, f.to_ms) {
             (Some(r), None, None) if r != "custom" => {
                 let (name, _, ms) = PRESETS.iter().find(|p| p.0 == r).ok_or_else(|| {
@@ -138,6 +153,7 @@ impl ViewQuery {
             filter: f,
             extra,
             params: q.clone(),
+            refresh,
         })
     }
 
@@ -295,6 +311,9 @@ mod tests {
         .expect("valid");
         assert_eq!((v.range.from_ms, v.range.to_ms), (now - 86_400_000, now));
         assert!(ViewQuery::parse(&q(&[("range", "2y")]), &[], now).is_err());
+        let v = ViewQuery::parse(&q(&[("refresh", "30")]), &[], now).expect("valid");
+        assert_eq!(v.refresh, Some(30));
+        assert!(ViewQuery::parse(&q(&[("refresh", "1")]), &[], now).is_err());
         assert!(ViewQuery::parse(&q(&[("from", "2"), ("to", "1")]), &[], now).is_err());
         assert_eq!(
             v.link("/requests", &[("model", Some("gpt-4o")), ("from", None)]),
