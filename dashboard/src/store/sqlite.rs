@@ -165,24 +165,37 @@ impl SqliteReader {
         let sql = format!("SELECT {select} FROM requests WHERE {}", w.sql);
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(params_from_iter(w.params))?;
+        // Columns are read as `ValueRef`s: a million rows per page make the typed getters'
+        // conversions and checks a measurable share of the scan.
+        let int = |row: &Row<'_>, i: usize| -> rusqlite::Result<Option<i64>> {
+            Ok(match row.get_ref(i)? {
+                ValueRef::Integer(v) => Some(v),
+                ValueRef::Real(v) => Some(v as i64),
+                _ => None,
+            })
+        };
         let count = |v: Option<i64>| v.map(|v| v.max(0) as u64);
         while let Some(row) = rows.next()? {
-            let ts: i64 = row.get(0)?;
+            let ts = int(row, 0)?.unwrap_or(0);
             let user = match row.get_ref(10)? {
                 ValueRef::Text(t) => Some(user_key(t)),
                 _ => None,
             };
             let sample = Sample {
                 ts,
-                status: row.get::<_, i64>(1)?.clamp(0, u16::MAX as i64) as u16,
-                has_error: row.get(2)?,
-                latency_ms: row.get::<_, i64>(3)?.max(0) as u64,
-                ttft_ms: count(row.get(4)?),
-                cost_usd: row.get(5)?,
-                prompt_tokens: count(row.get(6)?),
-                completion_tokens: count(row.get(7)?),
-                estimated: row.get(8)?,
-                cache_hit: row.get(9)?,
+                status: int(row, 1)?.unwrap_or(0).clamp(0, u16::MAX as i64) as u16,
+                has_error: int(row, 2)? == Some(1),
+                latency_ms: count(int(row, 3)?).unwrap_or(0),
+                ttft_ms: count(int(row, 4)?),
+                cost_usd: match row.get_ref(5)? {
+                    ValueRef::Real(v) => Some(v),
+                    ValueRef::Integer(v) => Some(v as f64),
+                    _ => None,
+                },
+                prompt_tokens: count(int(row, 6)?),
+                completion_tokens: count(int(row, 7)?),
+                estimated: int(row, 8)?.is_some_and(|v| v != 0),
+                cache_hit: int(row, 9)? == Some(1),
                 user,
             };
             for g in groupings.iter_mut() {
@@ -195,10 +208,9 @@ impl SqliteReader {
                         let ValueRef::Text(k) = row.get_ref(*col)? else {
                             continue;
                         };
-                        let k = String::from_utf8_lossy(k);
-                        match map.get_mut(k.as_ref()) {
+                        match map.get_mut(k) {
                             Some(acc) => acc.add(sample),
-                            None => map.entry(k.into_owned()).or_default().add(sample),
+                            None => map.entry(k.into()).or_default().add(sample),
                         }
                     }
                 }
@@ -320,7 +332,8 @@ fn json_path(key: &str) -> String {
 enum Grouping {
     One(Box<Accumulator>),
     Buckets(i64, HashMap<i64, Accumulator>),
-    Keyed(usize, HashMap<String, Accumulator>),
+    /// Keyed by the column's bytes; made text (lossily, if ever not UTF-8) at the end.
+    Keyed(usize, HashMap<Box<[u8]>, Accumulator>),
 }
 
 /// Scans shorter than this are not split: a thread per part costs more than it saves.
@@ -364,7 +377,7 @@ impl Grouping {
             Grouping::Keyed(_, map) => map
                 .into_iter()
                 .map(|(key, acc)| Group {
-                    key,
+                    key: String::from_utf8_lossy(&key).into_owned(),
                     stats: acc.finish(),
                 })
                 .collect(),
