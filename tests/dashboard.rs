@@ -422,6 +422,37 @@ async fn auth_guards_every_route_but_healthz() {
     t.stop().await;
 }
 
+const MONTH: &str = "from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z";
+
+/// Removes every `p50`/`p95`/`p99` from `v`, returning them with their paths, in order.
+fn take_quantiles(v: &mut Value) -> Vec<(String, f64)> {
+    fn walk(v: &mut Value, path: String, out: &mut Vec<(String, f64)>) {
+        match v {
+            Value::Object(o) => {
+                for level in ["p50", "p95", "p99"] {
+                    if let Some(q) = o.remove(level) {
+                        if let Some(q) = q.as_f64() {
+                            out.push((format!("{path}.{level}"), q));
+                        }
+                    }
+                }
+                for (k, v) in o.iter_mut() {
+                    walk(v, format!("{path}.{k}"), out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter_mut().enumerate() {
+                    walk(v, format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, String::new(), &mut out);
+    out
+}
+
 /// Every number is a float rounded to 9 places, so sums in different orders compare equal.
 fn rounded(v: Value) -> Value {
     match v {
@@ -467,15 +498,55 @@ async fn both_stores_return_the_same_numbers_on_every_endpoint() {
         format!("/api/properties?{RANGE}"),
         format!("/api/properties?key=team&{RANGE}"),
         format!("/api/requests?{RANGE}&limit=7&provider=openai"),
-        // A month: SQLite splits the scan into parallel parts and merges them.
-        "/api/overview?from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z".to_owned(),
-        "/api/users?from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z".to_owned(),
+        // A month, which no rollup serves when filtered by user: SQLite splits the scan into
+        // parallel parts and merges them; ClickHouse reads the records.
+        format!("/api/users?{MONTH}"),
+        format!("/api/overview?{MONTH}&user_id=u1"),
     ];
     for path in &paths {
         let a = rounded(api(&on_sqlite, path).await);
         let b = rounded(api(&on_ch, path).await);
         assert_eq!(a, b, "{path}");
     }
+    // A month unfiltered: ClickHouse reads its hourly rollup. Every sum and count is still
+    // exact; only the quantiles are merged estimates (compared loosely here).
+    for path in [
+        format!("/api/overview?{MONTH}"),
+        format!("/api/overview?{MONTH}&model=gpt-4o"),
+        format!("/api/models?{MONTH}"),
+    ] {
+        let (mut a, mut b) = (
+            rounded(api(&on_sqlite, &path).await),
+            rounded(api(&on_ch, &path).await),
+        );
+        let (qa, qb) = (take_quantiles(&mut a), take_quantiles(&mut b));
+        assert_eq!(a, b, "{path}");
+        assert_eq!(qa.len(), qb.len(), "{path}");
+        assert!(!qa.is_empty());
+        for ((name, x), (_, y)) in qa.iter().zip(&qb) {
+            assert!(
+                (x - y).abs() <= (0.2 * x).max(60.0),
+                "{path} {name}: exact {x}, rollup {y}"
+            );
+        }
+    }
+    // Which path served what: with the rollup emptied, the month shows nothing on ClickHouse
+    // while the two hours (read from the records) still show everything.
+    ch.client()
+        .query("TRUNCATE TABLE requests_hourly")
+        .execute()
+        .await
+        .expect("truncate rollup");
+    let month = api(&on_ch, &format!("/api/overview?{MONTH}")).await;
+    assert_eq!(
+        month["summary"]["requests"], 0,
+        "the month is read from the rollup"
+    );
+    let hours = api(&on_ch, &format!("/api/overview?{RANGE}")).await;
+    assert_eq!(
+        hours["summary"]["requests"], 30,
+        "short ranges read the records"
+    );
     // And the numbers are not all zero: the comparison compared something.
     let o = api(&on_ch, &paths[0]).await;
     assert_eq!(o["summary"]["requests"], 30);

@@ -46,6 +46,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         name: "0002_rollups",
         sql: include_str!("../clickhouse/0002_rollups.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_rollup_columns",
+        sql: include_str!("../clickhouse/0003_rollup_columns.sql"),
+    },
 ];
 
 #[cfg(test)]

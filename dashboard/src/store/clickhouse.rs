@@ -5,7 +5,7 @@ use clickhouse::Client;
 use tally_ingest::clickhouse::{ClickHouseSettings, RequestRow};
 use tally_ingest::Record;
 
-use super::stats::{order_and_limit, Group, GroupBy, Order, Quantiles, Stats};
+use super::stats::{order_and_limit, Group, GroupBy, Order, Quantiles, Stats, ROLLUP_MIN_SPAN_MS};
 use super::{Page, RequestFilter, StoreError};
 
 /// The columns of [`RequestRow`], with the bodies read or replaced by NULL.
@@ -82,6 +82,9 @@ impl ClickHouseReader {
         order: Order,
         limit: usize,
     ) -> Result<Vec<Group>, StoreError> {
+        if rollup_fits(f, group) {
+            return self.aggregate_rollup(f, group, order, limit).await;
+        }
         let mut binds = Vec::new();
         let (key, not_null) = match group {
             GroupBy::Nothing => ("''", ""),
@@ -140,6 +143,74 @@ impl ClickHouseReader {
         Ok(groups)
     }
 
+    /// [`Self::aggregate`] from the hourly rollup `requests_hourly`: whole hours, exact sums
+    /// and counts, approximate quantiles (merged `quantiles` states) and users (`uniq`).
+    async fn aggregate_rollup(
+        &self,
+        f: &RequestFilter,
+        group: &GroupBy,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<Group>, StoreError> {
+        let mut binds = Vec::new();
+        let (key, not_empty) = match group {
+            GroupBy::Bucket(ms) => {
+                binds.extend([V::I(*ms), V::I(*ms)]);
+                (
+                    "toString(intDiv(toInt64(toUnixTimestamp(hour)) * 1000, ?) * ?)",
+                    "",
+                )
+            }
+            GroupBy::Model => ("model", " AND model != ''"),
+            GroupBy::Provider => ("toString(provider)", ""),
+            _ => ("''", ""),
+        };
+        let mut sql = format!(
+            "SELECT {key} AS k,
+                    sum(n) AS requests, sum(e) AS errors, sum(c) AS cost, sum(p) AS prompt,
+                    sum(o) AS completion, sum(u) AS unpriced_n, sum(est) AS estimated_n,
+                    sum(h) AS hits, sum(ls) AS latency_sum,
+                    quantilesMerge(0.5, 0.95, 0.99)(lat_state) AS lat,
+                    quantilesMerge(0.5, 0.95, 0.99)(ttft_state) AS ttft,
+                    sum(tc) AS ttft_n, uniqMerge(us) AS users_n,
+                    min(fm) AS first, max(lm) AS last, max(le) AS last_end
+             FROM (
+                SELECT hour, provider, model, requests AS n, errors AS e, cost_usd AS c,
+                       prompt_tokens AS p, completion_tokens AS o, unpriced AS u,
+                       estimated AS est, cache_hits AS h, latency_ms_sum AS ls,
+                       latency_ms AS lat_state, ttft_ms AS ttft_state, ttft_count AS tc,
+                       users AS us, first_ms AS fm, last_ms AS lm, last_end_ms AS le
+                FROM {ROLLUP_TABLE}
+                WHERE hour >= toStartOfHour(fromUnixTimestamp64Milli(?))
+                  AND hour < fromUnixTimestamp64Milli(?){not_empty}"
+        );
+        binds.extend([V::I(f.from_ms.unwrap_or(0)), V::I(f.to_ms.unwrap_or(0))]);
+        for (col, v) in [("model", &f.model), ("provider", &f.provider)] {
+            if let Some(v) = v {
+                sql.push_str(&format!(" AND {col} = ?"));
+                binds.push(V::S(v.clone()));
+            }
+        }
+        sql.push_str(") GROUP BY k ORDER BY ");
+        sql.push_str(match order {
+            Order::Cost => "cost DESC, requests DESC, k",
+            Order::Key => "k",
+            Order::LastSeen => "last DESC, k",
+        });
+        sql.push_str(" LIMIT ?");
+        binds.push(V::I(limit as i64));
+        let rows = bound(self.client.query(&sql), binds)
+            .fetch_all::<RollupRow>()
+            .await?;
+        let mut groups: Vec<Group> = rows
+            .into_iter()
+            .filter(|r| r.requests > 0)
+            .map(RollupRow::into_group)
+            .collect();
+        order_and_limit(&mut groups, order, limit);
+        Ok(groups)
+    }
+
     /// Property keys used by the records matching `f`, sorted, at most `limit`.
     pub async fn property_keys(
         &self,
@@ -185,6 +256,87 @@ impl ClickHouseReader {
             .query(sql)
             .fetch_bytes(format)?;
         Ok(cursor.collect().await?.to_vec())
+    }
+}
+
+/// The hourly rollup (a Distributed table of that name in cluster mode).
+const ROLLUP_TABLE: &str = "requests_hourly";
+
+/// Whether `aggregate` may read the hourly rollup: a range of at least
+/// [`ROLLUP_MIN_SPAN_MS`], filters on the rollup's dimensions only, and a grouping it has.
+/// Shorter ranges read the records, with exact quantiles.
+fn rollup_fits(f: &RequestFilter, group: &GroupBy) -> bool {
+    let (Some(from), Some(to)) = (f.from_ms, f.to_ms) else {
+        return false;
+    };
+    to - from >= ROLLUP_MIN_SPAN_MS
+        && f.user_id.is_none()
+        && f.session_id.is_none()
+        && f.status.is_none()
+        && f.properties.is_empty()
+        && match group {
+            GroupBy::Nothing | GroupBy::Model | GroupBy::Provider => true,
+            GroupBy::Bucket(ms) => ms % 3_600_000 == 0,
+            GroupBy::User | GroupBy::Session | GroupBy::Property(_) => false,
+        }
+}
+
+/// One row of [`ClickHouseReader::aggregate_rollup`]: like [`AggRow`], with the merged
+/// (interpolated, so fractional) quantiles.
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct RollupRow {
+    k: String,
+    requests: u64,
+    errors: u64,
+    cost: f64,
+    prompt: u64,
+    completion: u64,
+    unpriced_n: u64,
+    estimated_n: u64,
+    hits: u64,
+    latency_sum: u64,
+    lat: Vec<f64>,
+    ttft: Vec<f64>,
+    ttft_n: u64,
+    users_n: u64,
+    first: i64,
+    last: i64,
+    last_end: i64,
+}
+
+impl RollupRow {
+    fn into_group(self) -> Group {
+        let round = |v: Vec<f64>| -> Vec<u64> {
+            v.into_iter()
+                .map(|x| {
+                    if x.is_finite() {
+                        x.round().max(0.0) as u64
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        };
+        AggRow {
+            k: self.k,
+            requests: self.requests,
+            errors: self.errors,
+            cost: self.cost,
+            prompt: self.prompt,
+            completion: self.completion,
+            unpriced_n: self.unpriced_n,
+            estimated_n: self.estimated_n,
+            hits: self.hits,
+            latency_sum: self.latency_sum,
+            lat: round(self.lat),
+            ttft: round(self.ttft),
+            ttft_n: self.ttft_n,
+            users_n: self.users_n,
+            first: self.first,
+            last: self.last,
+            last_end: self.last_end,
+        }
+        .into_group()
     }
 }
 

@@ -9,10 +9,18 @@
 //!   `floor(q * n)` of the sorted values (capped at `n - 1`), which is what ClickHouse's
 //!   `quantilesExact` computes;
 //! - **users** counts distinct non-NULL `user_id`s.
+//!
+//! One documented exception: ClickHouse serves ranges of at least [`ROLLUP_MIN_SPAN_MS`] from
+//! its hourly rollup when the filters allow, where quantiles are merged `quantiles` states
+//! (interpolated, approximate) and users a `uniq` estimate, and time is cut at whole hours.
 
 use rustc_hash::FxHashSet;
 
 use serde::Serialize;
+
+/// Ranges at least this long may be served from pre-aggregated rows (ClickHouse's hourly
+/// rollup): sums and counts stay exact, quantiles and distinct users become approximate.
+pub const ROLLUP_MIN_SPAN_MS: i64 = 7 * 86_400_000;
 
 /// The quantile levels shown everywhere.
 pub const LEVELS: [f64; 3] = [0.5, 0.95, 0.99];

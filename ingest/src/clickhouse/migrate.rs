@@ -3,8 +3,9 @@ use serde::Deserialize;
 use super::{ClickHouseError, ClickHouseSettings};
 
 /// Fills a migration template's placeholders from validated settings and splits it into
-/// statements. In cluster mode, tables get a `_local` suffix and replicated engines, and for each
-/// `CREATE TABLE … {local}` a Distributed table with the plain name is added.
+/// statements. In cluster mode, tables get a `_local` suffix and replicated engines, for each
+/// `CREATE TABLE … {local}` a Distributed table with the plain name is added, and each
+/// `ALTER TABLE … {local}` is repeated for that Distributed table (its columns must match).
 pub fn render_statements(s: &ClickHouseSettings, template: &str) -> Vec<String> {
     let db = s.database.as_str();
     let (local, on_cluster, engine, agg_engine) = match &s.cluster {
@@ -50,6 +51,17 @@ pub fn render_statements(s: &ClickHouseSettings, template: &str) -> Vec<String> 
                     "CREATE TABLE IF NOT EXISTS {db}.{table}{on_cluster} AS {db}.{table}_local \
                      ENGINE = Distributed({cluster}, {db}, {table}_local, rand())"
                 ));
+            }
+            let alter = format!("ALTER TABLE {db}.");
+            let code: String = stmt
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if let Some(rest) = code.trim_start().strip_prefix(&alter) {
+                if let Some((table, tail)) = rest.split_once("_local ") {
+                    distributed.push(format!("{alter}{table} {tail}"));
+                }
             }
         }
         out.extend(distributed);
@@ -290,5 +302,14 @@ mod tests {
             rollups[1]
         );
         assert!(rollups[2].contains("Distributed(prod, tally, requests_hourly_local, rand())"));
+        let columns = render_statements(&s, tally_schema::CLICKHOUSE[2].sql);
+        assert_eq!(
+            columns.len(),
+            4,
+            "alter, drop view, view, alter of the distributed table"
+        );
+        assert!(columns[0].contains("ALTER TABLE tally.requests_hourly_local ON CLUSTER prod\n"));
+        assert!(columns[3].starts_with("ALTER TABLE tally.requests_hourly ON CLUSTER prod\n"));
+        assert!(columns[3].contains("ADD COLUMN IF NOT EXISTS users AggregateFunction"));
     }
 }
