@@ -1,7 +1,10 @@
 -- What the dashboard needs to read long ranges from the hourly rollup alone: cache hits, the
--- latency sum (for averages), how many records have a TTFT, first/last times, and distinct
--- users (a `uniq` state: approximate above tens of thousands of users). Rows written before
--- this migration have 0 for the sums and users and the hour's bounds for the times.
+-- latency sum (for averages), how many records have a TTFT, first/last times, distinct users
+-- (a `uniq` state: approximate above tens of thousands of users), and latency and TTFT
+-- t-digests. The digests are what makes a month cheap to read: a `quantiles` state keeps up
+-- to 8,192 samples per hour and model, so merging a month of them costs as much as reading
+-- the records, while a t-digest keeps about a hundred centroids. Rows written before this
+-- migration have 0 for the sums and users, empty digests, and the hour's bounds for times.
 ALTER TABLE {db}.requests_hourly{local}{on_cluster}
     ADD COLUMN IF NOT EXISTS cache_hits SimpleAggregateFunction(sum, UInt64),
     ADD COLUMN IF NOT EXISTS latency_ms_sum SimpleAggregateFunction(sum, UInt64),
@@ -9,7 +12,9 @@ ALTER TABLE {db}.requests_hourly{local}{on_cluster}
     ADD COLUMN IF NOT EXISTS first_ms SimpleAggregateFunction(min, Int64) DEFAULT toInt64(toUnixTimestamp(hour)) * 1000,
     ADD COLUMN IF NOT EXISTS last_ms SimpleAggregateFunction(max, Int64) DEFAULT toInt64(toUnixTimestamp(hour)) * 1000 + 3599999,
     ADD COLUMN IF NOT EXISTS last_end_ms SimpleAggregateFunction(max, Int64) DEFAULT toInt64(toUnixTimestamp(hour)) * 1000 + 3599999,
-    ADD COLUMN IF NOT EXISTS users AggregateFunction(uniq, Nullable(String));
+    ADD COLUMN IF NOT EXISTS users AggregateFunction(uniq, Nullable(String)),
+    ADD COLUMN IF NOT EXISTS latency_digest AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), UInt64),
+    ADD COLUMN IF NOT EXISTS ttft_digest AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), UInt64);
 
 -- The view is replaced to fill the new columns. With several Tally replicas inserting during
 -- the upgrade, rows inserted between these two statements miss the rollup (not the table).
@@ -37,7 +42,9 @@ AS SELECT
     min(start_ms) AS first_ms,
     max(start_ms) AS last_ms,
     max(start_ms + toInt64(latency)) AS last_end_ms,
-    uniqState(uid) AS users
+    uniqState(uid) AS users,
+    quantilesTDigestState(0.5, 0.95, 0.99)(latency) AS latency_digest,
+    quantilesTDigestStateIf(0.5, 0.95, 0.99)(ifNull(ttft, 0), ttft IS NOT NULL) AS ttft_digest
 -- The inner SELECT renames source columns so that the output aliases (which must match the
 -- rollup table's column names) cannot shadow them inside the aggregates.
 FROM

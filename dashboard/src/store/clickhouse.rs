@@ -144,7 +144,7 @@ impl ClickHouseReader {
     }
 
     /// [`Self::aggregate`] from the hourly rollup `requests_hourly`: whole hours, exact sums
-    /// and counts, approximate quantiles (merged `quantiles` states) and users (`uniq`).
+    /// and counts, approximate quantiles (merged t-digests) and users (`uniq`).
     async fn aggregate_rollup(
         &self,
         f: &RequestFilter,
@@ -170,15 +170,15 @@ impl ClickHouseReader {
                     sum(n) AS requests, sum(e) AS errors, sum(c) AS cost, sum(p) AS prompt,
                     sum(o) AS completion, sum(u) AS unpriced_n, sum(est) AS estimated_n,
                     sum(h) AS hits, sum(ls) AS latency_sum,
-                    quantilesMerge(0.5, 0.95, 0.99)(lat_state) AS lat,
-                    quantilesMerge(0.5, 0.95, 0.99)(ttft_state) AS ttft,
+                    CAST(quantilesTDigestMerge(0.5, 0.95, 0.99)(lat_state), 'Array(Float64)') AS lat,
+                    CAST(quantilesTDigestMerge(0.5, 0.95, 0.99)(ttft_state), 'Array(Float64)') AS ttft,
                     sum(tc) AS ttft_n, uniqMerge(us) AS users_n,
                     min(fm) AS first, max(lm) AS last, max(le) AS last_end
              FROM (
                 SELECT hour, provider, model, requests AS n, errors AS e, cost_usd AS c,
                        prompt_tokens AS p, completion_tokens AS o, unpriced AS u,
                        estimated AS est, cache_hits AS h, latency_ms_sum AS ls,
-                       latency_ms AS lat_state, ttft_ms AS ttft_state, ttft_count AS tc,
+                       latency_digest AS lat_state, ttft_digest AS ttft_state, ttft_count AS tc,
                        users AS us, first_ms AS fm, last_ms AS lm, last_end_ms AS le
                 FROM {ROLLUP_TABLE}
                 WHERE hour >= toStartOfHour(fromUnixTimestamp64Milli(?))
@@ -282,7 +282,7 @@ fn rollup_fits(f: &RequestFilter, group: &GroupBy) -> bool {
 }
 
 /// One row of [`ClickHouseReader::aggregate_rollup`]: like [`AggRow`], with the merged
-/// (interpolated, so fractional) quantiles.
+/// t-digest (so fractional) quantiles.
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct RollupRow {
     k: String,

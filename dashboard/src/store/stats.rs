@@ -11,8 +11,8 @@
 //! - **users** counts distinct non-NULL `user_id`s.
 //!
 //! One documented exception: ClickHouse serves ranges of at least [`ROLLUP_MIN_SPAN_MS`] from
-//! its hourly rollup when the filters allow, where quantiles are merged `quantiles` states
-//! (interpolated, approximate) and users a `uniq` estimate, and time is cut at whole hours.
+//! its hourly rollup when the filters allow, where quantiles are merged t-digests
+//! (approximate) and users a `uniq` estimate, and time is cut at whole hours.
 
 use rustc_hash::FxHashSet;
 
