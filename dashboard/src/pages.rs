@@ -17,7 +17,7 @@ use crate::chart::{self, Bar, Line};
 use crate::error::ApiError;
 use crate::query::{ViewQuery, PRESETS};
 use crate::store::GroupBy;
-use crate::views::{self, GroupView, Point, StatsView};
+use crate::views::{self, GroupView, Point, StatsView, TopView};
 use crate::AppState;
 
 /// The navigation and range selector every page shares.
@@ -108,6 +108,18 @@ impl Nav {
                 .collect();
         }
         nav
+    }
+}
+
+/// Number formatting for templates.
+impl TopView {
+    /// Request count with thousands separators.
+    pub fn requests(&self) -> String {
+        thousands(self.requests)
+    }
+    /// Cost in dollars.
+    pub fn cost(&self) -> String {
+        usd(self.cost_usd)
     }
 }
 
@@ -368,7 +380,7 @@ struct OverviewPage {
     s: StatsView,
     charts: Vec<String>,
     #[allow(clippy::type_complexity)]
-    tops: Vec<(&'static str, &'static str, Vec<(GroupView, String, u32)>)>,
+    tops: Vec<(&'static str, &'static str, Vec<(TopView, String, u32)>)>,
 }
 
 /// `GET /`.
@@ -414,15 +426,12 @@ pub async fn overview(
             fmt_ms,
         ),
     ];
-    let bars = |rows: &[GroupView], link: &dyn Fn(&str) -> String| {
-        let max = rows
-            .iter()
-            .map(|r| r.stats.stats.cost_usd)
-            .fold(0.0, f64::max);
+    let bars = |rows: &[TopView], link: &dyn Fn(&str) -> String| {
+        let max = rows.iter().map(|r| r.cost_usd).fold(0.0, f64::max);
         rows.iter()
             .map(|r| {
                 let w = if max > 0.0 {
-                    (r.stats.stats.cost_usd / max * 100.0).round() as u32
+                    (r.cost_usd / max * 100.0).round() as u32
                 } else {
                     0
                 };

@@ -9,7 +9,7 @@ use tally_ingest::Record;
 use crate::api::format_ts;
 use crate::error::ApiError;
 use crate::query::{TimeRange, ViewQuery};
-use crate::store::{Group, GroupBy, Order, Reader, RequestFilter, Stats};
+use crate::store::{AggregateSpec, Group, GroupBy, Order, Reader, RequestFilter, Stats};
 
 /// How many rows the "top" tables and list pages show.
 pub const TOP: usize = 10;
@@ -156,11 +156,11 @@ pub struct Overview {
     /// One point per bucket.
     pub series: Vec<Point>,
     /// Models by cost.
-    pub top_models: Vec<GroupView>,
+    pub top_models: Vec<TopView>,
     /// Providers by cost.
-    pub top_providers: Vec<GroupView>,
+    pub top_providers: Vec<TopView>,
     /// Users by cost.
-    pub top_users: Vec<GroupView>,
+    pub top_users: Vec<TopView>,
     /// Lost or waiting records.
     pub ingest: IngestHealth,
 }
@@ -179,6 +179,48 @@ fn fill_series(range: &TimeRange, groups: Vec<Group>) -> Vec<Point> {
             stats: by_t.remove(&t).unwrap_or_default().into(),
         })
         .collect()
+}
+
+/// A row of a "top by cost" list: counts and sums only (computed with
+/// [`crate::store::Measure::Totals`], which skips quantiles and distinct users).
+#[derive(Debug, Clone, Serialize)]
+pub struct TopView {
+    /// Model, provider or user id.
+    pub key: String,
+    /// Records.
+    pub requests: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Errors per request.
+    pub error_rate: f64,
+    /// Sum of cost.
+    pub cost_usd: f64,
+    /// Sum of prompt tokens.
+    pub prompt_tokens: u64,
+    /// Sum of completion tokens.
+    pub completion_tokens: u64,
+    /// Their sum.
+    pub total_tokens: u64,
+}
+
+impl From<Group> for TopView {
+    fn from(g: Group) -> Self {
+        let s = g.stats;
+        Self {
+            key: g.key,
+            requests: s.requests,
+            errors: s.errors,
+            error_rate: s.error_rate(),
+            cost_usd: s.cost_usd,
+            prompt_tokens: s.prompt_tokens,
+            completion_tokens: s.completion_tokens,
+            total_tokens: s.total_tokens(),
+        }
+    }
+}
+
+fn tops(groups: Vec<Group>) -> Vec<TopView> {
+    groups.into_iter().map(TopView::from).collect()
 }
 
 fn views(groups: Vec<Group>) -> Vec<GroupView> {
@@ -223,15 +265,15 @@ pub async fn overview(
         .aggregate_many(
             v.filter.clone(),
             vec![
-                (GroupBy::Nothing, Order::Key, 1),
-                (
+                AggregateSpec::new(GroupBy::Nothing, Order::Key, 1),
+                AggregateSpec::new(
                     GroupBy::Bucket(v.range.bucket_ms()),
                     Order::Key,
                     ALL_BUCKETS,
                 ),
-                (GroupBy::Model, Order::Cost, TOP),
-                (GroupBy::Provider, Order::Cost, TOP),
-                (GroupBy::User, Order::Cost, TOP),
+                AggregateSpec::new(GroupBy::Model, Order::Cost, TOP).totals_only(),
+                AggregateSpec::new(GroupBy::Provider, Order::Cost, TOP).totals_only(),
+                AggregateSpec::new(GroupBy::User, Order::Cost, TOP).totals_only(),
             ],
         )
         .await?
@@ -240,9 +282,9 @@ pub async fn overview(
     let (summary, series, top_models, top_providers, top_users) = (
         totals(next()),
         fill_series(&v.range, next()),
-        views(next()),
-        views(next()),
-        views(next()),
+        tops(next()),
+        tops(next()),
+        tops(next()),
     );
     Ok(Overview {
         range: v.range.into(),
@@ -272,8 +314,8 @@ pub async fn models(reader: &Reader, v: &ViewQuery) -> Result<ModelsView, ApiErr
         .aggregate_many(
             v.filter.clone(),
             vec![
-                (GroupBy::Model, Order::Cost, LIST),
-                (GroupBy::Provider, Order::Cost, LIST),
+                AggregateSpec::new(GroupBy::Model, Order::Cost, LIST),
+                AggregateSpec::new(GroupBy::Provider, Order::Cost, LIST),
             ],
         )
         .await?
@@ -372,8 +414,8 @@ pub async fn user(reader: &Reader, v: &ViewQuery, id: &str) -> Result<UserView, 
         .aggregate_many(
             v.filter.clone(),
             vec![
-                (GroupBy::Nothing, Order::Key, 1),
-                (
+                AggregateSpec::new(GroupBy::Nothing, Order::Key, 1),
+                AggregateSpec::new(
                     GroupBy::Bucket(v.range.bucket_ms()),
                     Order::Key,
                     ALL_BUCKETS,

@@ -5,7 +5,10 @@ use clickhouse::Client;
 use tally_ingest::clickhouse::{ClickHouseSettings, RequestRow};
 use tally_ingest::Record;
 
-use super::stats::{order_and_limit, Group, GroupBy, Order, Quantiles, Stats, ROLLUP_MIN_SPAN_MS};
+use super::stats::{
+    order_and_limit, AggregateSpec, Group, GroupBy, Measure, Order, Quantiles, Stats,
+    ROLLUP_MIN_SPAN_MS,
+};
 use super::{Page, RequestFilter, StoreError};
 
 /// The columns of [`RequestRow`], with the bodies read or replaced by NULL.
@@ -78,13 +81,27 @@ impl ClickHouseReader {
     pub async fn aggregate(
         &self,
         f: &RequestFilter,
-        group: &GroupBy,
-        order: Order,
-        limit: usize,
+        spec: &AggregateSpec,
     ) -> Result<Vec<Group>, StoreError> {
+        let (group, order, limit) = (&spec.group, spec.order, spec.limit);
+        let full = spec.measure == Measure::Full;
         if rollup_fits(f, group) {
-            return self.aggregate_rollup(f, group, order, limit).await;
+            return self.aggregate_rollup(f, group, order, limit, full).await;
         }
+        // Totals only: the quantiles and distinct users, the expensive part, are left out.
+        let (lat, ttft, users) = if full {
+            (
+                "quantilesExact(0.5, 0.95, 0.99)(latency_ms)",
+                "quantilesExactIf(0.5, 0.95, 0.99)(ifNull(ttft_ms, 0), ttft_ms IS NOT NULL)",
+                "uniqExact(user_id)",
+            )
+        } else {
+            (
+                "CAST([], 'Array(UInt64)')",
+                "CAST([], 'Array(UInt64)')",
+                "toUInt64(0)",
+            )
+        };
         let mut binds = Vec::new();
         let (key, not_null) = match group {
             GroupBy::Nothing => ("''", ""),
@@ -112,10 +129,10 @@ impl ClickHouseReader {
                     countIf(tokens_estimated) AS estimated_n,
                     countIf(cache_status = 'hit') AS hits,
                     sum(latency_ms) AS latency_sum,
-                    quantilesExact(0.5, 0.95, 0.99)(latency_ms) AS lat,
-                    quantilesExactIf(0.5, 0.95, 0.99)(ifNull(ttft_ms, 0), ttft_ms IS NOT NULL) AS ttft,
+                    {lat} AS lat,
+                    {ttft} AS ttft,
                     countIf(ttft_ms IS NOT NULL) AS ttft_n,
-                    uniqExact(user_id) AS users_n,
+                    {users} AS users_n,
                     toUnixTimestamp64Milli(min(ts)) AS first,
                     toUnixTimestamp64Milli(max(ts)) AS last,
                     max(toUnixTimestamp64Milli(ts) + toInt64(latency_ms)) AS last_end
@@ -151,7 +168,21 @@ impl ClickHouseReader {
         group: &GroupBy,
         order: Order,
         limit: usize,
+        full: bool,
     ) -> Result<Vec<Group>, StoreError> {
+        let (lat, ttft, users) = if full {
+            (
+                "CAST(quantilesTDigestMerge(0.5, 0.95, 0.99)(lat_state), 'Array(Float64)')",
+                "CAST(quantilesTDigestMerge(0.5, 0.95, 0.99)(ttft_state), 'Array(Float64)')",
+                "uniqMerge(us)",
+            )
+        } else {
+            (
+                "CAST([], 'Array(Float64)')",
+                "CAST([], 'Array(Float64)')",
+                "toUInt64(0)",
+            )
+        };
         let mut binds = Vec::new();
         let (key, not_empty) = match group {
             GroupBy::Bucket(ms) => {
@@ -170,9 +201,8 @@ impl ClickHouseReader {
                     sum(n) AS requests, sum(e) AS errors, sum(c) AS cost, sum(p) AS prompt,
                     sum(o) AS completion, sum(u) AS unpriced_n, sum(est) AS estimated_n,
                     sum(h) AS hits, sum(ls) AS latency_sum,
-                    CAST(quantilesTDigestMerge(0.5, 0.95, 0.99)(lat_state), 'Array(Float64)') AS lat,
-                    CAST(quantilesTDigestMerge(0.5, 0.95, 0.99)(ttft_state), 'Array(Float64)') AS ttft,
-                    sum(tc) AS ttft_n, uniqMerge(us) AS users_n,
+                    {lat} AS lat, {ttft} AS ttft,
+                    sum(tc) AS ttft_n, {users} AS users_n,
                     min(fm) AS first, max(lm) AS last, max(le) AS last_end
              FROM (
                 SELECT hour, provider, model, requests AS n, errors AS e, cost_usd AS c,

@@ -6,7 +6,7 @@ pub mod clickhouse;
 pub mod sqlite;
 pub mod stats;
 
-pub use stats::{AggregateSpec, Group, GroupBy, Order, Quantiles, Stats};
+pub use stats::{AggregateSpec, Group, GroupBy, Measure, Order, Quantiles, Stats};
 
 use tally_ingest::Record;
 
@@ -57,7 +57,7 @@ impl Reader {
         limit: usize,
     ) -> Result<Vec<Group>, StoreError> {
         let mut all = self
-            .aggregate_many(filter, vec![(group, order, limit)])
+            .aggregate_many(filter, vec![AggregateSpec::new(group, order, limit)])
             .await?;
         Ok(all.pop().unwrap_or_default())
     }
@@ -76,9 +76,7 @@ impl Reader {
             }
             Reader::ClickHouse(r) => {
                 futures_util::future::try_join_all(
-                    specs
-                        .iter()
-                        .map(|(group, order, limit)| r.aggregate(&filter, group, *order, *limit)),
+                    specs.iter().map(|spec| r.aggregate(&filter, spec)),
                 )
                 .await
             }

@@ -7,7 +7,9 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params_from_iter, Connection, Row};
 use tally_ingest::{CacheStatus, Record, Tokens};
 
-use super::stats::{order_and_limit, user_key, Accumulator, AggregateSpec, Group, GroupBy, Sample};
+use super::stats::{
+    order_and_limit, user_key, Accumulator, AggregateSpec, Group, GroupBy, Measure, Sample,
+};
 use super::{Page, RequestFilter, StoreError};
 
 const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, response_model,
@@ -121,9 +123,9 @@ impl SqliteReader {
         Ok(merged
             .into_iter()
             .zip(specs)
-            .map(|(g, (_, order, limit))| {
+            .map(|(g, spec)| {
                 let mut out = g.finish();
-                order_and_limit(&mut out, *order, *limit);
+                order_and_limit(&mut out, spec.order, spec.limit);
                 out
             })
             .collect())
@@ -145,20 +147,21 @@ impl SqliteReader {
         );
         let mut groupings: Vec<Grouping> = Vec::with_capacity(specs.len());
         let mut next_column = 14;
-        for (group, _, _) in specs {
-            groupings.push(match group {
-                GroupBy::Nothing => Grouping::One(Box::default()),
-                GroupBy::Bucket(ms) => Grouping::Buckets((*ms).max(1), HashMap::default()),
-                GroupBy::User => Grouping::Keyed(10, HashMap::default()),
-                GroupBy::Model => Grouping::Keyed(11, HashMap::default()),
-                GroupBy::Provider => Grouping::Keyed(12, HashMap::default()),
-                GroupBy::Session => Grouping::Keyed(13, HashMap::default()),
+        for spec in specs {
+            let m = spec.measure;
+            groupings.push(match &spec.group {
+                GroupBy::Nothing => Grouping::One(Box::new(Accumulator::new(m))),
+                GroupBy::Bucket(ms) => Grouping::Buckets(m, (*ms).max(1), HashMap::default()),
+                GroupBy::User => Grouping::Keyed(m, 10, HashMap::default()),
+                GroupBy::Model => Grouping::Keyed(m, 11, HashMap::default()),
+                GroupBy::Provider => Grouping::Keyed(m, 12, HashMap::default()),
+                GroupBy::Session => Grouping::Keyed(m, 13, HashMap::default()),
                 GroupBy::Property(k) => {
                     // Bound once, referenced by number from the SELECT list.
                     w.params.push(Value::Text(json_path(k)));
                     select.push_str(&format!(", json_extract(properties, ?{})", w.params.len()));
                     next_column += 1;
-                    Grouping::Keyed(next_column - 1, HashMap::default())
+                    Grouping::Keyed(m, next_column - 1, HashMap::default())
                 }
             });
         }
@@ -201,16 +204,20 @@ impl SqliteReader {
             for g in groupings.iter_mut() {
                 match g {
                     Grouping::One(acc) => acc.add(sample),
-                    Grouping::Buckets(ms, map) => {
-                        map.entry(ts.div_euclid(*ms) * *ms).or_default().add(sample)
-                    }
-                    Grouping::Keyed(col, map) => {
+                    Grouping::Buckets(m, ms, map) => map
+                        .entry(ts.div_euclid(*ms) * *ms)
+                        .or_insert_with(|| Accumulator::new(*m))
+                        .add(sample),
+                    Grouping::Keyed(m, col, map) => {
                         let ValueRef::Text(k) = row.get_ref(*col)? else {
                             continue;
                         };
                         match map.get_mut(k) {
                             Some(acc) => acc.add(sample),
-                            None => map.entry(k.into()).or_default().add(sample),
+                            None => map
+                                .entry(k.into())
+                                .or_insert_with(|| Accumulator::new(*m))
+                                .add(sample),
                         }
                     }
                 }
@@ -331,9 +338,9 @@ fn json_path(key: &str) -> String {
 /// How one scan's rows are grouped: one accumulator, time buckets, or the text of a column.
 enum Grouping {
     One(Box<Accumulator>),
-    Buckets(i64, HashMap<i64, Accumulator>),
+    Buckets(Measure, i64, HashMap<i64, Accumulator>),
     /// Keyed by the column's bytes; made text (lossily, if ever not UTF-8) at the end.
-    Keyed(usize, HashMap<Box<[u8]>, Accumulator>),
+    Keyed(Measure, usize, HashMap<Box<[u8]>, Accumulator>),
 }
 
 /// Scans shorter than this are not split: a thread per part costs more than it saves.
@@ -353,8 +360,8 @@ impl Grouping {
         }
         match (self, other) {
             (Grouping::One(a), Grouping::One(b)) => a.merge(*b),
-            (Grouping::Buckets(_, a), Grouping::Buckets(_, b)) => merge_maps(a, b),
-            (Grouping::Keyed(_, a), Grouping::Keyed(_, b)) => merge_maps(a, b),
+            (Grouping::Buckets(_, _, a), Grouping::Buckets(_, _, b)) => merge_maps(a, b),
+            (Grouping::Keyed(_, _, a), Grouping::Keyed(_, _, b)) => merge_maps(a, b),
             // Parts are built from the same specs, so their groupings line up.
             _ => {}
         }
@@ -367,14 +374,14 @@ impl Grouping {
                 key: String::new(),
                 stats: (*acc).finish(),
             }],
-            Grouping::Buckets(_, map) => map
+            Grouping::Buckets(_, _, map) => map
                 .into_iter()
                 .map(|(t, acc)| Group {
                     key: t.to_string(),
                     stats: acc.finish(),
                 })
                 .collect(),
-            Grouping::Keyed(_, map) => map
+            Grouping::Keyed(_, _, map) => map
                 .into_iter()
                 .map(|(key, acc)| Group {
                     key: String::from_utf8_lossy(&key).into_owned(),

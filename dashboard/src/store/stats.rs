@@ -56,8 +56,47 @@ pub enum Order {
     LastSeen,
 }
 
-/// One aggregate of a page: how to group, how to order, how many groups to keep.
-pub type AggregateSpec = (GroupBy, Order, usize);
+/// How much of [`Stats`] an aggregate computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    /// Everything.
+    Full,
+    /// Counts, sums and times only: no quantiles (left `None`) and no distinct users (left 0).
+    /// What a "top N by cost" list needs, at a fraction of the cost.
+    Totals,
+}
+
+/// One aggregate of a page: how to group, how to order, how many groups to keep, and how
+/// much to compute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateSpec {
+    /// Grouping.
+    pub group: GroupBy,
+    /// Order before the limit.
+    pub order: Order,
+    /// Groups kept.
+    pub limit: usize,
+    /// What to compute.
+    pub measure: Measure,
+}
+
+impl AggregateSpec {
+    /// A full aggregate.
+    pub fn new(group: GroupBy, order: Order, limit: usize) -> Self {
+        Self {
+            group,
+            order,
+            limit,
+            measure: Measure::Full,
+        }
+    }
+
+    /// The same aggregate, counts and sums only.
+    pub fn totals_only(mut self) -> Self {
+        self.measure = Measure::Totals;
+        self
+    }
+}
 
 /// Latency quantiles in milliseconds; `None` when there were no values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -216,6 +255,8 @@ pub struct Sample {
 /// quantile function).
 #[derive(Debug, Default)]
 pub struct Accumulator {
+    /// Counts and sums only ([`Measure::Totals`]).
+    totals_only: bool,
     stats: Stats,
     latencies: Vec<u64>,
     ttfts: Vec<u64>,
@@ -223,6 +264,14 @@ pub struct Accumulator {
 }
 
 impl Accumulator {
+    /// An accumulator computing `measure`.
+    pub fn new(measure: Measure) -> Self {
+        Self {
+            totals_only: measure == Measure::Totals,
+            ..Self::default()
+        }
+    }
+
     /// Adds one record.
     pub fn add(&mut self, s: Sample) {
         let st = &mut self.stats;
@@ -243,6 +292,9 @@ impl Accumulator {
         st.first_ts = st.first_ts.min(s.ts);
         st.last_ts = st.last_ts.max(s.ts);
         st.last_end_ts = st.last_end_ts.max(s.ts + s.latency_ms as i64);
+        if self.totals_only {
+            return;
+        }
         self.latencies.push(s.latency_ms);
         if let Some(t) = s.ttft_ms {
             self.ttfts.push(t);
@@ -376,6 +428,11 @@ mod tests {
             user: Some(1),
             ..base
         });
+        let mut totals = Accumulator::new(Measure::Totals);
+        totals.add(base);
+        let t = totals.finish();
+        assert_eq!((t.requests, t.prompt_tokens, t.users), (1, 10, 0));
+        assert_eq!(t.latency_ms, Quantiles::default(), "no quantiles computed");
         let s = a.finish();
         assert_eq!(s.requests, 3);
         assert_eq!(s.errors, 2);
