@@ -666,3 +666,82 @@ async fn the_overview_warns_when_records_were_dropped_or_are_spooled() {
     assert_eq!(o["ingest"]["dropped"], 3);
     assert_eq!(o["ingest"]["spooled_batches"], 2);
 }
+
+/// Migration 3 alters the rollup of a store that already has data: the old rows keep
+/// counting, and rows written after it fill the new columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rollup_upgrade_keeps_old_rows_and_fills_new_columns() {
+    let ch = tokio::task::spawn_blocking(ClickHouse::start)
+        .await
+        .expect("start engine");
+    let settings = ch.settings();
+    let client = ch.client();
+    // The store as the previous release left it: migrations 1 and 2, with data.
+    settings
+        .server_client()
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            settings.database
+        ))
+        .execute()
+        .await
+        .expect("database");
+    client
+        .query(
+            "CREATE TABLE IF NOT EXISTS tally_migrations \
+             (version UInt32, name String, applied_at DateTime64(3, 'UTC')) \
+             ENGINE = MergeTree ORDER BY version",
+        )
+        .execute()
+        .await
+        .expect("migrations table");
+    for m in &tally_schema::CLICKHOUSE[..2] {
+        for stmt in tally_ingest::clickhouse::render_statements(&settings, m.sql) {
+            client.query(&stmt).execute().await.expect("old migration");
+        }
+        client
+            .query("INSERT INTO tally_migrations SELECT ?, ?, now64(3)")
+            .bind(m.version)
+            .bind(m.name)
+            .execute()
+            .await
+            .expect("record migration");
+    }
+    let records = seeded();
+    let (old, new) = records.split_at(12);
+    let write = |batch: Vec<Record>| {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || {
+            ClickHouseWriter::new(&settings)
+                .expect("writer")
+                .write_batch(&batch)
+                .expect("write")
+        })
+    };
+    write(old.to_vec()).await.expect("join");
+    assert_eq!(
+        tally_ingest::clickhouse::migrate(&settings)
+            .await
+            .expect("upgrade"),
+        1,
+        "only migration 3 is new"
+    );
+    write(new.to_vec()).await.expect("join");
+
+    let up = FakeUpstream::start().await;
+    let t = TestTally::start_with(&up.url(), |c| ch.configure(c)).await;
+    let o = api(&t, &format!("/api/overview?{MONTH}")).await;
+    let s = &o["summary"];
+    assert_eq!(s["requests"], 30, "old and new rows both count: {s}");
+    let cost: f64 = records.iter().filter_map(|r| r.cost_usd).sum();
+    assert!((s["cost_usd"].as_f64().unwrap_or(0.0) - cost).abs() < 1e-9);
+    // Cache hits and the latency sum exist only for rows written after the upgrade.
+    let new_hits = new
+        .iter()
+        .filter(|r| r.cache_status == CacheStatus::Hit)
+        .count();
+    assert_eq!(s["cache_hits"], new_hits as u64, "{s}");
+    let new_latency: u64 = new.iter().map(|r| r.latency_ms).sum();
+    assert_eq!(s["latency_sum_ms"], new_latency);
+    t.stop().await;
+}
