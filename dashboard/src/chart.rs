@@ -58,11 +58,27 @@ pub fn line_chart(
     lines: &[Line<'_>],
     fmt: fn(f64) -> String,
 ) -> String {
+    capped_line_chart(title, times, lines, fmt, f64::INFINITY)
+}
+
+/// [`line_chart`] whose y axis stops at `cap` once the data reaches it (a rate's axis ends at
+/// 100%, not at "110%").
+pub fn capped_line_chart(
+    title: &str,
+    times: &[i64],
+    lines: &[Line<'_>],
+    fmt: fn(f64) -> String,
+    cap: f64,
+) -> String {
     let max = lines
         .iter()
         .flat_map(|l| l.values.iter().flatten())
         .fold(0.0_f64, |a, &b| a.max(b));
-    let top = if max > 0.0 { max * 1.1 } else { 1.0 };
+    let top = if max > 0.0 {
+        (max * 1.1).min(cap.max(max))
+    } else {
+        1.0
+    };
     let n = times.len().max(1);
     let plot_w = W - LEFT - RIGHT;
     let plot_h = H - TOP - BOTTOM;
@@ -224,6 +240,18 @@ mod tests {
         assert!(!svg.contains("<b>"));
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert_eq!(svg.matches("<circle").count(), 1);
+    }
+
+    #[test]
+    fn a_rate_axis_stops_at_its_cap() {
+        let line = || Line {
+            name: "errors",
+            class: "s1",
+            values: vec![Some(1.0), Some(0.0)],
+        };
+        let pct = |v: f64| format!("{:.0}%", v * 100.0);
+        assert!(capped_line_chart("e", &[0, 1], &[line()], pct, 1.0).contains(">100%<"));
+        assert!(line_chart("e", &[0, 1], &[line()], pct).contains(">110%<"));
     }
 
     #[test]

@@ -405,7 +405,13 @@ pub async fn overview(
             &one("requests", |s| s.stats.requests as f64),
             fmt_count,
         ),
-        chart::line_chart("Error rate", &t, &one("errors", |s| s.error_rate), fmt_pct),
+        chart::capped_line_chart(
+            "Error rate",
+            &t,
+            &one("errors", |s| s.error_rate),
+            fmt_pct,
+            1.0,
+        ),
         chart::line_chart("Cost", &t, &one("USD", |s| s.stats.cost_usd), fmt_usd),
         chart::line_chart(
             "Tokens",
