@@ -239,6 +239,15 @@ fn totals(groups: Vec<Group>) -> StatsView {
 /// Every bucket of a chart: enough for the longest range at the smallest bucket.
 const ALL_BUCKETS: usize = usize::MAX >> 1;
 
+/// The aggregates behind a summary and its charts over `range`; a page reads their results
+/// with [`totals`] and [`fill_series`], in this order.
+fn summary_and_series(range: &TimeRange) -> [AggregateSpec; 2] {
+    [
+        AggregateSpec::new(GroupBy::Nothing, Order::Key, 1),
+        AggregateSpec::new(GroupBy::Bucket(range.bucket_ms()), Order::Key, ALL_BUCKETS),
+    ]
+}
+
 /// A breakdown of the view's records by `by`.
 pub async fn breakdown(
     reader: &Reader,
@@ -264,17 +273,14 @@ pub async fn overview(
     let mut parts = reader
         .aggregate_many(
             v.filter.clone(),
-            vec![
-                AggregateSpec::new(GroupBy::Nothing, Order::Key, 1),
-                AggregateSpec::new(
-                    GroupBy::Bucket(v.range.bucket_ms()),
-                    Order::Key,
-                    ALL_BUCKETS,
-                ),
-                AggregateSpec::new(GroupBy::Model, Order::Cost, TOP).totals_only(),
-                AggregateSpec::new(GroupBy::Provider, Order::Cost, TOP).totals_only(),
-                AggregateSpec::new(GroupBy::User, Order::Cost, TOP).totals_only(),
-            ],
+            summary_and_series(&v.range)
+                .into_iter()
+                .chain([
+                    AggregateSpec::new(GroupBy::Model, Order::Cost, TOP).totals_only(),
+                    AggregateSpec::new(GroupBy::Provider, Order::Cost, TOP).totals_only(),
+                    AggregateSpec::new(GroupBy::User, Order::Cost, TOP).totals_only(),
+                ])
+                .collect(),
         )
         .await?
         .into_iter();
@@ -411,17 +417,7 @@ pub async fn user(reader: &Reader, v: &ViewQuery, id: &str) -> Result<UserView, 
     v.filter.user_id = Some(id.to_owned());
     v.filter.limit = 50;
     let mut parts = reader
-        .aggregate_many(
-            v.filter.clone(),
-            vec![
-                AggregateSpec::new(GroupBy::Nothing, Order::Key, 1),
-                AggregateSpec::new(
-                    GroupBy::Bucket(v.range.bucket_ms()),
-                    Order::Key,
-                    ALL_BUCKETS,
-                ),
-            ],
-        )
+        .aggregate_many(v.filter.clone(), summary_and_series(&v.range).to_vec())
         .await?
         .into_iter();
     let summary = totals(parts.next().unwrap_or_default());

@@ -144,14 +144,7 @@ impl ClickHouseReader {
             binds.push(V::S(k.clone()));
         }
         where_clause(f, &mut sql, &mut binds);
-        sql.push_str(" GROUP BY k ORDER BY ");
-        sql.push_str(match order {
-            Order::Cost => "cost DESC, requests DESC, k",
-            Order::Key => "k",
-            Order::LastSeen => "last DESC, k",
-        });
-        sql.push_str(" LIMIT ?");
-        binds.push(V::I(limit as i64));
+        group_order_limit(&mut sql, &mut binds, order, limit);
         let rows = bound(self.client.query(&sql), binds)
             .fetch_all::<AggRow>()
             .await?;
@@ -221,14 +214,8 @@ impl ClickHouseReader {
                 binds.push(V::S(v.clone()));
             }
         }
-        sql.push_str(") GROUP BY k ORDER BY ");
-        sql.push_str(match order {
-            Order::Cost => "cost DESC, requests DESC, k",
-            Order::Key => "k",
-            Order::LastSeen => "last DESC, k",
-        });
-        sql.push_str(" LIMIT ?");
-        binds.push(V::I(limit as i64));
+        sql.push(')');
+        group_order_limit(&mut sql, &mut binds, order, limit);
         let rows = bound(self.client.query(&sql), binds)
             .fetch_all::<RollupRow>()
             .await?;
@@ -386,6 +373,19 @@ fn bound(mut q: clickhouse::query::Query, binds: Vec<V>) -> clickhouse::query::Q
         };
     }
     q
+}
+
+/// Ends an aggregate's SQL: grouped by its key `k`, ordered as [`order_and_limit`] orders
+/// (which then settles ties the same way for both stores), at most `limit` groups.
+fn group_order_limit(sql: &mut String, binds: &mut Vec<V>, order: Order, limit: usize) {
+    sql.push_str(" GROUP BY k ORDER BY ");
+    sql.push_str(match order {
+        Order::Cost => "cost DESC, requests DESC, k",
+        Order::Key => "k",
+        Order::LastSeen => "last DESC, k",
+    });
+    sql.push_str(" LIMIT ?");
+    binds.push(V::I(limit as i64));
 }
 
 /// Appends the conditions of `f` (without its cursor) to `sql`.

@@ -52,16 +52,8 @@ pub fn render_statements(s: &ClickHouseSettings, template: &str) -> Vec<String> 
                      ENGINE = Distributed({cluster}, {db}, {table}_local, rand())"
                 ));
             }
-            let alter = format!("ALTER TABLE {db}.");
-            let code: String = stmt
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            if let Some(rest) = code.trim_start().strip_prefix(&alter) {
-                if let Some((table, tail)) = rest.split_once("_local ") {
-                    distributed.push(format!("{alter}{table} {tail}"));
-                }
+            if let Some(alter) = distributed_alter(stmt, db) {
+                distributed.push(alter);
             }
         }
         out.extend(distributed);
@@ -80,13 +72,17 @@ fn push_statement(out: &mut Vec<String>, current: &mut String) {
     current.clear();
 }
 
-/// `requests` for `CREATE TABLE IF NOT EXISTS db.requests_local …` (not for views).
-fn created_local_table(stmt: &str, db: &str) -> Option<String> {
-    let code: String = stmt
-        .lines()
+/// A statement without its comment lines.
+fn code(stmt: &str) -> String {
+    stmt.lines()
         .filter(|l| !l.trim_start().starts_with("--"))
         .collect::<Vec<_>>()
-        .join(" ");
+        .join("\n")
+}
+
+/// `requests` for `CREATE TABLE IF NOT EXISTS db.requests_local …` (not for views).
+fn created_local_table(stmt: &str, db: &str) -> Option<String> {
+    let code = code(stmt);
     let rest = code
         .trim_start()
         .strip_prefix("CREATE TABLE IF NOT EXISTS ")?
@@ -94,6 +90,17 @@ fn created_local_table(stmt: &str, db: &str) -> Option<String> {
         .strip_prefix('.')?;
     let name = rest.split_whitespace().next()?;
     name.strip_suffix("_local").map(str::to_owned)
+}
+
+/// For `ALTER TABLE db.t_local …`, the same ALTER of the Distributed table `db.t`.
+fn distributed_alter(stmt: &str, db: &str) -> Option<String> {
+    let alter = format!("ALTER TABLE {db}.");
+    let code = code(stmt);
+    let (table, tail) = code
+        .trim_start()
+        .strip_prefix(&alter)?
+        .split_once("_local ")?;
+    Some(format!("{alter}{table} {tail}"))
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
