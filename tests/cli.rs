@@ -227,9 +227,7 @@ fn migrate_is_idempotent_and_bad_config_is_explained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_and_sql_work_against_clickhouse_via_environment() {
-    let ch = tokio::task::spawn_blocking(crate::support::clickhouse::ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = crate::support::clickhouse::ClickHouse::started().await;
     let compression = match ch.compression {
         tally_ingest::clickhouse::Compression::Lz4 => "lz4",
         tally_ingest::clickhouse::Compression::None => "none",

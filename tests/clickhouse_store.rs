@@ -40,9 +40,7 @@ fn comparable(mut rec: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_lands_in_clickhouse_with_every_field_as_in_sqlite() {
     let up = FakeUpstream::start().await;
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let on_ch = TestTally::start_with(&up.url(), |c| ch.configure(c)).await;
     let on_sqlite = TestTally::start(&up.url()).await;
     let headers = [
@@ -157,9 +155,7 @@ fn seed() -> Vec<Record> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_retries_count_once_and_rollups_agree() {
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let settings = ch.settings();
     assert_eq!(
         tally_ingest::clickhouse::migrate(&settings)
@@ -267,9 +263,7 @@ async fn readme_cookbook_queries_run() {
         queries.len()
     );
 
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let settings = ch.settings();
     tally_ingest::clickhouse::migrate(&settings)
         .await
@@ -328,9 +322,7 @@ async fn wait_metric(tally: &TestTally, name: &str, want: f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_outage_loses_nothing_and_counts_nothing_twice() {
     let up = FakeUpstream::start().await;
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let gate = FaultGate::start(&ch.url).await;
     let tally = TestTally::start_with(&up.url(), |c| {
         ch.configure_via(c, &gate.url);
@@ -376,9 +368,7 @@ async fn clickhouse_outage_loses_nothing_and_counts_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_left_at_shutdown_is_replayed_after_restart() {
     let up = FakeUpstream::start().await;
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let gate = FaultGate::start(&ch.url).await;
     let spool = tempfile::tempdir().expect("spool dir");
     let configure = |c: &mut tally::Config| {
@@ -456,9 +446,7 @@ async fn credentials_are_sent_and_a_wrong_password_stops_startup_with_a_clear_er
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_changes_apply_to_existing_tables() {
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let show = |ch: &ClickHouse| {
         let client = ch.client();
         async move {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use http::Method;
 use serde_json::{json, Value};
-use tally_ingest::clickhouse::ClickHouseWriter;
+use tally_ingest::clickhouse::{ClickHouseSettings, ClickHouseWriter};
 use tally_ingest::sqlite::SqliteWriter;
 use tally_ingest::{BatchWriter, CacheStatus, Record, Tokens};
 
@@ -86,6 +86,18 @@ fn write_sqlite(t: &TestTally, records: &[Record]) {
     SqliteWriter::new(conn)
         .write_batch(records)
         .expect("write records");
+}
+
+async fn write_clickhouse(settings: &ClickHouseSettings, records: Vec<Record>) {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings)
+            .expect("writer")
+            .write_batch(&records)
+            .expect("write to ClickHouse")
+    })
+    .await
+    .expect("join");
 }
 
 /// `floor(q * n)`: the quantile rule the dashboard documents.
@@ -468,23 +480,12 @@ fn rounded(v: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_stores_return_the_same_numbers_on_every_endpoint() {
     let up = FakeUpstream::start().await;
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let on_ch = TestTally::start_with(&up.url(), |c| ch.configure(c)).await;
     let on_sqlite = TestTally::start(&up.url()).await;
     let records = seeded();
     write_sqlite(&on_sqlite, &records);
-    let settings = ch.settings();
-    let to_ch = records.clone();
-    tokio::task::spawn_blocking(move || {
-        ClickHouseWriter::new(&settings)
-            .expect("writer")
-            .write_batch(&to_ch)
-            .expect("write to ClickHouse")
-    })
-    .await
-    .expect("join");
+    write_clickhouse(&ch.settings(), records.clone()).await;
 
     let paths = [
         format!("/api/overview?{RANGE}"),
@@ -671,9 +672,7 @@ async fn the_overview_warns_when_records_were_dropped_or_are_spooled() {
 /// counting, and rows written after it fill the new columns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollup_upgrade_keeps_old_rows_and_fills_new_columns() {
-    let ch = tokio::task::spawn_blocking(ClickHouse::start)
-        .await
-        .expect("start engine");
+    let ch = ClickHouse::started().await;
     let settings = ch.settings();
     let client = ch.client();
     // The store as the previous release left it: migrations 1 and 2, with data.
@@ -709,16 +708,7 @@ async fn the_rollup_upgrade_keeps_old_rows_and_fills_new_columns() {
     }
     let records = seeded();
     let (old, new) = records.split_at(12);
-    let write = |batch: Vec<Record>| {
-        let settings = settings.clone();
-        tokio::task::spawn_blocking(move || {
-            ClickHouseWriter::new(&settings)
-                .expect("writer")
-                .write_batch(&batch)
-                .expect("write")
-        })
-    };
-    write(old.to_vec()).await.expect("join");
+    write_clickhouse(&settings, old.to_vec()).await;
     assert_eq!(
         tally_ingest::clickhouse::migrate(&settings)
             .await
@@ -726,7 +716,7 @@ async fn the_rollup_upgrade_keeps_old_rows_and_fills_new_columns() {
         1,
         "only migration 3 is new"
     );
-    write(new.to_vec()).await.expect("join");
+    write_clickhouse(&settings, new.to_vec()).await;
 
     let up = FakeUpstream::start().await;
     let t = TestTally::start_with(&up.url(), |c| ch.configure(c)).await;

@@ -62,6 +62,13 @@ impl ClickHouse {
         Self::local(None)
     }
 
+    /// [`ClickHouse::start`] from async code: the engine starts on a blocking thread.
+    pub async fn started() -> Self {
+        tokio::task::spawn_blocking(Self::start)
+            .await
+            .expect("start engine")
+    }
+
     /// A local engine that requires this user and password.
     pub fn start_with_credentials(user: &str, password: &str) -> Self {
         Self::local(Some((user.to_owned(), password.to_owned())))
