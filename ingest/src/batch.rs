@@ -4,6 +4,7 @@
 //! It runs on its own OS thread because store writers (SQLite in particular) block; keeping them
 //! off the async runtime means a slow disk can never delay a proxied byte.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,13 @@ pub trait BatchWriter: Send + 'static {
     fn retriable(_error: &Self::Error) -> bool {
         true
     }
+}
+
+/// Sees every record the worker receives, on the worker's thread. It must be quick: the
+/// worker does not write while it runs.
+pub trait RecordObserver: Send + Sync {
+    /// Called once per record, in arrival order.
+    fn observe(&self, record: &Record);
 }
 
 /// Limits for the flush loop.
@@ -96,6 +104,20 @@ impl IngestWorker {
         metrics: IngestMetrics,
         spool: Option<Spool>,
     ) -> std::io::Result<Self> {
+        Self::spawn_observed(rx, writer, config, metrics, spool, None)
+    }
+
+    /// As [`IngestWorker::spawn_with_spool`], and shows every record to `observer` as it
+    /// arrives from the channel, before it is written: live counters (budgets) see spend that
+    /// happened even if the store is down.
+    pub fn spawn_observed<W: BatchWriter>(
+        rx: Receiver<Record>,
+        writer: W,
+        config: BatchConfig,
+        metrics: IngestMetrics,
+        spool: Option<Spool>,
+        observer: Option<Arc<dyn RecordObserver>>,
+    ) -> std::io::Result<Self> {
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("tally-ingest".into())
@@ -110,6 +132,7 @@ impl IngestWorker {
                     writer,
                     config,
                     metrics,
+                    observer,
                     batch: Vec::new(),
                     batch_bytes: 0,
                     spool,
@@ -139,6 +162,7 @@ struct FlushLoop<W> {
     writer: W,
     config: BatchConfig,
     metrics: IngestMetrics,
+    observer: Option<Arc<dyn RecordObserver>>,
     batch: Vec<Record>,
     batch_bytes: usize,
     spool: Option<Spool>,
@@ -204,6 +228,9 @@ impl<W: BatchWriter> FlushLoop<W> {
     }
 
     fn push(&mut self, record: Record) {
+        if let Some(o) = &self.observer {
+            o.observe(&record);
+        }
         self.batch_bytes += record.approx_bytes();
         self.batch.push(record);
     }

@@ -31,8 +31,8 @@ pub mod spool;
 pub mod sqlite;
 
 pub use batch::{
-    BatchConfig, BatchWriter, IngestWorker, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS,
+    BatchConfig, BatchWriter, IngestWorker, RecordObserver, DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS,
 };
 pub use channel::{channel, RecordSender, DEFAULT_CHANNEL_CAPACITY};
 pub use metrics::{DropLabels, IngestMetrics};

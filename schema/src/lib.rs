@@ -29,6 +29,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0002_dashboard_index",
         sql: include_str!("../sqlite/0002_dashboard_index.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_alerts",
+        sql: include_str!("../sqlite/0003_alerts.sql"),
+    },
 ];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
@@ -50,6 +55,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 3,
         name: "0003_rollup_columns",
         sql: include_str!("../clickhouse/0003_rollup_columns.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_alerts",
+        sql: include_str!("../clickhouse/0004_alerts.sql"),
     },
 ];
 
