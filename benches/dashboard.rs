@@ -34,6 +34,7 @@ fn state(reader: Reader) -> AppState {
         registry: Arc::new(Default::default()),
         ingest: None,
         auth: None,
+        alerts: None,
     }
 }
 

@@ -44,6 +44,10 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// `[pricing]`: extra and overriding prices.
     pub pricing: PricingConfig,
+    /// `[[budgets]]`: spend limits per scope and window.
+    pub budgets: Vec<tally_budgets::BudgetConfig>,
+    /// `[alerts]`: time zone, webhook delivery, reconciliation, and `[[alerts.rules]]`.
+    pub alerts: tally_budgets::AlertsConfig,
 }
 
 /// `[dashboard]`.
@@ -214,6 +218,8 @@ pub struct Validated {
     pub channel_capacity: usize,
     /// Flush loop limits.
     pub batch: BatchConfig,
+    /// Budgets and alert rules (empty when none are configured).
+    pub alerts: tally_budgets::Settings,
 }
 
 impl Config {
@@ -319,7 +325,13 @@ impl Config {
         if self.ingest.channel_capacity == 0 || max_rows == 0 {
             bail!("ingest.channel_capacity and ingest.batch_max_rows must be greater than zero");
         }
+        let alerts = tally_budgets::config::validate(
+            &self.budgets,
+            &self.alerts,
+            &format!("http://{dashboard_listen}"),
+        )?;
         Ok(Validated {
+            alerts,
             proxy,
             providers,
             pricing,

@@ -11,13 +11,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use tally_budgets::{AlertStore, Alerts};
 use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
 use tally_dashboard::store::Reader;
 use tally_ingest::clickhouse::ClickHouseWriter;
 use tally_ingest::spool::Spool;
 use tally_ingest::{sqlite, IngestMetrics, IngestWorker};
-use tally_proxy::Proxy;
+use tally_proxy::{Proxy, Stages};
 use tokio::net::TcpListener;
 
 pub use config::{Config, Store, Validated};
@@ -90,33 +91,58 @@ impl Server {
             );
         }
         let spool = Some(spool);
-        let (worker, reader) = match &config.store {
+        // Migrations first: the budgets read their tables and the current windows' spend.
+        let (conn, alert_store) = match &config.store {
             Store::Sqlite(path) => {
                 let mut conn = sqlite::open_rw(path)?;
                 let applied = sqlite::migrate(&mut conn)?;
                 tracing::info!(path = %path.display(), applied, "SQLite store ready");
-                let writer = sqlite::SqliteWriter::new(conn);
-                let worker = IngestWorker::spawn_with_spool(
-                    rx,
-                    writer,
-                    config.batch.clone(),
-                    ingest_metrics.clone(),
-                    spool,
-                )?;
-                (worker, Reader::Sqlite(SqliteReader::new(path)))
+                (Some(conn), AlertStore::Sqlite(path.clone()))
             }
             Store::ClickHouse(s) => {
                 let applied = tally_ingest::clickhouse::migrate(s)
                     .await
                     .with_context(|| format!("ClickHouse at {} is not usable", s.url))?;
                 tracing::info!(url = %s.url, database = %s.database, applied, "ClickHouse store ready");
-                let writer = ClickHouseWriter::new(s)?;
-                let worker = IngestWorker::spawn_with_spool(
+                (None, AlertStore::clickhouse(s))
+            }
+        };
+        let alerts = if config.alerts.is_empty() {
+            None
+        } else {
+            let a = Alerts::start(config.alerts.clone(), alert_store).await?;
+            a.register_metrics(&mut registry);
+            tracing::info!(
+                budgets = config.alerts.budgets.len(),
+                rules = config.alerts.rules.len(),
+                "budgets and alerts running"
+            );
+            Some(a)
+        };
+        let observer = alerts.as_ref().map(|a| a.observer());
+        let (worker, reader) = match (&config.store, conn) {
+            (Store::Sqlite(path), conn) => {
+                let conn = conn.context("the SQLite connection was not opened")?;
+                let writer = sqlite::SqliteWriter::new(conn);
+                let worker = IngestWorker::spawn_observed(
                     rx,
                     writer,
                     config.batch.clone(),
                     ingest_metrics.clone(),
                     spool,
+                    observer,
+                )?;
+                (worker, Reader::Sqlite(SqliteReader::new(path)))
+            }
+            (Store::ClickHouse(s), _) => {
+                let writer = ClickHouseWriter::new(s)?;
+                let worker = IngestWorker::spawn_observed(
+                    rx,
+                    writer,
+                    config.batch.clone(),
+                    ingest_metrics.clone(),
+                    spool,
+                    observer,
                 )?;
                 (
                     worker,
@@ -125,7 +151,16 @@ impl Server {
             }
         };
 
-        let proxy = Proxy::new(config.proxy.clone(), config.providers, config.pricing, tx)?;
+        let stages = Stages {
+            budgets: alerts.as_ref().map(|a| a.engine().clone()),
+        };
+        let proxy = Proxy::with_stages(
+            config.proxy.clone(),
+            config.providers,
+            config.pricing,
+            tx,
+            stages,
+        )?;
         proxy.register_metrics(&mut registry);
 
         let state = tally_dashboard::AppState {
@@ -133,6 +168,7 @@ impl Server {
             registry: Arc::new(registry),
             ingest: Some(ingest_metrics),
             auth: config.dashboard_auth.clone().map(Arc::new),
+            alerts: alerts.clone(),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -163,6 +199,10 @@ impl Server {
         tokio::task::spawn_blocking(move || worker.shutdown())
             .await
             .context("ingest worker join failed")?;
+        // Events fired by the last records are persisted and delivered (within a grace period).
+        if let Some(a) = alerts {
+            a.shutdown().await;
+        }
         tracing::info!("all records written; bye");
         Ok(())
     }

@@ -161,7 +161,7 @@ async fn migrations_are_idempotent_retries_count_once_and_rollups_agree() {
         tally_ingest::clickhouse::migrate(&settings)
             .await
             .expect("first"),
-        3
+        4
     );
     assert_eq!(
         tally_ingest::clickhouse::migrate(&settings)

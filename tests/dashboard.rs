@@ -393,6 +393,8 @@ async fn auth_guards_every_route_but_healthz() {
         "/users",
         "/models",
         "/properties",
+        "/budgets",
+        "/api/budgets",
         "/metrics",
         "/api/requests",
         "/api/overview",
@@ -572,7 +574,13 @@ async fn a_real_browser_loads_every_page_without_errors() {
         "the browser test needs Debian's chromium; scripts/test.sh installs it"
     );
     let up = FakeUpstream::start().await;
-    let t = TestTally::start(&up.url()).await;
+    let t = TestTally::start_with(&up.url(), |c| {
+        c.budgets = vec![serde_json::from_value(serde_json::json!({
+            "name": "monthly", "scope": "per_user", "limit_usd": 10.0, "window": "month",
+        }))
+        .expect("budget")];
+    })
+    .await;
     let records = seeded();
     write_sqlite(&t, &records);
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
@@ -588,6 +596,7 @@ async fn a_real_browser_loads_every_page_without_errors() {
         format!("/users/u1?{RANGE}"),
         format!("/models?{RANGE}"),
         format!("/properties?key=env&{RANGE}"),
+        "/budgets".to_owned(),
     ];
     let base = t.dashboard_url("");
     let script =
@@ -610,7 +619,7 @@ async fn a_real_browser_loads_every_page_without_errors() {
         out.status.success(),
         "browser check failed:\n{stdout}\n{stderr}"
     );
-    assert_eq!(stdout.matches("ok /").count(), 10, "{stdout}");
+    assert_eq!(stdout.matches("ok /").count(), 11, "{stdout}");
     let png = std::fs::read(artifacts.join("overview.png")).expect("screenshot kept");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
@@ -635,6 +644,7 @@ async fn the_overview_warns_when_records_were_dropped_or_are_spooled() {
             registry: Default::default(),
             ingest: Some(metrics.clone()),
             auth: None,
+            alerts: None,
         })
     };
     let serve = |router: axum::Router| async move {
@@ -713,8 +723,8 @@ async fn the_rollup_upgrade_keeps_old_rows_and_fills_new_columns() {
         tally_ingest::clickhouse::migrate(&settings)
             .await
             .expect("upgrade"),
-        1,
-        "only migration 3 is new"
+        2,
+        "migrations 3 and 4 are new"
     );
     write_clickhouse(&settings, new.to_vec()).await;
 

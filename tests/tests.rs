@@ -3,6 +3,7 @@
 
 mod support;
 
+mod budgets;
 mod cli;
 mod clickhouse_store;
 mod dashboard;

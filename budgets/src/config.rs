@@ -127,6 +127,7 @@ pub struct AlertsConfig {
     /// Seconds between store reconciliations (the multi-replica staleness bound); 60.
     pub reconcile_interval_secs: u64,
     /// Share of a calendar window that must pass before `projected_to_exceed` may fire; 0.25.
+    /// 1 switches projections off.
     pub project_after: f64,
     /// Delivery attempts per webhook; 5.
     pub webhook_attempts: u32,
@@ -250,11 +251,11 @@ pub fn validate(
 ) -> Result<Settings, ConfigError> {
     let tz = Window::parse_timezone(&alerts.timezone)
         .map_err(|reason| err("[alerts]", "timezone", reason))?;
-    if !(alerts.project_after > 0.0 && alerts.project_after < 1.0) {
+    if !(alerts.project_after > 0.0 && alerts.project_after <= 1.0) {
         return Err(err(
             "[alerts]",
             "project_after",
-            "must be between 0 and 1 (a share of the window)",
+            "must be above 0 and at most 1 (a share of the window; 1 switches projections off)",
         ));
     }
     if alerts.webhook_attempts == 0 {

@@ -509,7 +509,7 @@ impl Engine {
 
 /// Linear projection of a calendar window's spend to its end, once enough of it has passed.
 fn projection(b: &Budget, bounds: Bounds, spend: f64, now: i64, after: f64) -> Option<f64> {
-    if !matches!(b.window, Window::Calendar(..)) {
+    if !matches!(b.window, Window::Calendar(..)) || after >= 1.0 {
         return None;
     }
     let elapsed = bounds.elapsed(now);

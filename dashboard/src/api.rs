@@ -171,6 +171,14 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// `GET /api/budgets`: budgets with live spend, projections and exhaustion, and the newest
+/// fired alerts with their deliveries.
+pub async fn budgets(State(state): State<AppState>) -> Result<Json<views::BudgetsView>, ApiError> {
+    Ok(Json(
+        views::budgets(state.alerts.as_deref(), now_ms()).await?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

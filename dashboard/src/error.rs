@@ -20,6 +20,9 @@ pub enum ApiError {
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The alert log could not be read.
+    #[error(transparent)]
+    Alerts(#[from] tally_budgets::store::StoreError),
 }
 
 impl ApiError {
@@ -28,8 +31,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
-            ApiError::Store(e) => {
-                tracing::error!(error = %e, "dashboard request failed");
+            ApiError::Store(_) | ApiError::Alerts(_) => {
+                tracing::error!(error = %self, "dashboard request failed");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the store could not answer; see Tally's log".to_owned(),

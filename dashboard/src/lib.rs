@@ -47,6 +47,8 @@ pub struct AppState {
     /// Required credential; `None` leaves the dashboard open (loopback only, unless
     /// `allow_public`).
     pub auth: Option<Arc<Auth>>,
+    /// Budgets and alerts, when any are configured.
+    pub alerts: Option<Arc<tally_budgets::Alerts>>,
 }
 
 /// The dashboard's routes. Everything but `/healthz` sits behind [`auth::require`].
@@ -62,6 +64,7 @@ pub fn app(state: AppState) -> Router {
         .route("/users/{id}", get(pages::user))
         .route("/models", get(pages::models))
         .route("/properties", get(pages::properties))
+        .route("/budgets", get(pages::budgets))
         .route("/assets/{name}", get(pages::asset))
         .route("/metrics", get(metrics))
         .route("/api/requests", get(api::list_requests))
@@ -73,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/users", get(api::users))
         .route("/api/users/{id}", get(api::user))
         .route("/api/properties", get(api::properties))
+        .route("/api/budgets", get(api::budgets))
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
     Router::new()
         .route("/healthz", get(healthz))

@@ -478,3 +478,36 @@ pub async fn properties(reader: &Reader, v: &ViewQuery) -> Result<PropertiesView
         values,
     })
 }
+
+/// Fired events shown on the budgets page and in `/api/budgets`.
+pub const ALERT_HISTORY: usize = 100;
+
+/// `/budgets` and `/api/budgets`: each budget's live state and the newest fired events.
+#[derive(Debug, Serialize)]
+pub struct BudgetsView {
+    /// Whether any budget or alert rule is configured.
+    pub configured: bool,
+    /// Every budget, in config order.
+    pub budgets: Vec<tally_budgets::BudgetStatus>,
+    /// Fired events with their deliveries, newest first.
+    pub alerts: Vec<tally_budgets::HistoryEntry>,
+}
+
+/// Reads the live counters (no store query) and the fired-event log.
+pub async fn budgets(
+    alerts: Option<&tally_budgets::Alerts>,
+    now: i64,
+) -> Result<BudgetsView, crate::ApiError> {
+    let Some(a) = alerts else {
+        return Ok(BudgetsView {
+            configured: false,
+            budgets: Vec::new(),
+            alerts: Vec::new(),
+        });
+    };
+    Ok(BudgetsView {
+        configured: true,
+        budgets: a.engine().status(now),
+        alerts: a.history(ALERT_HISTORY).await?,
+    })
+}

@@ -218,6 +218,13 @@ impl Exchange {
         }
     }
 
+    /// Finishes a request Tally answered itself with `status` (e.g. 429 from a budget), without
+    /// calling the upstream.
+    pub(crate) fn reject(mut self, status: u16, error: String) {
+        self.state().record.status = status;
+        self.fail(error);
+    }
+
     /// Finishes with an error that happened before any response body (the handler's answer is
     /// an error response of Tally's own).
     pub(crate) fn fail(mut self, error: String) {

@@ -67,6 +67,14 @@ pub(crate) struct Shared {
     pub(crate) client: client::UpstreamClient,
     /// Token estimates running on blocking threads; each will still send a record.
     pub(crate) pending_estimates: AtomicUsize,
+    pub(crate) stages: Stages,
+}
+
+/// Optional stages on the request path. Each one absent costs a branch per request.
+#[derive(Clone, Default)]
+pub struct Stages {
+    /// Budget enforcement: requests in a scope an enforcing budget has exhausted get 429.
+    pub budgets: Option<Arc<tally_budgets::Engine>>,
 }
 
 /// Longest `serve` waits, after the last connection ended, for running token estimates to
@@ -96,6 +104,17 @@ impl Proxy {
         pricing: PricingTable,
         sender: RecordSender,
     ) -> Result<Self, ProxyError> {
+        Self::with_stages(settings, providers, pricing, sender, Stages::default())
+    }
+
+    /// As [`Proxy::new`], with optional stages switched on.
+    pub fn with_stages(
+        settings: Settings,
+        providers: Providers,
+        pricing: PricingTable,
+        sender: RecordSender,
+        stages: Stages,
+    ) -> Result<Self, ProxyError> {
         let client = client::build(settings.connect_timeout)?;
         // Load the tokenizers in the background so the first estimate does not stall.
         if let Ok(h) = tokio::runtime::Handle::try_current() {
@@ -110,6 +129,7 @@ impl Proxy {
                 metrics: ProxyMetrics::default(),
                 client,
                 pending_estimates: AtomicUsize::new(0),
+                stages,
             }),
         })
     }

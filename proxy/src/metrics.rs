@@ -40,6 +40,8 @@ pub struct ProxyMetrics {
     pub tokens_estimated: Counter,
     /// Requests with tokens but no known price.
     pub unpriced: Counter,
+    /// Requests refused because an enforcing budget was exhausted.
+    pub budget_rejections: Counter,
 }
 
 impl ProxyMetrics {
@@ -74,6 +76,11 @@ impl ProxyMetrics {
             "unpriced_requests",
             "Requests with token counts but no known price for the model",
             self.unpriced.clone(),
+        );
+        registry.register(
+            "budget_rejections",
+            "Requests refused with 429 because an enforcing budget was exhausted",
+            self.budget_rejections.clone(),
         );
     }
 

@@ -141,6 +141,43 @@ fn inject_include_usage(body: &[u8]) -> Option<Bytes> {
     Some(out.into())
 }
 
+fn budget_message(r: &tally_budgets::Rejection) -> String {
+    format!(
+        "budget {:?} is exhausted for {}: ${:.4} spent of ${:.2}; it resets at {}",
+        r.budget,
+        r.scope,
+        r.spend_usd,
+        r.limit_usd,
+        tally_budgets::event::rfc3339(r.resets_at)
+    )
+}
+
+/// 429 in the provider's error shape, naming the budget, with `Retry-After` in whole seconds.
+fn budget_rejection(
+    format: WireFormat,
+    r: &tally_budgets::Rejection,
+    now: i64,
+) -> Response<ResponseBody> {
+    let mut resp = error_response(
+        Some(format),
+        StatusCode::TOO_MANY_REQUESTS,
+        "tally_budget_exceeded",
+        &budget_message(r),
+        Some(json!({
+            "budget": r.budget,
+            "scope": r.scope,
+            "scope_key": r.scope_key,
+            "spend_usd": r.spend_usd,
+            "limit_usd": r.limit_usd,
+            "resets_at": tally_budgets::event::rfc3339(r.resets_at),
+        })),
+    );
+    let secs = ((r.resets_at - now).max(0) as u64).div_ceil(1000).max(1);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    resp
+}
+
 fn full(bytes: Bytes) -> ResponseBody {
     Full::new(bytes)
         .map_err(|never| match never {})
@@ -278,6 +315,24 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         } else {
             head.bytes.slice(..limit.min(head.bytes.len()))
         };
+    }
+
+    // Budget enforcement: the tags and the model are known, nothing has been sent yet.
+    if let Some(budgets) = shared.stages.budgets.as_ref().filter(|b| b.enforcing()) {
+        let r = &exchange.state().record;
+        let subject = tally_budgets::Subject {
+            provider: &r.provider,
+            model: r.model.as_deref(),
+            user_id: r.user_id.as_deref(),
+            properties: &r.properties,
+        };
+        let now = now_ms();
+        if let Some(rejection) = budgets.check(subject, now) {
+            shared.metrics.budget_rejections.inc();
+            let resp = budget_rejection(provider.format, &rejection, now);
+            exchange.reject(429, budget_message(&rejection));
+            return with_request_id(resp, id);
+        }
     }
 
     // Upstream request.
