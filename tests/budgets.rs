@@ -547,3 +547,71 @@ async fn an_error_rate_rule_fires_once_for_the_failing_model() {
     assert_eq!(hook.deliveries().len(), 1, "once per window");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_users_get_a_rate_limit_error_that_names_the_budget() {
+    let up = FakeUpstream::start().await;
+    let t = TestTally::start_with(&up.url(), |c| {
+        priced(c);
+        c.alerts = fast_alerts();
+        c.budgets = vec![budget(json!({
+            "name": "alice-cap", "scope": "user:alice", "limit_usd": 1.0,
+            "window": "hour", "enforce": true,
+        }))];
+    })
+    .await;
+    spend(&t, "alice").await;
+    wait_spend(&t, 1.0).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while spend(&t, "alice").await.0 != StatusCode::TOO_MANY_REQUESTS {
+        assert!(Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused_before = t.metric("tally_budget_rejections_total", "").await;
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/budget_refusal.py");
+    let proxy = format!("http://{}", t.proxy);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::clickhouse::python())
+            .arg(script)
+            .arg(proxy)
+            .arg(MODEL)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let o = &r["openai"];
+    assert_eq!(o["raised"], "RateLimitError", "{r}");
+    assert_eq!(o["status"], 429);
+    assert!(
+        o["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("alice-cap")),
+        "{o}"
+    );
+    assert_eq!(o["body"]["budget"], "alice-cap", "{o}");
+    assert!(o["retry_after"]
+        .as_str()
+        .is_some_and(|s| s.parse::<u64>().is_ok()));
+    let a = &r["anthropic"];
+    assert_eq!(a["raised"], "RateLimitError", "{r}");
+    assert!(
+        a["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("alice-cap")),
+        "{a}"
+    );
+    assert_eq!(
+        t.metric("tally_budget_rejections_total", "").await - refused_before,
+        2.0,
+        "{r}"
+    );
+    t.stop().await;
+}

@@ -114,8 +114,8 @@ struct State {
     spend: Vec<HashMap<String, Spend>>,
     /// Per rule: health per key.
     health: Vec<HashMap<String, Health>>,
-    /// Per budget or rule name and key.
-    fired: HashMap<(String, String), Fired>,
+    /// What fired, per budget (config order) then per rule, by scope key.
+    fired: Vec<HashMap<String, Fired>>,
 }
 
 /// The shared engine. Cheap to call from the ingest thread (`observe`), the proxy
@@ -123,8 +123,10 @@ struct State {
 pub struct Engine {
     settings: Settings,
     state: Mutex<State>,
-    /// Exhausted scopes of enforcing budgets: (budget index, key) → rejection.
-    exhausted: RwLock<HashMap<(usize, String), Rejection>>,
+    /// Exhausted scopes of enforcing budgets: per budget index, key → rejection. Written only
+    /// when a scope becomes exhausted or free (and refreshed by the tick), so the proxy's read
+    /// lock is almost never contended.
+    exhausted: RwLock<Vec<HashMap<String, Rejection>>>,
     enforcing: bool,
     events: UnboundedSender<Event>,
 }
@@ -135,13 +137,13 @@ impl Engine {
         let state = State {
             spend: vec![HashMap::new(); settings.budgets.len()],
             health: settings.rules.iter().map(|_| HashMap::new()).collect(),
-            fired: HashMap::new(),
+            fired: vec![HashMap::new(); settings.budgets.len() + settings.rules.len()],
         };
         Self {
             enforcing: settings.budgets.iter().any(|b| b.enforce),
+            exhausted: RwLock::new(vec![HashMap::new(); settings.budgets.len()]),
             settings,
             state: Mutex::new(state),
-            exhausted: RwLock::new(HashMap::new()),
             events,
         }
     }
@@ -159,8 +161,16 @@ impl Engine {
     /// Restores what fired before a restart (rows whose episode has not ended).
     pub fn restore_fired(&self, rows: Vec<FiredRow>) {
         let mut st = self.lock();
+        let budgets = self.settings.budgets.iter().map(|b| &b.name);
+        let names: Vec<&String> = budgets
+            .chain(self.settings.rules.iter().map(|r| &r.name))
+            .collect();
         for r in rows {
-            let f = st.fired.entry((r.source, r.scope_key)).or_insert(Fired {
+            // Budgets removed from config since leave rows that no longer matter.
+            let Some(i) = names.iter().position(|n| **n == r.source) else {
+                continue;
+            };
+            let f = st.fired[i].entry(r.scope_key).or_insert(Fired {
                 until: r.until,
                 level: 0.0,
                 projected: false,
@@ -183,15 +193,22 @@ impl Engine {
                 let Some(key) = b.scope.key_of(subject) else {
                     continue;
                 };
-                let spend = st.spend[i].entry(key.clone()).or_default();
+                let spend = match st.spend[i].get_mut(key) {
+                    Some(s) => s,
+                    None => st.spend[i].entry(key.to_owned()).or_default(),
+                };
                 spend.add(&b.window, record.ts, cost);
-                self.evaluate_budget(&mut st, i, &key, now);
+                self.evaluate_budget(&mut st, i, key, now, false);
             }
         }
         let error = record.status == 0 || record.status >= 400 || record.error.is_some();
         for (i, r) in self.settings.rules.iter().enumerate() {
             if let Some(key) = r.scope.key_of(subject) {
-                st.health[i].entry(key).or_default().add(
+                let h = match st.health[i].get_mut(key) {
+                    Some(h) => h,
+                    None => st.health[i].entry(key.to_owned()).or_default(),
+                };
+                h.add(
                     r.window.as_millis() as i64,
                     record.ts,
                     error,
@@ -219,7 +236,7 @@ impl Engine {
         keys.sort_unstable();
         keys.dedup();
         for k in keys {
-            self.evaluate_budget(&mut st, index, &k, now);
+            self.evaluate_budget(&mut st, index, &k, now, true);
         }
     }
 
@@ -231,7 +248,7 @@ impl Engine {
             st.spend[i].retain(|_, s| s.prune(bounds));
             let keys: Vec<String> = st.spend[i].keys().cloned().collect();
             for k in keys {
-                self.evaluate_budget(&mut st, i, &k, now);
+                self.evaluate_budget(&mut st, i, &k, now, true);
             }
         }
         for (i, rule) in self.settings.rules.iter().enumerate() {
@@ -251,17 +268,24 @@ impl Engine {
                 !h.is_empty()
             });
             for (key, value, requests) in fire {
-                self.fire_rule(&mut st, rule, &key, value, requests, now);
+                self.fire_rule(&mut st, i, rule, &key, value, requests, now);
             }
         }
-        st.fired.retain(|_, f| f.until > now);
+        for m in &mut st.fired {
+            m.retain(|_, f| f.until > now);
+        }
         if self.enforcing {
             let mut ex = self.exhausted.write().unwrap_or_else(|p| p.into_inner());
-            ex.retain(|_, r| r.resets_at > now);
+            for m in ex.iter_mut() {
+                m.retain(|_, r| r.resets_at > now);
+            }
         }
     }
 
-    fn evaluate_budget(&self, st: &mut State, index: usize, key: &str, now: i64) {
+    /// Fires what `key`'s spend has newly reached and updates its exhaustion. `refresh`
+    /// rewrites an existing exhaustion (tick, reconcile); otherwise only transitions take the
+    /// write lock.
+    fn evaluate_budget(&self, st: &mut State, index: usize, key: &str, now: i64, refresh: bool) {
         let b = &self.settings.budgets[index];
         let bounds = b.window.bounds(now);
         let Some(spend) = st.spend[index].get(key) else {
@@ -270,21 +294,22 @@ impl Engine {
         let total = spend.total(bounds);
         let used = total / b.limit_usd;
         if b.enforce {
-            let mut ex = self.exhausted.write().unwrap_or_else(|p| p.into_inner());
-            if total >= b.limit_usd {
-                ex.insert(
-                    (index, key.to_owned()),
-                    Rejection {
-                        budget: b.name.clone(),
-                        scope: b.scope.describe_key(key),
-                        scope_key: key.to_owned(),
-                        spend_usd: total,
-                        limit_usd: b.limit_usd,
-                        resets_at: spend.below_limit_at(&b.window, bounds, b.limit_usd),
-                    },
-                );
-            } else {
-                ex.remove(&(index, key.to_owned()));
+            let exhausted = total >= b.limit_usd;
+            let present =
+                self.exhausted.read().unwrap_or_else(|p| p.into_inner())[index].contains_key(key);
+            if exhausted && (refresh || !present) {
+                let r = Rejection {
+                    budget: b.name.clone(),
+                    scope: b.scope.describe_key(key),
+                    scope_key: key.to_owned(),
+                    spend_usd: total,
+                    limit_usd: b.limit_usd,
+                    resets_at: spend.below_limit_at(&b.window, bounds, b.limit_usd),
+                };
+                self.exhausted.write().unwrap_or_else(|p| p.into_inner())[index]
+                    .insert(key.to_owned(), r);
+            } else if !exhausted && present {
+                self.exhausted.write().unwrap_or_else(|p| p.into_inner())[index].remove(key);
             }
         }
         let projected = projection(b, bounds, total, now, self.settings.project_after);
@@ -292,8 +317,7 @@ impl Engine {
             Window::Calendar(..) => bounds.end,
             Window::Rolling(d) => now + d.as_millis() as i64,
         };
-        let fkey = (b.name.clone(), key.to_owned());
-        let fired = match st.fired.get(&fkey) {
+        let fired = match st.fired[index].get(key) {
             Some(f) if f.until > now => *f,
             _ => Fired {
                 until: episode_end,
@@ -340,27 +364,29 @@ impl Engine {
                 ));
             }
         }
-        if next.level > 0.0 || next.projected {
-            st.fired.insert(fkey, next);
+        if next != fired {
+            st.fired[index].insert(key.to_owned(), next);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn fire_rule(
         &self,
         st: &mut State,
+        index: usize,
         rule: &Rule,
         key: &str,
         value: f64,
         requests: u64,
         now: i64,
     ) {
-        let fkey = (rule.name.clone(), key.to_owned());
-        if st.fired.get(&fkey).is_some_and(|f| f.until > now) {
+        let slot = self.settings.budgets.len() + index;
+        if st.fired[slot].get(key).is_some_and(|f| f.until > now) {
             return;
         }
         let len = rule.window.as_millis() as i64;
-        st.fired.insert(
-            fkey,
+        st.fired[slot].insert(
+            key.to_owned(),
             Fired {
                 until: now + len,
                 level: 1.0,
@@ -416,17 +442,14 @@ impl Engine {
             return None;
         }
         let ex = self.exhausted.read().unwrap_or_else(|p| p.into_inner());
-        if ex.is_empty() {
-            return None;
-        }
-        for (i, b) in self.settings.budgets.iter().enumerate() {
-            if !b.enforce {
+        for (b, exhausted) in self.settings.budgets.iter().zip(ex.iter()) {
+            if !b.enforce || exhausted.is_empty() {
                 continue;
             }
             let Some(key) = b.scope.key_of(subject) else {
                 continue;
             };
-            if let Some(r) = ex.get(&(i, key)).filter(|r| r.resets_at > now) {
+            if let Some(r) = exhausted.get(key).filter(|r| r.resets_at > now) {
                 return Some(r.clone());
             }
         }

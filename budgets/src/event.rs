@@ -110,45 +110,51 @@ impl Event {
         serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
     }
 
-    /// A one-message summary for Slack-compatible incoming webhooks.
+    /// A one-message summary for Slack-compatible incoming webhooks. Names and keys are
+    /// escaped: a user id like `<!channel>` must not ping a channel.
     pub fn to_slack(&self) -> String {
         let who = if self.scope_key == crate::scope::SINGLE_KEY {
-            self.scope.clone()
+            slack_escape(&self.scope)
         } else {
-            format!("{} `{}`", self.scope, self.scope_key)
+            format!(
+                "{} `{}`",
+                slack_escape(&self.scope),
+                slack_escape(&self.scope_key)
+            )
         };
+        let source = slack_escape(self.source());
         let usd = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("${v:.2}"));
         let headline = match self.event {
             EventKind::ThresholdCrossed => format!(
                 ":warning: Budget *{}* ({who}) reached {:.0}% of its limit: {} of {}",
-                self.source(),
+                source,
                 self.threshold * 100.0,
                 usd(self.spend_usd),
                 usd(self.limit_usd)
             ),
             EventKind::BudgetExceeded => format!(
                 ":rotating_light: Budget *{}* ({who}) is exhausted: {} of {}",
-                self.source(),
+                source,
                 usd(self.spend_usd),
                 usd(self.limit_usd)
             ),
             EventKind::ProjectedToExceed => format!(
                 ":chart_with_upwards_trend: Budget *{}* ({who}) is on pace to spend {} of {}; {} so far",
-                self.source(),
+                source,
                 usd(self.projected_spend_usd),
                 usd(self.limit_usd),
                 usd(self.spend_usd)
             ),
             EventKind::ErrorRateAbove => format!(
                 ":rotating_light: Alert *{}* ({who}): error rate {:.1}% over {} requests (threshold {:.1}%)",
-                self.source(),
+                source,
                 self.value.unwrap_or_default() * 100.0,
                 self.requests.unwrap_or_default(),
                 self.threshold * 100.0
             ),
             EventKind::P95LatencyAbove => format!(
                 ":turtle: Alert *{}* ({who}): p95 latency {:.0} ms over {} requests (threshold {:.0} ms)",
-                self.source(),
+                source,
                 self.value.unwrap_or_default(),
                 self.requests.unwrap_or_default(),
                 self.threshold
@@ -159,5 +165,54 @@ impl Event {
             self.window_start, self.window_end, self.dashboard_url
         );
         serde_json::json!({ "text": text }).to_string()
+    }
+}
+
+/// Slack's mrkdwn control characters (`&`, `<`, `>`), escaped as Slack documents.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_text_escapes_names_and_keys() {
+        let e = Event {
+            id: Uuid::nil(),
+            event: EventKind::BudgetExceeded,
+            budget: Some("a&b".into()),
+            rule: None,
+            scope: "per user".into(),
+            scope_key: "<!channel>".into(),
+            window_start: rfc3339(0),
+            window_end: rfc3339(1),
+            spend_usd: Some(2.0),
+            limit_usd: Some(1.0),
+            threshold: 1.0,
+            projected_spend_usd: None,
+            value: None,
+            requests: None,
+            time: rfc3339(0),
+            dashboard_url: "http://x/budgets".into(),
+            fired_at_ms: 0,
+            window_ms: (0, 1),
+            until_ms: 1,
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_slack()).expect("json");
+        let text = v["text"].as_str().expect("text");
+        assert!(text.contains("*a&amp;b*"), "{text}");
+        assert!(text.contains("`&lt;!channel&gt;`"), "{text}");
+        assert!(!text.contains("<!channel>"), "{text}");
+        assert!(text.contains("<http://x/budgets|Open Tally>"));
+        let json: serde_json::Value = serde_json::from_str(&e.to_json()).expect("json");
+        assert_eq!(
+            json["scope_key"], "<!channel>",
+            "the JSON payload is not escaped"
+        );
+        assert!(json.get("rule").is_none() && json["projected_spend_usd"].is_null());
     }
 }

@@ -97,20 +97,19 @@ impl Scope {
         })
     }
 
-    /// The key `subject` counts under, or `None` when the scope does not cover it.
-    pub fn key_of(&self, s: Subject<'_>) -> Option<String> {
+    /// The key `subject` counts under, or `None` when the scope does not cover it. Borrowed,
+    /// so the proxy's per-request check allocates nothing.
+    pub fn key_of<'a>(&self, s: Subject<'a>) -> Option<&'a str> {
         match self {
-            Scope::All => Some(SINGLE_KEY.to_owned()),
-            Scope::User(u) => (s.user_id == Some(u.as_str())).then(|| SINGLE_KEY.to_owned()),
-            Scope::Model(m) => (s.model == Some(m.as_str())).then(|| SINGLE_KEY.to_owned()),
-            Scope::Provider(p) => (s.provider == p).then(|| SINGLE_KEY.to_owned()),
-            Scope::Property(k, v) => {
-                (s.properties.get(k) == Some(v)).then(|| SINGLE_KEY.to_owned())
-            }
-            Scope::PerUser => s.user_id.map(str::to_owned),
-            Scope::PerModel => s.model.map(str::to_owned),
-            Scope::PerProvider => Some(s.provider.to_owned()),
-            Scope::PerProperty(k) => s.properties.get(k).cloned(),
+            Scope::All => Some(SINGLE_KEY),
+            Scope::User(u) => (s.user_id == Some(u.as_str())).then_some(SINGLE_KEY),
+            Scope::Model(m) => (s.model == Some(m.as_str())).then_some(SINGLE_KEY),
+            Scope::Provider(p) => (s.provider == p).then_some(SINGLE_KEY),
+            Scope::Property(k, v) => (s.properties.get(k) == Some(v)).then_some(SINGLE_KEY),
+            Scope::PerUser => s.user_id,
+            Scope::PerModel => s.model,
+            Scope::PerProvider => Some(s.provider),
+            Scope::PerProperty(k) => s.properties.get(k).map(String::as_str),
         }
     }
 
@@ -185,7 +184,7 @@ mod tests {
             user_id: Some("alice"),
             properties: &props,
         };
-        let key = |text: &str| Scope::parse(text).expect(text).key_of(s);
+        let key = |text: &str| Scope::parse(text).expect(text).key_of(s).map(str::to_owned);
         assert_eq!(key("all").as_deref(), Some("*"));
         assert_eq!(key("user:alice").as_deref(), Some("*"));
         assert_eq!(key("user:bob"), None);
