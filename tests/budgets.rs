@@ -615,3 +615,52 @@ async fn sdk_users_get_a_rate_limit_error_that_names_the_budget() {
     );
     t.stop().await;
 }
+
+/// Two replicas in front of one ClickHouse: each sees the other's spend within the documented
+/// bound (reconcile interval + flush interval), and an event fires once, not once per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_clickhouse_converge_and_fire_once() {
+    let ch = ClickHouse::started().await;
+    let up = FakeUpstream::start().await;
+    let hook = Receiver::start(200).await;
+    let configure = |c: &mut Config| {
+        ch.configure(c);
+        priced(c);
+        c.alerts = fast_alerts();
+        c.alerts.reconcile_interval_secs = 1;
+        c.budgets = vec![budget(json!({
+            "name": "shared", "limit_usd": 3.0, "window": "month", "thresholds": [100],
+            "enforce": true, "webhooks": [{"url": hook.url()}],
+        }))];
+    };
+    let a = TestTally::start_with(&up.url(), configure).await;
+    let b = TestTally::start_with(&up.url(), configure).await;
+    spend(&a, "alice").await;
+    spend(&a, "alice").await;
+    let started = Instant::now();
+    wait_spend(&b, 2.0).await;
+    let converged = started.elapsed();
+    assert!(
+        converged < Duration::from_secs(5),
+        "B saw A's spend after {converged:?}"
+    );
+    spend(&b, "bob").await;
+    // B crosses the limit with its own request; A learns of it at its next reconciliation.
+    wait_spend(&b, 3.0).await;
+    wait_spend(&a, 3.0).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while spend(&a, "carol").await.0 != StatusCode::TOO_MANY_REQUESTS {
+        assert!(
+            Instant::now() < deadline,
+            "A never enforced the shared limit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hook.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let events = hook.events();
+    assert_eq!(events.len(), 1, "one event for two replicas: {events:?}");
+    assert_eq!(events[0]["event"], "budget_exceeded");
+    a.stop().await;
+    b.stop().await;
+}

@@ -81,16 +81,10 @@ impl Alerts {
     pub async fn start(settings: Settings, store: AlertStore) -> Result<Arc<Self>, StartError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let engine = Arc::new(Engine::new(settings, tx));
-        let now = now_ms();
-        let fired = store.fired(now).await.map_err(|source| StartError {
-            what: "fired alerts",
-            source,
-        })?;
-        engine.restore_fired(fired);
         reconcile(&engine, &store)
             .await
             .map_err(|source| StartError {
-                what: "the current windows' spend",
+                what: "fired alerts and the current windows' spend",
                 source,
             })?;
         let metrics = AlertMetrics::default();
@@ -169,8 +163,11 @@ impl RecordObserver for Observer {
     }
 }
 
+/// Brings the engine up to what the store knows: events other replicas fired (so they are
+/// not fired again here) and the current windows' spend.
 async fn reconcile(engine: &Engine, store: &AlertStore) -> Result<(), store::StoreError> {
     let now = now_ms();
+    engine.restore_fired(store.fired(now).await?);
     for (i, b) in engine.settings().budgets.iter().enumerate() {
         let rows = store.spend(b, b.window.bounds(now)).await?;
         engine.reconcile(i, rows, now);
@@ -240,11 +237,23 @@ async fn dispatch(
                 Some(_) = deliveries.join_next(), if !deliveries.is_empty() => continue,
             }
         };
-        metrics.fired(&event);
         let level = match event.event {
             EventKind::ThresholdCrossed | EventKind::BudgetExceeded => event.threshold,
             _ => 1.0,
         };
+        // Another replica may have crossed the same threshold a moment earlier.
+        match store.fired_elsewhere(&event, level).await {
+            Ok(true) => {
+                metrics.duplicates.inc();
+                tracing::info!(event_id = %event.id, source = event.source(), "another replica fired this event; not sending it again");
+                continue;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check for the event in the store; sending it")
+            }
+        }
+        metrics.fired(&event);
         if let Err(e) = store.insert_event(&event, level).await {
             metrics.store_failed.inc();
             tracing::error!(error = %e, event_id = %event.id, "cannot record a fired alert; a restart may fire it again");

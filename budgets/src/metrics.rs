@@ -48,6 +48,8 @@ pub struct AlertMetrics {
     pub store_failed: Counter,
     /// Reconciliations with the store that failed.
     pub reconcile_failed: Counter,
+    /// Events not sent because another replica had already recorded them.
+    pub duplicates: Counter,
 }
 
 impl AlertMetrics {
@@ -87,6 +89,11 @@ impl AlertMetrics {
             "budget_reconcile_failures",
             "Reconciliations of budget spend with the store that failed",
             self.reconcile_failed.clone(),
+        );
+        registry.register(
+            "alerts_suppressed_duplicates",
+            "Events not sent because another replica had already recorded them",
+            self.duplicates.clone(),
         );
     }
 

@@ -166,6 +166,43 @@ impl AlertStore {
         }
     }
 
+    /// Whether another replica already recorded this event (same source, key and kind, at
+    /// this level or higher, in an episode still running when this one fired).
+    pub async fn fired_elsewhere(&self, e: &Event, level: f64) -> Result<bool, StoreError> {
+        let sql = "SELECT count() FROM alert_events WHERE source = ? AND scope_key = ? \
+                   AND event = ? AND level >= ? AND until_ms > ? AND event_id != ?";
+        let (source, key, kind) = (e.source().to_owned(), e.scope_key.clone(), e.event.as_str());
+        let (at, id) = (e.fired_at_ms, e.id.to_string());
+        match self {
+            AlertStore::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = tally_ingest::sqlite::open_ro(&path)?;
+                    let n: i64 = conn.query_row(
+                        &sql.replace("count()", "count(*)"),
+                        rusqlite::params![source, key, kind, level, at, id],
+                        |r| r.get(0),
+                    )?;
+                    Ok(n > 0)
+                })
+                .await?
+            }
+            AlertStore::ClickHouse(client) => {
+                let n: u64 = client
+                    .query(&sql.replace("event_id != ?", "event_id != toUUID(?)"))
+                    .bind(source)
+                    .bind(key)
+                    .bind(kind)
+                    .bind(level)
+                    .bind(at)
+                    .bind(id)
+                    .fetch_one()
+                    .await?;
+                Ok(n > 0)
+            }
+        }
+    }
+
     /// Records a fired event (before any delivery, so a restart does not fire it again).
     pub async fn insert_event(&self, e: &Event, level: f64) -> Result<(), StoreError> {
         let payload = e.to_json();

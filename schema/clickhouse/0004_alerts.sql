@@ -1,7 +1,7 @@
 -- Budget and alert-rule events, and what became of their webhook deliveries.
 -- alert_events is also the "already fired" state: at startup Tally reloads the rows whose
--- episode (until_ms) has not ended, so a restart never fires the same event twice. With
--- several replicas each keeps its own fired state; see README "Budgets and alerts".
+-- episode (until_ms) has not ended, so a restart never fires the same event twice. Replicas
+-- re-read it when they reconcile and check it before sending; see README "Budgets and alerts".
 CREATE TABLE IF NOT EXISTS {db}.alert_events{local}{on_cluster}
 (
     event_id     UUID,
