@@ -443,4 +443,30 @@ mod tests {
             Ok(())
         });
     }
+
+    /// The README's budgets example is real config: it loads and validates.
+    #[test]
+    fn the_readme_budget_example_is_valid() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Budgets and alerts")
+            .nth(1)
+            .expect("README has the section");
+        let example = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("a toml block");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("b.toml", example)?;
+            let c = Config::load(Some(Path::new("b.toml"))).expect("loads");
+            let v = c.validate().expect("valid");
+            assert_eq!(v.alerts.budgets.len(), 2);
+            assert_eq!(v.alerts.rules.len(), 1);
+            assert!(v.alerts.budgets[1].enforce);
+            assert_eq!(v.alerts.budgets[0].thresholds, vec![0.5, 0.8, 1.0]);
+            assert_eq!(v.alerts.budgets[0].webhooks.len(), 2);
+            Ok(())
+        });
+    }
 }

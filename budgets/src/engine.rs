@@ -779,6 +779,39 @@ mod tests {
     }
 
     #[test]
+    fn p95_latency_rule_fires_for_the_slow_provider_only() {
+        let mut a = AlertsConfig::default();
+        a.rules.push(crate::config::RuleConfig {
+            name: "slow".into(),
+            metric: Metric::P95LatencyMs,
+            threshold: 1000.0,
+            window: "1m".into(),
+            scope: Some("per_provider".into()),
+            min_requests: Some(20),
+            webhooks: vec![],
+        });
+        let s = validate(&[], &a, "http://dash").expect("valid");
+        let (tx, mut rx) = unbounded_channel();
+        let e = Engine::new(s, tx);
+        for i in 0..100 {
+            let mut fast = record(T0 + i, "a", 0.0);
+            fast.latency_ms = 200;
+            e.observe(&fast, T0 + i);
+            let mut slow = record(T0 + i, "a", 0.0);
+            slow.provider = "anthropic".into();
+            // 10 % of requests take 5 s: the p95 is 5 s.
+            slow.latency_ms = if i % 10 == 0 { 5_000 } else { 300 };
+            e.observe(&slow, T0 + i);
+        }
+        e.tick(T0 + 500);
+        let ev = drain(&mut rx);
+        assert_eq!(
+            ev,
+            vec![(EventKind::P95LatencyAbove, "anthropic".into(), 1000.0)]
+        );
+    }
+
+    #[test]
     fn error_rate_rule_fires_once_per_window() {
         let b: Vec<BudgetConfig> = vec![];
         let mut a = AlertsConfig::default();
