@@ -8,6 +8,7 @@ mod cli;
 mod clickhouse_store;
 mod dashboard;
 mod errors;
+mod hostile;
 mod load;
 mod passthrough;
 mod sdk;

@@ -101,6 +101,23 @@ fn with_request_id(mut resp: Response<ResponseBody>, id: Uuid) -> Response<Respo
     resp
 }
 
+/// The request's transfer codings when they are anything but exactly `chunked`.
+fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let codings: Vec<String> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .into_owned()
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| !c.is_empty())
+        .collect();
+    (!codings.is_empty() && codings != ["chunked"]).then(|| codings.join(", "))
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -192,6 +209,21 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let record = skeleton(parts.method.as_str(), parts.uri.path());
     let id = record.request_id;
     let mut exchange = Exchange::new(shared.clone(), record, started);
+
+    // hyper decodes `chunked` only. Any other transfer coding (`gzip, chunked`) would reach the
+    // upstream as coded bytes without the header that says so; RFC 9112 §6.1 says 501.
+    if let Some(te) = unsupported_transfer_coding(&parts.headers) {
+        let msg = format!("Transfer-Encoding {te:?} is not supported; only chunked is");
+        exchange.fail(msg.clone());
+        let resp = error_response(
+            None,
+            StatusCode::NOT_IMPLEMENTED,
+            "tally_transfer_encoding",
+            &msg,
+            None,
+        );
+        return with_request_id(resp, id);
+    }
 
     // Route.
     let (provider, forward_path) = match shared.providers.route(parts.uri.path()) {
