@@ -12,4 +12,5 @@ mod hostile;
 mod load;
 mod passthrough;
 mod sdk;
+mod secrets;
 mod usage;

@@ -1,0 +1,224 @@
+//! Provider keys never leave the request: the real binary runs with debug logging, serves
+//! every kind of request (JSON, stream, upstream error, unreachable upstream, a refused
+//! header, a query-string key), and afterwards the key is searched for in every byte of the
+//! store (database, WAL and spool), the logs, `/metrics` and the JSON API.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tally");
+/// Distinctive enough that any occurrence is the key.
+const KEYS: [&str; 4] = [
+    "sk-proj-SECRETopenaiKEY0123456789abcd",
+    "sk-ant-api03-SECRETanthropicKEY987654wxyz",
+    "AIzaSECRETgoogleKEY1122334455",
+    "azureSECRETkey000111222333",
+];
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_keys_appear_in_no_record_log_line_or_metric() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, d, dead) = (free_port(), free_port(), free_port());
+    let cfg = dir.path().join("tally.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:{p}"
+[dashboard]
+listen = "127.0.0.1:{d}"
+[store]
+path = "{db}"
+spool_dir = "{spool}"
+[providers.openai]
+base_url = "{up}"
+[providers.anthropic]
+base_url = "{up}"
+[providers.down]
+kind = "openai"
+base_url = "http://127.0.0.1:{dead}"
+"#,
+            up = up.url(),
+            db = dir.path().join("tally.db").display(),
+            spool = dir.path().join("spool").display(),
+        ),
+    )
+    .expect("config");
+    let child = Command::new(BIN)
+        .args(["--config", cfg.to_str().expect("utf8")])
+        .env("TALLY_LOG", "debug")
+        .env_remove("TALLY_CLICKHOUSE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tally");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&format!("http://127.0.0.1:{d}/healthz")).await.0 != 200 {
+        assert!(Instant::now() < deadline, "tally did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let proxy = format!("http://127.0.0.1:{p}");
+    let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let stream = json!({"model": "gpt-4o-mini", "stream": true, "messages": []});
+    let bearer = format!("Bearer {}", KEYS[0]);
+    let openai_auth = [("authorization", bearer.as_str())];
+    let cases: Vec<(String, Vec<(&str, &str)>, serde_json::Value)> = vec![
+        (
+            format!("{proxy}/v1/chat/completions"),
+            openai_auth.to_vec(),
+            chat.clone(),
+        ),
+        (
+            format!("{proxy}/v1/chat/completions"),
+            openai_auth.to_vec(),
+            stream,
+        ),
+        (
+            format!("{proxy}/v1/chat/completions"),
+            vec![
+                ("authorization", bearer.as_str()),
+                ("x-fake-mode", "error500"),
+            ],
+            chat.clone(),
+        ),
+        (
+            format!("{proxy}/anthropic/v1/messages"),
+            vec![("x-api-key", KEYS[1])],
+            json!({"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}),
+        ),
+        (
+            format!("{proxy}/v1/chat/completions?key={}", KEYS[2]),
+            vec![("x-goog-api-key", KEYS[2])],
+            chat.clone(),
+        ),
+        (
+            format!("{proxy}/down/v1/chat/completions"),
+            vec![("api-key", KEYS[3])],
+            chat.clone(),
+        ),
+        // A refused Tally header: the error path before forwarding.
+        (
+            format!("{proxy}/v1/chat/completions"),
+            vec![
+                ("authorization", bearer.as_str()),
+                ("tally-cache-ttl", "soon"),
+            ],
+            chat.clone(),
+        ),
+        // An unknown provider.
+        (
+            format!("{proxy}/nosuch/v1/chat/completions"),
+            openai_auth.to_vec(),
+            chat,
+        ),
+    ];
+    for (url, headers, body) in &cases {
+        post_json(url, headers, body).await;
+    }
+    // The fake upstream did get the keys: they are forwarded, only never kept.
+    assert!(up
+        .received()
+        .iter()
+        .any(|r| r.headers.get("authorization").map(|v| v.as_bytes()) == Some(bearer.as_bytes())));
+
+    // Records are written within the flush interval; wait (bounded) for all of them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (api, v) = loop {
+        let api = get(&format!("http://127.0.0.1:{d}/api/requests?limit=100"))
+            .await
+            .2;
+        let v: serde_json::Value = serde_json::from_slice(&api).expect("json");
+        if v["requests"]
+            .as_array()
+            .is_some_and(|r| r.len() >= cases.len())
+        {
+            break (api, v);
+        }
+        assert!(Instant::now() < deadline, "records missing: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rows = v["requests"].as_array().expect("rows");
+    let hints: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["api_key_hint"].as_str())
+        .collect();
+    assert!(hints.contains(&"sk-…abcd"), "{hints:?}");
+    let mut everything = api.to_vec();
+    for r in rows {
+        let id = r["request_id"].as_str().expect("id");
+        let one = get(&format!("http://127.0.0.1:{d}/api/requests/{id}"))
+            .await
+            .2;
+        everything.extend_from_slice(&one);
+        let page = get(&format!("http://127.0.0.1:{d}/requests/{id}")).await.2;
+        everything.extend_from_slice(&page);
+    }
+    everything.extend_from_slice(&get(&format!("http://127.0.0.1:{d}/metrics")).await.2);
+    everything.extend_from_slice(&get(&format!("http://127.0.0.1:{d}/")).await.2);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(out.status.success());
+    assert!(
+        out.stderr.len() > 1_000,
+        "debug logging produced output to search ({} bytes)",
+        out.stderr.len()
+    );
+    everything.extend_from_slice(&out.stderr);
+    everything.extend_from_slice(&out.stdout);
+    // Every file Tally wrote: the database, its WAL and shared memory, the spool.
+    let mut files = 0;
+    for entry in walk(dir.path()) {
+        if entry.file_name().and_then(|n| n.to_str()) == Some("tally.toml") {
+            continue;
+        }
+        everything.extend_from_slice(&std::fs::read(&entry).expect("read"));
+        files += 1;
+    }
+    assert!(files >= 1, "the store was searched");
+    for key in KEYS {
+        assert!(!contains(&everything, key), "{key} leaked");
+        // Not even the secret part without its prefix.
+        assert!(!contains(&everything, &key[8..]), "part of {key} leaked");
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
