@@ -24,3 +24,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# A short run of every fuzz target (SSE parser, usage extractors, headers, pricing, budget
+# config) from the seed corpora; `scripts/fuzz.sh 3600` is the long campaign.
+scripts/fuzz.sh 15

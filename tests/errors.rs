@@ -324,3 +324,26 @@ async fn malformed_binary_and_oversized_bodies_pass_through_untouched() {
     assert_eq!(rec["request_bytes"], big.len());
     tally.stop().await;
 }
+
+/// Found by the `pricing` fuzz target: a non-ASCII model name used to panic in the price
+/// matcher when the record was finished, killing the connection and losing the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_ascii_model_name_is_answered_and_recorded() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start(&up.url()).await;
+    for stream in [false, true] {
+        let (status, h, body) = post_json(
+            &tally.url("/v1/chat/completions"),
+            &[],
+            &json!({"model": "xé0123456789", "stream": stream, "messages": []}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(!body.is_empty());
+        let rec = tally.record(&request_id(&h)).await;
+        assert_eq!(rec["model"], "xé0123456789");
+        assert!(rec["cost_usd"].is_null(), "unknown model: {rec}");
+        assert!(rec["error"].is_null(), "{rec}");
+    }
+    tally.stop().await;
+}

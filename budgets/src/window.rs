@@ -8,6 +8,8 @@ use chrono_tz::Tz;
 
 /// Buckets a rolling window is cut into: its spend is exact to 1/60 of its length.
 pub const ROLLING_BUCKETS: i64 = 60;
+/// The longest rolling window.
+pub const MAX_ROLLING: Duration = Duration::from_secs(366 * 86_400);
 
 /// A calendar period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,13 @@ impl Window {
                     .map_err(|e| format!("window {s:?}: rolling duration: {e} (e.g. 24h)"))?;
                 if d < Duration::from_secs(60) {
                     return Err(format!("window {s:?}: a rolling window is at least 1m"));
+                }
+                // Found by the `budget_config` fuzz target: durations near i64::MAX
+                // milliseconds overflowed the bounds arithmetic.
+                if d > MAX_ROLLING {
+                    return Err(format!(
+                        "window {s:?}: a rolling window is at most 366d (use a calendar window)"
+                    ));
                 }
                 return Ok(Window::Rolling(d));
             }
@@ -233,6 +242,8 @@ mod tests {
         assert_eq!(b.end, ms("2026-03-15T10:31:00Z"));
         assert_eq!(b.start, ms("2026-03-15T09:31:00Z"));
         assert!(Window::parse("rolling:5s", Tz::UTC).is_err());
+        assert!(Window::parse("rolling:4222222222222222h", Tz::UTC).is_err());
+        assert!(Window::parse("rolling:366d", Tz::UTC).is_ok());
         assert!(Window::parse("fortnight", Tz::UTC).is_err());
     }
 }

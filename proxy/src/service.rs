@@ -108,7 +108,6 @@ fn unsupported_transfer_coding(headers: &HeaderMap) -> Option<String> {
         .iter()
         .flat_map(|v| {
             String::from_utf8_lossy(v.as_bytes())
-                .into_owned()
                 .split(',')
                 .map(|c| c.trim().to_ascii_lowercase())
                 .collect::<Vec<_>>()

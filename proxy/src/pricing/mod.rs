@@ -175,18 +175,20 @@ fn strip_version_suffix(name: &str) -> Option<&str> {
         return Some(&name[..i]);
     }
     let is_digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
-    // -YYYY-MM-DD
-    if name.len() > 11 {
-        let (head, tail) = name.split_at(name.len() - 11);
-        let b = tail.as_bytes();
-        if b[0] == b'-'
-            && b[5] == b'-'
-            && b[8] == b'-'
-            && is_digits(&tail[1..5], 4)
-            && is_digits(&tail[6..8], 2)
-            && is_digits(&tail[9..], 2)
+    // -YYYY-MM-DD. Model names come from request bodies and may be any Unicode: compare bytes,
+    // and cut only where the suffix is all ASCII (so the cut is a character boundary).
+    let bytes = name.as_bytes();
+    if bytes.len() > 11 {
+        let tail = &bytes[bytes.len() - 11..];
+        let digits = |r: std::ops::Range<usize>| tail[r].iter().all(u8::is_ascii_digit);
+        if tail[0] == b'-'
+            && tail[5] == b'-'
+            && tail[8] == b'-'
+            && digits(1..5)
+            && digits(6..8)
+            && digits(9..11)
         {
-            return Some(head);
+            return name.get(..name.len() - 11);
         }
     }
     let (head, last) = name.rsplit_once('-')?;
@@ -214,6 +216,25 @@ mod tests {
             cache_write,
             reasoning,
         }
+    }
+
+    /// Found by the `pricing` fuzz target: a multi-byte character where the date suffix would
+    /// start used to panic (a byte index inside a character).
+    #[test]
+    fn non_ascii_model_names_do_not_panic() {
+        let t = table();
+        for name in [
+            "xé0123456789",
+            "é-2024-08-06",
+            "gpt-4o-2024-08-0é",
+            "模型-20250929",
+            "ü@",
+        ] {
+            let _ = t.lookup("openai", name);
+            let _ = strip_version_suffix(name);
+        }
+        assert_eq!(strip_version_suffix("gpt-4o-2024-08-06"), Some("gpt-4o"));
+        assert_eq!(strip_version_suffix("модель-2024-08-06"), Some("модель"));
     }
 
     fn table() -> PricingTable {
