@@ -19,6 +19,9 @@ const KEYS: [&str; 4] = [
     "azureSECRETkey000111222333",
 ];
 
+/// URL, headers, body.
+type Case<'a> = (String, Vec<(&'a str, &'a str)>, serde_json::Value);
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -82,7 +85,7 @@ base_url = "http://127.0.0.1:{dead}"
     let stream = json!({"model": "gpt-4o-mini", "stream": true, "messages": []});
     let bearer = format!("Bearer {}", KEYS[0]);
     let openai_auth = [("authorization", bearer.as_str())];
-    let cases: Vec<(String, Vec<(&str, &str)>, serde_json::Value)> = vec![
+    let cases: Vec<Case> = vec![
         (
             format!("{proxy}/v1/chat/completions"),
             openai_auth.to_vec(),
