@@ -8,6 +8,7 @@ mod cli;
 mod clickhouse_store;
 mod dashboard;
 mod errors;
+mod faults;
 mod hostile;
 mod load;
 mod passthrough;

@@ -8,7 +8,8 @@
 //! - `reset`: two events, then the connection is cut;
 //! - `stall`: two events, then silence;
 //! - `gzip`: a gzip-compressed JSON body;
-//! - `binary`: a non-JSON binary body.
+//! - `binary`: a non-JSON binary body;
+//! - `big`: an event stream of `x-fake-bytes` bytes, generated as it is read.
 //!
 //! `x-fake-delay-ms` delays the response head; `x-fake-interval-ms` spaces stream events.
 
@@ -168,6 +169,27 @@ fn sse(events: Vec<Step>, interval: Duration) -> Response<Body> {
     r
 }
 
+/// An OpenAI-style event stream of about `total` bytes, generated as it is read (the fake
+/// itself holds one 16 KiB event), ending with usage and `[DONE]`.
+fn big_stream(total: usize) -> Response<Body> {
+    let filler = "x".repeat(16 * 1024 - 80);
+    let event = Bytes::from(format!(
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{filler}\"}}}}],\"usage\":null}}\n\n"
+    ));
+    let n = total / event.len();
+    let end =
+        Bytes::from(data(json!({"choices": [], "usage": openai_usage()})) + "data: [DONE]\n\n");
+    let stream = futures_util::stream::iter(
+        std::iter::repeat_n(event, n)
+            .chain(std::iter::once(end))
+            .map(|b| Ok::<_, std::io::Error>(Frame::data(b))),
+    );
+    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+    r.headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("ct"));
+    r
+}
+
 fn data(v: Value) -> String {
     format!("data: {v}\n\n")
 }
@@ -235,6 +257,7 @@ async fn handle(req: Request<Incoming>, log: Arc<Mutex<Vec<Received>>>) -> Respo
     let anthropic = path.ends_with("/v1/messages");
 
     match mode.as_str() {
+        "big" => return big_stream(header("x-fake-bytes").parse().unwrap_or(0)),
         "error500" | "error429" => {
             let status = if mode == "error500" {
                 StatusCode::INTERNAL_SERVER_ERROR
