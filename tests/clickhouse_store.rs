@@ -493,3 +493,61 @@ async fn retention_changes_apply_to_existing_tables() {
         .expect("remove");
     assert!(!show(&ch).await.contains("TTL"), "{}", show(&ch).await);
 }
+
+/// ClickHouse answering each insert only after seconds, then cut in the middle of an insert:
+/// the proxy keeps its normal pace, the slow inserts still land, the cut batch is retried or
+/// spooled, and with ClickHouse's deduplication token nothing is counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clickhouse_then_a_cut_mid_insert_loses_and_doubles_nothing() {
+    let up = FakeUpstream::start().await;
+    let ch = ClickHouse::started().await;
+    let gate = FaultGate::start(&ch.url).await;
+    let tally = TestTally::start_with(&up.url(), |c| {
+        ch.configure_via(c, &gate.url);
+        c.ingest.max_attempts = 2;
+    })
+    .await;
+    gate.slow(2_000);
+    let send = |i: usize| {
+        let url = tally.url("/v1/chat/completions");
+        async move {
+            let user = format!("u{i}");
+            let started = std::time::Instant::now();
+            let (status, _, _) = post_json(
+                &url,
+                &[("Tally-User-Id", &user)],
+                &json!({"model": "gpt-4o", "messages": []}),
+            )
+            .await;
+            assert_eq!(status, 200);
+            started.elapsed()
+        }
+    };
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..10 {
+        slowest = slowest.max(send(i).await);
+    }
+    // An insert is now waiting on the slow answer; cut ClickHouse in the middle of it.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    gate.down();
+    for i in 10..20 {
+        slowest = slowest.max(send(i).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    gate.slow(0);
+    gate.up();
+    wait_for_rows(&ch, 20).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(count(&ch, "SELECT count() FROM requests").await, 20);
+    assert_eq!(
+        count(&ch, "SELECT uniqExact(user_id) FROM requests").await,
+        20
+    );
+    assert_eq!(tally.metric("tally_records_dropped_total", "").await, 0.0);
+    eprintln!("slowest proxied request while ClickHouse was slow or down: {slowest:?}");
+    assert!(
+        slowest < std::time::Duration::from_secs(1),
+        "the proxy waited on the store ({slowest:?})"
+    );
+    tally.stop().await;
+}

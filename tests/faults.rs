@@ -509,3 +509,36 @@ async fn ten_thousand_idle_connections_do_not_stop_service() {
     assert!(with - before < 128.0, "{before:.1} -> {with:.1} MiB");
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_spool_directory_stops_startup_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("tally.toml");
+    // A directory under a regular file can never be created, even by root.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"").expect("file");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{}\"\n[dashboard]\nlisten = \"127.0.0.1:{}\"\n\
+             [store]\npath = \"{}\"\nspool_dir = \"{}\"\n",
+            free_port(),
+            free_port(),
+            dir.path().join("tally.db").display(),
+            blocker.join("spool").display()
+        ),
+    )
+    .expect("config");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(["--config", cfg.to_str().expect("utf8")])
+            .env_remove("TALLY_CLICKHOUSE_URL")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run");
+    assert!(!out.status.success(), "must not run without its spool");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spool"), "{err}");
+}

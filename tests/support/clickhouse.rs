@@ -191,6 +191,9 @@ impl ClickHouse {
 pub struct FaultGate {
     pub url: String,
     up: Arc<AtomicBool>,
+    /// When non-zero, every read from the server is held this many milliseconds before it is
+    /// relayed: a server that answers slowly.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     generation: tokio::sync::watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -209,8 +212,9 @@ impl FaultGate {
             .expect("bind gate");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let up = Arc::new(AtomicBool::new(true));
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (generation, _) = tokio::sync::watch::channel(0u64);
-        let (flag, gen) = (up.clone(), generation.clone());
+        let (flag, gen, delay) = (up.clone(), generation.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
@@ -222,12 +226,34 @@ impl FaultGate {
                 }
                 let target = target.clone();
                 let mut cut = gen.subscribe();
+                let delay = delay.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = tokio::io::split(server);
+                    let upstream = tokio::io::copy(&mut cr, &mut sw);
+                    let downstream = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let ms = delay.load(Ordering::SeqCst);
+                            if ms > 0 {
+                                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = upstream => {}
+                        _ = downstream => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -236,6 +262,7 @@ impl FaultGate {
         Self {
             url,
             up,
+            delay_ms,
             generation,
             task,
         }
@@ -249,5 +276,10 @@ impl FaultGate {
 
     pub fn up(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Holds every answer from the server for `ms` milliseconds (0: no delay).
+    pub fn slow(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 }
