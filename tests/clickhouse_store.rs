@@ -551,3 +551,83 @@ async fn slow_clickhouse_then_a_cut_mid_insert_loses_and_doubles_nothing() {
     );
     tally.stop().await;
 }
+
+/// ClickHouse down and the spool at its byte limit: the proxy keeps serving, the batches that
+/// fit are kept and replayed, and every record that did not fit is counted (`spool_full`) and
+/// shown on the overview. Nothing is lost silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_counts_every_record_it_cannot_keep() {
+    let up = FakeUpstream::start().await;
+    let ch = ClickHouse::started().await;
+    let gate = FaultGate::start(&ch.url).await;
+    let tally = TestTally::start_with(&up.url(), |c| {
+        ch.configure_via(c, &gate.url);
+        c.ingest.max_attempts = 1;
+        c.ingest.batch_max_rows = Some(1);
+        // Room for a handful of one-record batches.
+        c.store.spool_max_bytes = 8 * 1024;
+    })
+    .await;
+    gate.down();
+    for i in 0..30 {
+        let user = format!("u{i}");
+        let (status, _, _) = post_json(
+            &tally.url("/v1/chat/completions"),
+            &[("Tally-User-Id", &user)],
+            &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "x".repeat(200)}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "the proxy keeps serving");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (spooled, full) = loop {
+        let spooled = tally.metric("tally_records_spooled_total", "").await;
+        let full = tally
+            .metric("tally_records_dropped_total", "reason=\"spool_full\"")
+            .await;
+        if spooled + full >= 30.0 {
+            break (spooled, full);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{spooled} spooled + {full} dropped of 30"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(
+        spooled >= 1.0 && full >= 1.0,
+        "{spooled} spooled, {full} dropped"
+    );
+    assert_eq!(
+        spooled + full,
+        30.0,
+        "every record is either kept or counted"
+    );
+    // The store is down, so the overview cannot show numbers; it shows the losses instead.
+    let (status, _, body) = get(&tally.dashboard_url("/api/overview")).await;
+    assert_eq!(status, 503);
+    let o: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(o["ingest"]["dropped"], full as u64, "{o}");
+    assert!(
+        o["ingest"]["spooled_batches"]
+            .as_i64()
+            .is_some_and(|n| n >= 1),
+        "{o}"
+    );
+    let (status, _, page) = get(&tally.dashboard_url("/")).await;
+    assert_eq!(status, 503);
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains(&format!("{} records dropped", full as u64)),
+        "{page}"
+    );
+    gate.up();
+    wait_for_rows(&ch, spooled as u64).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(
+        count(&ch, "SELECT count() FROM requests").await,
+        spooled as u64,
+        "what was spooled is replayed once"
+    );
+    tally.stop().await;
+}

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 use tally_ingest::Record;
@@ -103,11 +104,22 @@ pub async fn get_request(
 pub async fn overview(
     State(state): State<AppState>,
     Query(q): Query<BTreeMap<String, String>>,
-) -> Result<Json<views::Overview>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let v = ViewQuery::parse(&q, &[], now_ms())?;
-    Ok(Json(
-        views::overview(&state.reader, &v, state.ingest.as_ref()).await?,
-    ))
+    match views::overview(&state.reader, &v, state.ingest.as_ref()).await {
+        Ok(o) => Ok(Json(o).into_response()),
+        // The store is down: the error still carries what the ingest side knows.
+        Err(e @ ApiError::Store(_)) => {
+            let (status, message) = e.status_and_message();
+            let ingest = views::IngestHealth::read(state.ingest.as_ref());
+            Ok((
+                status,
+                Json(json!({ "error": { "message": message }, "ingest": ingest })),
+            )
+                .into_response())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `GET /api/models`: models and providers side by side.

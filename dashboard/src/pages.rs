@@ -292,6 +292,8 @@ struct ErrorPage {
     nav: Nav,
     status: String,
     message: String,
+    /// The ingest warning, on the overview: during a store outage it is what matters most.
+    ingest: Option<views::IngestHealth>,
 }
 
 /// A page's error, rendered as HTML.
@@ -317,6 +319,7 @@ impl IntoResponse for PageError {
             nav: Nav::new("", "/", None),
             status: status.to_string(),
             message,
+            ingest: None,
         });
         *resp.status_mut() = status;
         resp
@@ -390,7 +393,22 @@ pub async fn overview(
     Query(q): Query<BTreeMap<String, String>>,
 ) -> PageResult {
     let v = ViewQuery::parse(&q, &[], now_ms())?;
-    let o = views::overview(&state.reader, &v, state.ingest.as_ref()).await?;
+    let o = match views::overview(&state.reader, &v, state.ingest.as_ref()).await {
+        Ok(o) => o,
+        // The store is down: say so, with what the ingest side knows (drops, spool).
+        Err(e @ ApiError::Store(_)) => {
+            let (status, message) = e.status_and_message();
+            let mut resp = render(&ErrorPage {
+                nav: Nav::new("overview", "/", None),
+                status: status.to_string(),
+                message,
+                ingest: Some(views::IngestHealth::read(state.ingest.as_ref())),
+            });
+            *resp.status_mut() = status;
+            return Ok(resp);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let t = chart_times(&o.series);
     let one = |name, f: fn(&StatsView) -> f64| {
         vec![Line {
