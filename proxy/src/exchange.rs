@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tally_ingest::{Record, Tokens};
+use tally_ingest::Record;
 
 use crate::body::{BodyObserver, StreamEnd};
 use crate::metrics::RequestLabels;
@@ -314,23 +314,38 @@ impl ExchangeState {
             Vec::new()
         };
         let raw = captured.into_bytes();
-        let decoded = decode(self.encoding, &raw, shared.settings.max_body_bytes);
         let format = self.format;
-        let observed = match (format, self.observer.take()) {
-            (_, Some(o)) => o.finish(),
-            (Some(f), None) if self.responded && self.encoding != Encoding::Other => {
-                if r.stream {
-                    let mut o = StreamObserver::new(f);
-                    o.feed(&decoded);
-                    o.finish()
-                } else if response_truncated && self.encoding == Encoding::Identity {
-                    usage::from_truncated_json(f, &decoded, &tail)
-                } else {
-                    usage::from_json(f, &decoded)
+        let (encoding, responded, stream) = (self.encoding, self.responded, r.stream);
+        let observer = self.observer.take();
+        let max = shared.settings.max_body_bytes;
+        let parsed = guarded(&shared.metrics, "reading usage", || {
+            let decoded = decode(encoding, &raw, max);
+            let observed = match (format, observer) {
+                (_, Some(o)) => o.finish(),
+                (Some(f), None) if responded && encoding != Encoding::Other => {
+                    if stream {
+                        let mut o = StreamObserver::new(f);
+                        o.feed(&decoded);
+                        o.finish()
+                    } else if response_truncated && encoding == Encoding::Identity {
+                        usage::from_truncated_json(f, &decoded, &tail)
+                    } else {
+                        usage::from_json(f, &decoded)
+                    }
                 }
-            }
-            _ => usage::Observed::default(),
-        };
+                _ => usage::Observed::default(),
+            };
+            (decoded, observed)
+        });
+        let (decoded, observed) = parsed.unwrap_or_else(|| {
+            (
+                Cow::Borrowed(&raw[..]),
+                usage::Observed {
+                    error: Some(INTERNAL_ERROR.to_owned()),
+                    ..Default::default()
+                },
+            )
+        });
         r.response_model = observed.response_model;
         if r.provider_request_id.is_none() {
             r.provider_request_id = observed.body_id;
@@ -384,11 +399,21 @@ impl ExchangeState {
             let mut record = record;
             let model = record.model.clone().unwrap_or_default();
             let f = format.unwrap_or(WireFormat::OpenAi);
-            let t: Tokens =
-                crate::estimate::estimate(f, &model, &request, &response, record.stream);
-            record.tokens = Some(t);
-            record.tokens_estimated = true;
-            shared.metrics.tokens_estimated.inc();
+            let stream = record.stream;
+            match guarded(&shared.metrics, "estimating tokens", || {
+                crate::estimate::estimate(f, &model, &request, &response, stream)
+            }) {
+                Some(t) => {
+                    record.tokens = Some(t);
+                    record.tokens_estimated = true;
+                    shared.metrics.tokens_estimated.inc();
+                }
+                None => {
+                    record
+                        .error
+                        .get_or_insert_with(|| INTERNAL_ERROR.to_owned());
+                }
+            }
             price_and_send(&shared, record);
             shared.pending_estimates.fetch_sub(1, Ordering::AcqRel);
         };
@@ -401,6 +426,28 @@ impl ExchangeState {
     }
 }
 
+/// What a record says when Tally's own code failed on it.
+const INTERNAL_ERROR: &str = "internal error while finishing this record; see Tally's log";
+
+/// Runs `f`, turning a panic into `None`, a log line and a metric. Finishing a record parses
+/// bytes from the network; whatever a bug there does, the record must still be sent, and
+/// the connection task must not die with it.
+fn guarded<T>(metrics: &crate::ProxyMetrics, what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            metrics.internal_errors.inc();
+            tracing::error!(what, panic = %msg, "internal error while finishing a record");
+            None
+        }
+    }
+}
+
 fn price_and_send(shared: &Shared, mut record: Record) {
     if let Some(t) = record.tokens {
         let model = record
@@ -408,15 +455,23 @@ fn price_and_send(shared: &Shared, mut record: Record) {
             .as_deref()
             .or(record.model.as_deref())
             .unwrap_or_default();
-        record.cost_usd = shared
-            .pricing
-            .cost(&record.provider, model, &t)
-            .or_else(|| {
-                // A response model the table does not know (a fine-tune, a new snapshot name)
-                // may still be priced under the requested name.
-                let requested = record.model.as_deref()?;
-                shared.pricing.cost(&record.provider, requested, &t)
-            });
+        let cost = guarded(&shared.metrics, "pricing", || {
+            shared
+                .pricing
+                .cost(&record.provider, model, &t)
+                .or_else(|| {
+                    // A response model the table does not know (a fine-tune, a new snapshot name)
+                    // may still be priced under the requested name.
+                    let requested = record.model.as_deref()?;
+                    shared.pricing.cost(&record.provider, requested, &t)
+                })
+        });
+        if cost.is_none() {
+            record
+                .error
+                .get_or_insert_with(|| INTERNAL_ERROR.to_owned());
+        }
+        record.cost_usd = cost.flatten();
         if record.cost_usd.is_none() {
             shared.metrics.unpriced.inc();
         }
@@ -437,6 +492,16 @@ fn status_class(status: u16) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_panic_while_finishing_is_caught_and_counted() {
+        let m = crate::ProxyMetrics::default();
+        assert_eq!(guarded(&m, "fine", || 7), Some(7));
+        let caught: Option<u8> = guarded(&m, "broken", || panic!("a bug"));
+        assert_eq!(caught, None);
+        assert_eq!(m.internal_errors.get(), 1);
+    }
+
     use super::*;
     use std::io::Write;
 

@@ -42,6 +42,8 @@ pub struct ProxyMetrics {
     pub unpriced: Counter,
     /// Requests refused because an enforcing budget was exhausted.
     pub budget_rejections: Counter,
+    /// Panics caught while finishing a record (a bug; the record is still sent).
+    pub internal_errors: Counter,
 }
 
 impl ProxyMetrics {
@@ -81,6 +83,11 @@ impl ProxyMetrics {
             "budget_rejections",
             "Requests refused with 429 because an enforcing budget was exhausted",
             self.budget_rejections.clone(),
+        );
+        registry.register(
+            "internal_errors",
+            "Bugs caught while finishing a record; the record was still sent, marked with an error",
+            self.internal_errors.clone(),
         );
     }
 
