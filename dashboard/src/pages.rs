@@ -1108,9 +1108,9 @@ fn alert_detail(p: &serde_json::Value) -> String {
     let f = |k: &str| p.get(k).and_then(serde_json::Value::as_f64);
     match (f("spend_usd"), f("limit_usd"), f("value")) {
         (Some(s), Some(l), _) => {
-            let mut d = format!("{} of {}", usd(s), usd(l));
+            let mut d = format!("{} of {}", usd_cents(s), usd_cents(l));
             if let Some(pr) = f("projected_spend_usd") {
-                d.push_str(&format!(", projected {}", usd(pr)));
+                d.push_str(&format!(", projected {}", usd_cents(pr)));
             }
             d
         }
@@ -1123,6 +1123,11 @@ fn alert_detail(p: &serde_json::Value) -> String {
         ),
         _ => String::new(),
     }
+}
+
+/// Budgets are set in dollars and cents; sub-cent digits would be noise there.
+fn usd_cents(v: f64) -> String {
+    format!("${v:.2}")
 }
 
 /// `GET /budgets`.
@@ -1139,11 +1144,11 @@ pub async fn budgets(State(state): State<AppState>) -> PageResult {
                 .iter()
                 .map(|k| BudgetKeyRow {
                     key: k.scope_key.clone(),
-                    spend: usd(k.spend_usd),
+                    spend: usd_cents(k.spend_usd),
                     value: k.spend_usd.min(b.limit_usd),
                     max: b.limit_usd,
                     percent: format!("{:.0}%", k.used * 100.0),
-                    projected: k.projected_spend_usd.map(usd).unwrap_or_default(),
+                    projected: k.projected_spend_usd.map(usd_cents).unwrap_or_default(),
                     exhausted: k.exhausted,
                     resets_at: k.resets_at.clone(),
                 })
@@ -1152,7 +1157,7 @@ pub async fn budgets(State(state): State<AppState>) -> PageResult {
             scope: b.scope,
             window: b.window,
             window_end: b.window_end,
-            limit: usd(b.limit_usd),
+            limit: usd_cents(b.limit_usd),
             enforce: b.enforce,
             keys: b.keys,
             exhausted_keys: b.exhausted_keys,
