@@ -318,5 +318,11 @@ mod tests {
         assert!(columns[0].contains("ALTER TABLE tally.requests_hourly_local ON CLUSTER prod\n"));
         assert!(columns[3].starts_with("ALTER TABLE tally.requests_hourly ON CLUSTER prod\n"));
         assert!(columns[3].contains("ADD COLUMN IF NOT EXISTS users AggregateFunction"));
+        let alerts = render_statements(&s, tally_schema::CLICKHOUSE[3].sql);
+        assert_eq!(alerts.len(), 4, "two local tables, two distributed tables");
+        assert!(alerts[0].contains("tally.alert_events_local ON CLUSTER prod"));
+        assert!(alerts[1].contains("tally.alert_deliveries_local ON CLUSTER prod"));
+        assert!(alerts[2].contains("Distributed(prod, tally, alert_events_local, rand())"));
+        assert!(alerts[3].contains("Distributed(prod, tally, alert_deliveries_local, rand())"));
     }
 }
