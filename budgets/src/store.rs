@@ -98,10 +98,11 @@ impl AlertStore {
         };
         match self {
             AlertStore::Sqlite(path) => {
-                let path = path.clone();
                 let scope = budget.scope.clone();
-                tokio::task::spawn_blocking(move || sqlite_spend(&path, &scope, bounds, bucket_ms))
-                    .await?
+                on_sqlite(path, Access::Read, move |conn| {
+                    sqlite_spend(conn, &scope, bounds, bucket_ms)
+                })
+                .await
             }
             AlertStore::ClickHouse(client) => {
                 clickhouse_spend(client, &budget.scope, bounds, bucket_ms).await
@@ -113,9 +114,7 @@ impl AlertStore {
     pub async fn fired(&self, now: i64) -> Result<Vec<FiredRow>, StoreError> {
         match self {
             AlertStore::Sqlite(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let conn = tally_ingest::sqlite::open_ro(&path)?;
+                on_sqlite(path, Access::Read, move |conn| {
                     let mut stmt = conn.prepare(
                         "SELECT source, scope_key, event, level, until_ms FROM alert_events \
                          WHERE until_ms > ?1",
@@ -133,7 +132,7 @@ impl AlertStore {
                         .collect::<Result<Vec<_>, _>>()?;
                     Ok(rows)
                 })
-                .await?
+                .await
             }
             AlertStore::ClickHouse(client) => {
                 #[derive(Deserialize, clickhouse::Row)]
@@ -175,9 +174,7 @@ impl AlertStore {
         let (at, id) = (e.fired_at_ms, e.id.to_string());
         match self {
             AlertStore::Sqlite(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let conn = tally_ingest::sqlite::open_ro(&path)?;
+                on_sqlite(path, Access::Read, move |conn| {
                     let n: i64 = conn.query_row(
                         &sql.replace("count()", "count(*)"),
                         rusqlite::params![source, key, kind, level, at, id],
@@ -185,7 +182,7 @@ impl AlertStore {
                     )?;
                     Ok(n > 0)
                 })
-                .await?
+                .await
             }
             AlertStore::ClickHouse(client) => {
                 let n: u64 = client
@@ -208,10 +205,8 @@ impl AlertStore {
         let payload = e.to_json();
         match self {
             AlertStore::Sqlite(path) => {
-                let path = path.clone();
                 let e = e.clone();
-                tokio::task::spawn_blocking(move || {
-                    let conn = tally_ingest::sqlite::open_rw(&path)?;
+                on_sqlite(path, Access::Write, move |conn| {
                     conn.execute(
                         "INSERT OR IGNORE INTO alert_events (event_id, fired_at, event, source, \
                          scope_key, level, window_start, window_end, until_ms, payload) \
@@ -231,7 +226,7 @@ impl AlertStore {
                     )?;
                     Ok(())
                 })
-                .await?
+                .await
             }
             AlertStore::ClickHouse(client) => {
                 client
@@ -267,10 +262,8 @@ impl AlertStore {
     ) -> Result<(), StoreError> {
         match self {
             AlertStore::Sqlite(path) => {
-                let path = path.clone();
                 let o = o.clone();
-                tokio::task::spawn_blocking(move || {
-                    let conn = tally_ingest::sqlite::open_rw(&path)?;
+                on_sqlite(path, Access::Write, move |conn| {
                     conn.execute(
                         "INSERT INTO alert_deliveries (event_id, webhook, at, delivered, \
                          attempts, status, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -286,7 +279,7 @@ impl AlertStore {
                     )?;
                     Ok(())
                 })
-                .await?
+                .await
             }
             AlertStore::ClickHouse(client) => {
                 client
@@ -314,9 +307,7 @@ impl AlertStore {
         let limit = limit as i64;
         match self {
             AlertStore::Sqlite(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let conn = tally_ingest::sqlite::open_ro(&path)?;
+                on_sqlite(path, Access::Read, move |conn| {
                     let mut stmt = conn.prepare(
                         "SELECT event_id, fired_at, event, source, scope_key, payload \
                          FROM alert_events ORDER BY fired_at DESC, event_id DESC LIMIT ?1",
@@ -355,7 +346,7 @@ impl AlertStore {
                     }
                     Ok(out)
                 })
-                .await?
+                .await
             }
             AlertStore::ClickHouse(client) => {
                 #[derive(Deserialize, clickhouse::Row)]
@@ -404,15 +395,39 @@ impl AlertStore {
     }
 }
 
+/// How a blocking SQLite operation opens the file.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// Runs `f` on a connection to the store file, on a blocking thread: alert operations are rare,
+/// so each opens its own short-lived connection (WAL lets it run beside the ingest writer).
+async fn on_sqlite<T: Send + 'static>(
+    path: &std::path::Path,
+    access: Access,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let conn = match access {
+            Access::Read => tally_ingest::sqlite::open_ro(&path)?,
+            Access::Write => tally_ingest::sqlite::open_rw(&path)?,
+        };
+        f(&conn)
+    })
+    .await?
+}
+
 /// SQLite's column expression for a scope's key, and the filter it needs. Property keys are
 /// restricted to `[a-z0-9._-]` by [`Scope::parse`] but still travel as bound JSON paths.
 fn sqlite_spend(
-    path: &std::path::Path,
+    conn: &rusqlite::Connection,
     scope: &Scope,
     bounds: Bounds,
     bucket_ms: i64,
 ) -> Result<Vec<(String, i64, f64)>, StoreError> {
-    let conn = tally_ingest::sqlite::open_ro(path)?;
     let (key, filter, a, b): (&str, &str, Option<String>, Option<String>) = match scope {
         Scope::All => ("'*'", "", None, None),
         Scope::User(u) => ("'*'", "AND user_id = ?4", Some(u.clone()), None),
