@@ -9,16 +9,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn write_config(dir: &Path, upstream: &str) -> (std::path::PathBuf, u16, u16) {
     let (p, d) = (free_port(), free_port());
     let cfg = dir.join("tally.toml");
@@ -49,7 +39,7 @@ base_url = "{upstream}"
 }
 
 fn tally(args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    Command::new(TALLY_BIN)
         .args(args)
         .env_remove("TALLY_CONFIG")
         .env_remove("TALLY_CLICKHOUSE_URL")
@@ -63,22 +53,14 @@ async fn serve_drains_in_flight_streams_on_sigterm_then_sql_reads_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfg, proxy_port, dash_port) = write_config(dir.path(), &up.url());
     let cfg_s = cfg.to_str().expect("utf8 path");
-    let child = Command::new(BIN)
+    let child = Command::new(TALLY_BIN)
         .args(["--config", cfg_s])
         .env_remove("TALLY_CLICKHOUSE_URL")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn tally");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&format!("http://127.0.0.1:{dash_port}/healthz"))
-        .await
-        .0
-        != 200
-    {
-        assert!(Instant::now() < deadline, "tally did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(dash_port, Duration::from_secs(20)).await;
     let proxy = format!("http://127.0.0.1:{proxy_port}");
 
     // Two quick requests, then three slow streams that are still running at SIGTERM.
@@ -233,7 +215,7 @@ async fn migrate_and_sql_work_against_clickhouse_via_environment() {
         tally_ingest::clickhouse::Compression::None => "none",
     };
     let run = |args: &[&str]| {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(TALLY_BIN);
         cmd.args(args)
             .env_remove("TALLY_CONFIG")
             .env("TALLY_CLICKHOUSE_URL", &ch.url)

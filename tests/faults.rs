@@ -19,16 +19,6 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// The real binary on free ports with its own SQLite store.
 struct Bin {
     child: Option<Child>,
@@ -56,18 +46,14 @@ impl Bin {
             ),
         )
         .expect("config");
-        let child = Command::new(BIN)
+        let child = Command::new(TALLY_BIN)
             .args(["--config", cfg.to_str().expect("utf8")])
             .env_remove("TALLY_CLICKHOUSE_URL")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn tally");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while get(&format!("http://127.0.0.1:{dash}/healthz")).await.0 != 200 {
-            assert!(Instant::now() < deadline, "tally did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_healthy(dash, Duration::from_secs(20)).await;
         Self {
             child: Some(child),
             proxy,
@@ -549,7 +535,7 @@ async fn an_unusable_spool_directory_stops_startup_with_a_clear_error() {
     )
     .expect("config");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
+        Command::new(TALLY_BIN)
             .args(["--config", cfg.to_str().expect("utf8")])
             .env_remove("TALLY_CLICKHOUSE_URL")
             .output()

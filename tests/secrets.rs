@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tally");
+const TALLY_BIN: &str = env!("CARGO_BIN_EXE_tally");
 /// Distinctive enough that any occurrence is the key.
 const KEYS: [&str; 4] = [
     "sk-proj-SECRETopenaiKEY0123456789abcd",
@@ -21,14 +21,6 @@ const KEYS: [&str; 4] = [
 
 /// URL, headers, body.
 type Case<'a> = (String, Vec<(&'a str, &'a str)>, serde_json::Value);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -67,7 +59,7 @@ base_url = "http://127.0.0.1:{dead}"
         ),
     )
     .expect("config");
-    let child = Command::new(BIN)
+    let child = Command::new(TALLY_BIN)
         .args(["--config", cfg.to_str().expect("utf8")])
         .env("TALLY_LOG", "debug")
         .env_remove("TALLY_CLICKHOUSE_URL")
@@ -75,11 +67,7 @@ base_url = "http://127.0.0.1:{dead}"
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn tally");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get(&format!("http://127.0.0.1:{d}/healthz")).await.0 != 200 {
-        assert!(Instant::now() < deadline, "tally did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(d, Duration::from_secs(20)).await;
     let proxy = format!("http://127.0.0.1:{p}");
     let chat = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
     let stream = json!({"model": "gpt-4o-mini", "stream": true, "messages": []});

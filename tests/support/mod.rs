@@ -86,11 +86,7 @@ impl TestTally {
             task: Some(task),
         };
         // Ready once the dashboard answers (the store is migrated before it listens).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while get(&t.dashboard_url("/healthz")).await.0 != StatusCode::OK {
-            assert!(Instant::now() < deadline, "tally did not become healthy");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_healthy(t.dashboard.port(), Duration::from_secs(10)).await;
         t
     }
 
@@ -161,6 +157,28 @@ impl TestTally {
             .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(labels))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+}
+
+/// The `tally` binary, for tests that run it as a process.
+pub const TALLY_BIN: &str = env!("CARGO_BIN_EXE_tally");
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until the dashboard on `port` answers `/healthz` (the store is migrated before it
+/// listens); fails the test after `within`.
+pub async fn wait_healthy(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while get(&format!("http://127.0.0.1:{port}/healthz")).await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "tally did not become healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
