@@ -41,6 +41,25 @@ pub async fn migrate(config: &Validated) -> anyhow::Result<usize> {
     }
 }
 
+/// Starts the budgets and alert rules, when any are configured.
+async fn start_alerts(
+    config: &Validated,
+    store: AlertStore,
+    registry: &mut Registry,
+) -> anyhow::Result<Option<Arc<Alerts>>> {
+    if config.alerts.is_empty() {
+        return Ok(None);
+    }
+    let a = Alerts::start(config.alerts.clone(), store).await?;
+    a.register_metrics(registry);
+    tracing::info!(
+        budgets = config.alerts.budgets.len(),
+        rules = config.alerts.rules.len(),
+        "budgets and alerts running"
+    );
+    Ok(Some(a))
+}
+
 impl Server {
     /// Binds both ports (port 0 picks a free one; see [`Server::proxy_addr`]).
     pub async fn bind(config: Validated) -> anyhow::Result<Self> {
@@ -91,62 +110,44 @@ impl Server {
             );
         }
         let spool = Some(spool);
-        // Migrations first: the budgets read their tables and the current windows' spend.
-        let (conn, alert_store) = match &config.store {
+        // In each arm: migrations first (the budgets read their tables and the current
+        // windows' spend), then the budgets, then the ingest worker that feeds them.
+        let (worker, reader, alerts) = match &config.store {
             Store::Sqlite(path) => {
                 let mut conn = sqlite::open_rw(path)?;
                 let applied = sqlite::migrate(&mut conn)?;
                 tracing::info!(path = %path.display(), applied, "SQLite store ready");
-                (Some(conn), AlertStore::Sqlite(path.clone()))
+                let alerts =
+                    start_alerts(&config, AlertStore::Sqlite(path.clone()), &mut registry).await?;
+                let worker = IngestWorker::spawn_observed(
+                    rx,
+                    sqlite::SqliteWriter::new(conn),
+                    config.batch.clone(),
+                    ingest_metrics.clone(),
+                    spool,
+                    alerts.as_ref().map(|a| a.observer()),
+                )?;
+                (worker, Reader::Sqlite(SqliteReader::new(path)), alerts)
             }
             Store::ClickHouse(s) => {
                 let applied = tally_ingest::clickhouse::migrate(s)
                     .await
                     .with_context(|| format!("ClickHouse at {} is not usable", s.url))?;
                 tracing::info!(url = %s.url, database = %s.database, applied, "ClickHouse store ready");
-                (None, AlertStore::clickhouse(s))
-            }
-        };
-        let alerts = if config.alerts.is_empty() {
-            None
-        } else {
-            let a = Alerts::start(config.alerts.clone(), alert_store).await?;
-            a.register_metrics(&mut registry);
-            tracing::info!(
-                budgets = config.alerts.budgets.len(),
-                rules = config.alerts.rules.len(),
-                "budgets and alerts running"
-            );
-            Some(a)
-        };
-        let observer = alerts.as_ref().map(|a| a.observer());
-        let (worker, reader) = match (&config.store, conn) {
-            (Store::Sqlite(path), conn) => {
-                let conn = conn.context("the SQLite connection was not opened")?;
-                let writer = sqlite::SqliteWriter::new(conn);
+                let alerts =
+                    start_alerts(&config, AlertStore::clickhouse(s), &mut registry).await?;
                 let worker = IngestWorker::spawn_observed(
                     rx,
-                    writer,
+                    ClickHouseWriter::new(s)?,
                     config.batch.clone(),
                     ingest_metrics.clone(),
                     spool,
-                    observer,
-                )?;
-                (worker, Reader::Sqlite(SqliteReader::new(path)))
-            }
-            (Store::ClickHouse(s), _) => {
-                let writer = ClickHouseWriter::new(s)?;
-                let worker = IngestWorker::spawn_observed(
-                    rx,
-                    writer,
-                    config.batch.clone(),
-                    ingest_metrics.clone(),
-                    spool,
-                    observer,
+                    alerts.as_ref().map(|a| a.observer()),
                 )?;
                 (
                     worker,
                     Reader::ClickHouse(Box::new(ClickHouseReader::new(s))),
+                    alerts,
                 )
             }
         };
