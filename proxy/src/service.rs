@@ -172,13 +172,14 @@ fn budget_message(r: &tally_budgets::Rejection) -> String {
 fn budget_rejection(
     format: WireFormat,
     r: &tally_budgets::Rejection,
+    message: &str,
     now: i64,
 ) -> Response<ResponseBody> {
     let mut resp = error_response(
         Some(format),
         StatusCode::TOO_MANY_REQUESTS,
         "tally_budget_exceeded",
-        &budget_message(r),
+        message,
         Some(json!({
             "budget": r.budget,
             "scope": r.scope,
@@ -360,8 +361,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         let now = now_ms();
         if let Some(rejection) = budgets.check(subject, now) {
             shared.metrics.budget_rejections.inc();
-            let resp = budget_rejection(provider.format, &rejection, now);
-            exchange.reject(429, budget_message(&rejection));
+            let msg = budget_message(&rejection);
+            let resp = budget_rejection(provider.format, &rejection, &msg, now);
+            exchange.reject(429, msg);
             return with_request_id(resp, id);
         }
     }
