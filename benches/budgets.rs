@@ -62,6 +62,10 @@ fn record(i: usize) -> Record {
         response_body: None,
         request_body_truncated: false,
         response_body_truncated: false,
+        router: None,
+        attempts: 1,
+        parent_request_id: None,
+        cost_saved_usd: None,
     }
 }
 

@@ -13,12 +13,17 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 export TALLY_TEST_PYTHON="$PWD/.venv/bin/python"
 
-# The dashboard's browser test drives Debian's Chromium through Playwright (tests/browser/).
-if [ ! -x /usr/bin/chromium ]; then
+# The dashboard's browser test drives Debian's Chromium through Playwright (tests/browser/);
+# the cache and rate-limit tests share state through a real redis-server (tests/stages.rs).
+missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+[ -x /usr/bin/redis-server ] || missing="$missing redis-server"
+if [ -n "$missing" ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
 fi
 
 cargo fmt --all -- --check

@@ -48,6 +48,12 @@ pub struct Config {
     pub budgets: Vec<tally_budgets::BudgetConfig>,
     /// `[alerts]`: time zone, webhook delivery, reconciliation, and `[[alerts.rules]]`.
     pub alerts: tally_budgets::AlertsConfig,
+    /// `[cache]`: the response cache's backend, limits and always-cached providers.
+    pub cache: tally_proxy::stages::CacheConfig,
+    /// `[rate_limits]`: backend and `[[rate_limits.policies]]`.
+    pub rate_limits: tally_proxy::stages::RateLimitsConfig,
+    /// `[routers.<name>]`: targets, strategy, retries and fallbacks.
+    pub routers: BTreeMap<String, tally_proxy::stages::RouterConfig>,
 }
 
 /// `[dashboard]`.
@@ -220,6 +226,9 @@ pub struct Validated {
     pub batch: BatchConfig,
     /// Budgets and alert rules (empty when none are configured).
     pub alerts: tally_budgets::Settings,
+    /// Cache, rate limit and router tables; built into stages by the server (Redis backends
+    /// need its runtime). Routers are already checked against the providers.
+    pub stages: tally_proxy::StagesConfig,
 }
 
 impl Config {
@@ -330,7 +339,22 @@ impl Config {
             &self.alerts,
             &format!("http://{dashboard_listen}"),
         )?;
+        let stages = tally_proxy::StagesConfig {
+            cache: self.cache.clone(),
+            rate_limits: self.rate_limits.clone(),
+            routers: self.routers.clone(),
+        };
+        // Everything but the Redis connections is checked now, so `tally serve` fails before
+        // binding anything when a router names an unknown provider or a policy is malformed.
+        tally_proxy::stages::Routers::build(&stages.routers, &providers)?;
+        tally_proxy::stages::ratelimit::RateLimiter::build(
+            &tally_proxy::stages::RateLimitsConfig {
+                backend: tally_proxy::stages::Backend::Memory,
+                ..stages.rate_limits.clone()
+            },
+        )?;
         Ok(Validated {
+            stages,
             alerts,
             proxy,
             providers,
@@ -466,6 +490,51 @@ mod tests {
             assert!(v.alerts.budgets[1].enforce);
             assert_eq!(v.alerts.budgets[0].thresholds, vec![0.5, 0.8, 1.0]);
             assert_eq!(v.alerts.budgets[0].webhooks.len(), 2);
+            Ok(())
+        });
+    }
+
+    /// The README's stages example is real config too, and a router naming an unknown
+    /// provider or a malformed policy stops `validate` with the reason.
+    #[test]
+    fn the_readme_stages_example_is_valid_and_mistakes_are_named() {
+        let readme = include_str!("../README.md");
+        let example = readme
+            .split("## Cache, routers and rate limits")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("a toml block");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", example)?;
+            let v = Config::load(Some(Path::new("s.toml")))
+                .expect("loads")
+                .validate()
+                .expect("valid");
+            assert_eq!(v.stages.routers["smart"].targets.len(), 2);
+            assert_eq!(v.stages.rate_limits.policies.len(), 1);
+            assert_eq!(v.stages.cache.max_bytes, 256 * 1024 * 1024);
+
+            jail.create_file(
+                "bad.toml",
+                "[routers.r]\ntargets = [{ provider = \"nope\" }]\n",
+            )?;
+            let e = Config::load(Some(Path::new("bad.toml")))
+                .expect("loads")
+                .validate()
+                .err()
+                .expect("unknown provider");
+            assert!(e.to_string().contains("routers.r"), "{e}");
+            jail.create_file(
+                "bad2.toml",
+                "[[rate_limits.policies]]\nname = \"p\"\nlimit = 1\nwindow_secs = 60\nscope = \"team\"\n",
+            )?;
+            let e = Config::load(Some(Path::new("bad2.toml")))
+                .expect("loads")
+                .validate()
+                .err()
+                .expect("bad scope");
+            assert!(e.to_string().contains("property:<name>"), "{e}");
             Ok(())
         });
     }

@@ -154,6 +154,7 @@ impl Server {
 
         let stages = Stages {
             budgets: alerts.as_ref().map(|a| a.engine().clone()),
+            ..Stages::build(&config.stages, &config.providers)?
         };
         let proxy = Proxy::with_stages(
             config.proxy.clone(),

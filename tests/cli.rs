@@ -181,7 +181,10 @@ fn migrate_is_idempotent_and_bad_config_is_explained() {
         "sql",
         "SELECT version FROM tally_migrations",
     ]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "version\n1\n2\n3\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "version\n1\n2\n3\n4\n"
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[dashboard]\nlisten = \"0.0.0.0:8788\"\n").expect("write");

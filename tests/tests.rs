@@ -14,4 +14,5 @@ mod load;
 mod passthrough;
 mod sdk;
 mod secrets;
+mod stages;
 mod usage;

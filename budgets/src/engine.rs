@@ -630,6 +630,10 @@ mod tests {
             response_body: None,
             request_body_truncated: false,
             response_body_truncated: false,
+            router: None,
+            attempts: 1,
+            parent_request_id: None,
+            cost_saved_usd: None,
         }
     }
 

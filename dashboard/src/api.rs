@@ -57,6 +57,10 @@ pub fn record_json(r: &Record, with_bodies: bool) -> Value {
         "provider_request_id": r.provider_request_id,
         "request_body_truncated": r.request_body_truncated,
         "response_body_truncated": r.response_body_truncated,
+        "router": r.router,
+        "attempts": r.attempts,
+        "parent_request_id": r.parent_request_id,
+        "cost_saved_usd": r.cost_saved_usd,
     });
     if with_bodies {
         if let Some(o) = v.as_object_mut() {

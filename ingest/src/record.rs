@@ -146,6 +146,23 @@ pub struct Record {
     pub request_body_truncated: bool,
     /// The logged response body was cut at the capture limit.
     pub response_body_truncated: bool,
+    /// The router that sent the request (`/router/<name>/…`, `Tally-Router` or a model
+    /// alias); `None` for a request sent straight to its provider.
+    #[serde(default)]
+    pub router: Option<String>,
+    /// Attempts made up to and including this one: 1 unless a router retried or fell back.
+    #[serde(default = "one")]
+    pub attempts: u32,
+    /// On a failed router attempt: the `request_id` of the request it was made for.
+    #[serde(default)]
+    pub parent_request_id: Option<Uuid>,
+    /// On a cache hit (`cost_usd` 0): what the answer cost when it was first fetched.
+    #[serde(default)]
+    pub cost_saved_usd: Option<f64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Record {
@@ -168,6 +185,7 @@ impl Record {
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
             + s(&self.error)
+            + s(&self.router)
             + s(&self.request_body)
             + s(&self.response_body)
     }

@@ -41,6 +41,10 @@ pub(crate) fn record(n: i64) -> Record {
         response_body: Some("{}".into()),
         request_body_truncated: false,
         response_body_truncated: false,
+        router: None,
+        attempts: 1,
+        parent_request_id: None,
+        cost_saved_usd: None,
     }
 }
 

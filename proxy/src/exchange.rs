@@ -17,6 +17,8 @@ use tally_ingest::Record;
 
 use crate::body::{BodyObserver, StreamEnd};
 use crate::metrics::RequestLabels;
+use crate::stages::cache::{Key, ResponseCache};
+use crate::stages::ratelimit::{Policy, RateLimiter};
 use crate::usage::{self, StreamObserver, WireFormat};
 use crate::Shared;
 
@@ -167,6 +169,59 @@ pub(crate) struct ExchangeState {
     pub(crate) encoding: Encoding,
     capture: Capture,
     observer: Option<StreamObserver>,
+    /// What the optional stages need when the response ends.
+    pub(crate) stages: StageState,
+}
+
+/// The optional stages' part of an exchange.
+#[derive(Default)]
+pub(crate) struct StageState {
+    /// The answer came from the cache: its cost becomes `cost_saved_usd`.
+    pub(crate) cache_hit: bool,
+    /// A cache miss collecting the answer to store it.
+    pub(crate) cache_fill: Option<CacheFill>,
+    /// Cost rate-limit counters to charge once the cost is known.
+    pub(crate) charges: Vec<(Arc<Policy>, String)>,
+    pub(crate) limiter: Option<Arc<RateLimiter>>,
+}
+
+/// A response being collected for the cache: clones of its chunks (reference-counted, not
+/// copied) until it ends or outgrows the entry limit.
+pub(crate) struct CacheFill {
+    pub(crate) cache: Arc<ResponseCache>,
+    pub(crate) key: Key,
+    pub(crate) ttl: std::time::Duration,
+    pub(crate) headers: http::HeaderMap,
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl CacheFill {
+    pub(crate) fn new(cache: Arc<ResponseCache>, key: Key, ttl: std::time::Duration) -> Self {
+        Self {
+            cache,
+            key,
+            ttl,
+            headers: http::HeaderMap::new(),
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// False once the response is too big to cache.
+    fn push(&mut self, chunk: &Bytes) -> bool {
+        self.len += chunk.len();
+        self.chunks.push(chunk.clone());
+        self.len <= self.cache.max_entry_bytes()
+    }
+
+    fn body(self) -> Bytes {
+        let mut v = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            v.extend_from_slice(c);
+        }
+        v.into()
+    }
 }
 
 /// See the module docs.
@@ -193,6 +248,7 @@ impl Exchange {
                 encoding: Encoding::Identity,
                 capture: Capture::new(limit),
                 observer: None,
+                stages: StageState::default(),
             })),
         }
     }
@@ -256,6 +312,11 @@ impl BodyObserver for Exchange {
         s.capture.push(chunk);
         if let Some(o) = s.observer.as_mut() {
             o.feed(chunk);
+        }
+        if let Some(fill) = s.stages.cache_fill.as_mut() {
+            if !fill.push(chunk) {
+                s.stages.cache_fill = None;
+            }
         }
     }
 
@@ -370,6 +431,27 @@ impl ExchangeState {
         r.response_body = (!self.omit_response_body && !decoded.is_empty())
             .then(|| String::from_utf8_lossy(&decoded).into_owned());
 
+        if let Some(mut fill) = self.stages.cache_fill.take() {
+            let complete = matches!(end, StreamEnd::Complete);
+            if complete && (200..300).contains(&r.status) && r.error.is_none() {
+                let (status, cache, key, ttl) = (r.status, fill.cache.clone(), fill.key, fill.ttl);
+                let headers = std::mem::take(&mut fill.headers);
+                let metrics = shared.metrics.clone();
+                let stored = cache.put(key, status, &headers, fill.body(), ttl, move |e| {
+                    metrics.stage_error("cache");
+                    tracing::warn!(error = %e, "could not store a response in the cache");
+                });
+                if stored {
+                    shared.metrics.cache_stores.inc();
+                }
+            }
+        }
+        let after = AfterPricing {
+            cache_hit: self.stages.cache_hit,
+            charges: std::mem::take(&mut self.stages.charges),
+            limiter: self.stages.limiter.take(),
+        };
+
         shared
             .metrics
             .requests
@@ -384,7 +466,7 @@ impl ExchangeState {
             && r.model.is_some()
             && format.is_some();
         if !needs_estimate {
-            price_and_send(&shared, self.record);
+            price_and_send(&shared, self.record, after);
             return;
         }
         // Tokenizing can take milliseconds for long texts: keep it off the runtime's workers.
@@ -414,7 +496,7 @@ impl ExchangeState {
                         .get_or_insert_with(|| INTERNAL_ERROR.to_owned());
                 }
             }
-            price_and_send(&shared, record);
+            price_and_send(&shared, record, after);
             shared.pending_estimates.fetch_sub(1, Ordering::AcqRel);
         };
         match tokio::runtime::Handle::try_current() {
@@ -448,7 +530,14 @@ fn guarded<T>(metrics: &crate::ProxyMetrics, what: &str, f: impl FnOnce() -> T) 
     }
 }
 
-fn price_and_send(shared: &Shared, mut record: Record) {
+/// What the stages do once the cost is known.
+struct AfterPricing {
+    cache_hit: bool,
+    charges: Vec<(Arc<Policy>, String)>,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+fn price_and_send(shared: &Shared, mut record: Record, after: AfterPricing) {
     if let Some(t) = record.tokens {
         let model = record
             .response_model
@@ -474,6 +563,24 @@ fn price_and_send(shared: &Shared, mut record: Record) {
         record.cost_usd = cost.flatten();
         if record.cost_usd.is_none() {
             shared.metrics.unpriced.inc();
+        }
+    }
+    if after.cache_hit {
+        record.cost_saved_usd = record.cost_usd;
+        record.cost_usd = Some(0.0);
+        if let Some(saved) = record.cost_saved_usd {
+            shared.metrics.cache_saved_usd.inc_by(saved);
+        }
+    }
+    if let Some(limiter) = after.limiter {
+        let cost = record.cost_usd.unwrap_or(0.0);
+        for (policy, key) in after.charges {
+            let cells = policy.cells_for(cost);
+            let metrics = shared.metrics.clone();
+            limiter.charge(policy, key, cells, move |e| {
+                metrics.stage_error("rate_limit");
+                tracing::warn!(error = %e, "could not charge a cost rate limit");
+            });
         }
     }
     shared.sender.send(record);

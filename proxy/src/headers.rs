@@ -12,7 +12,7 @@ pub const MAX_HEADER_VALUE_LEN: usize = 1024;
 pub const MAX_PROPERTIES: usize = 64;
 
 /// Who and what a request is for, from the tagging headers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Attribution {
     /// `Tally-User-Id` / `Helicone-User-Id`.
     pub user_id: Option<String>,
@@ -24,10 +24,17 @@ pub struct Attribution {
     pub session_name: Option<String>,
     /// `Tally-Property-<name>` / `Helicone-Property-<name>`, names lower-cased.
     pub properties: BTreeMap<String, String>,
-    /// `Tally-Cache` / `Helicone-Cache-Enabled`.
-    pub cache: bool,
+    /// `Tally-Cache` / `Helicone-Cache-Enabled`, when sent.
+    pub cache: Option<bool>,
     /// `Tally-Cache-Ttl` in seconds.
     pub cache_ttl_secs: Option<u64>,
+    /// `Tally-Cache-Namespace` / `Tally-Cache-Seed` / `Helicone-Cache-Seed`: requests in
+    /// different namespaces never share cached answers.
+    pub cache_namespace: Option<String>,
+    /// `Tally-Router`: send the request through this router.
+    pub router: Option<String>,
+    /// `Tally-RateLimit-Policy` / `Helicone-RateLimit-Policy`, e.g. `100;w=60;s=user`.
+    pub rate_limit: Option<crate::stages::ratelimit::Policy>,
     /// Do not log the request body (`Tally-Omit-Bodies`, `Helicone-Omit-Request`).
     pub omit_request_body: bool,
     /// Do not log the response body (`Tally-Omit-Bodies`, `Helicone-Omit-Response`).
@@ -107,7 +114,15 @@ pub fn parse(headers: &HeaderMap) -> Result<Attribution, HeaderError> {
                 }
                 a.session_path = text()?;
             }
-            "cache" | "cache-enabled" => a.cache = parse_bool(name, value)?,
+            "cache" | "cache-enabled" => a.cache = Some(parse_bool(name, value)?),
+            "cache-namespace" | "cache-seed" => a.cache_namespace = text()?,
+            "router" => a.router = text()?,
+            "ratelimit-policy" | "rate-limit-policy" => {
+                a.rate_limit = Some(
+                    crate::stages::ratelimit::Policy::parse_header(value)
+                        .map_err(|reason| err(name, reason))?,
+                );
+            }
             "cache-ttl" => {
                 let ttl = value
                     .parse::<u64>()
@@ -208,7 +223,7 @@ mod tests {
             a.properties.get("app-version").map(String::as_str),
             Some("1.2")
         );
-        assert!(a.cache && a.omit_request_body && a.omit_response_body);
+        assert!(a.cache == Some(true) && a.omit_request_body && a.omit_response_body);
         assert_eq!(a.cache_ttl_secs, Some(60));
     }
 
@@ -226,7 +241,7 @@ mod tests {
         assert_eq!(a.user_id.as_deref(), Some("bob"));
         assert_eq!(a.session_id.as_deref(), Some("s-2"));
         assert_eq!(a.properties.get("team").map(String::as_str), Some("search"));
-        assert!(a.cache && a.omit_response_body && !a.omit_request_body);
+        assert!(a.cache == Some(true) && a.omit_response_body && !a.omit_request_body);
         assert!(is_tally_header("Helicone-Auth"));
     }
 

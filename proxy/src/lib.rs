@@ -34,6 +34,7 @@ pub mod providers;
 mod service;
 mod settings;
 pub mod sse;
+pub mod stages;
 pub mod usage;
 
 use std::convert::Infallible;
@@ -56,6 +57,7 @@ pub use pricing::{Price, PricingTable};
 pub use providers::{Provider, ProviderConfig, Providers, StreamUsage};
 pub use service::REQUEST_ID_HEADER;
 pub use settings::{ProxyConfig, Settings, SettingsError};
+pub use stages::{StageError, Stages, StagesConfig};
 
 /// State shared by every request.
 pub(crate) struct Shared {
@@ -68,13 +70,6 @@ pub(crate) struct Shared {
     /// Token estimates running on blocking threads; each will still send a record.
     pub(crate) pending_estimates: AtomicUsize,
     pub(crate) stages: Stages,
-}
-
-/// Optional stages on the request path. Each one absent costs a branch per request.
-#[derive(Clone, Default)]
-pub struct Stages {
-    /// Budget enforcement: requests in a scope an enforcing budget has exhausted get 429.
-    pub budgets: Option<Arc<tally_budgets::Engine>>,
 }
 
 /// Longest `serve` waits, after the last connection ended, for running token estimates to

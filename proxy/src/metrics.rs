@@ -44,6 +44,51 @@ pub struct ProxyMetrics {
     pub budget_rejections: Counter,
     /// Panics caught while finishing a record (a bug; the record is still sent).
     pub internal_errors: Counter,
+    /// Cache lookups by result (`hit`, `miss`).
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    /// Responses stored in the cache.
+    pub cache_stores: Counter,
+    /// What cache hits saved, USD.
+    pub cache_saved_usd: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Requests refused by a rate limit, by policy (config name, or `header`).
+    pub rate_limited: Family<PolicyLabels, Counter>,
+    /// Router attempts by router, target provider and result (`ok`, `retry`, `fallback`,
+    /// `failed`).
+    pub route_attempts: Family<AttemptLabels, Counter>,
+    /// A stage's backend (Redis) failed; the request went on without it.
+    pub stage_errors: Family<StageLabels, Counter>,
+}
+
+/// Labels of a cache lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+/// Labels of a rate-limit refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Policy name from config, or `header` for per-request policies.
+    pub policy: String,
+}
+
+/// Labels of a router attempt; all from config.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// Router name.
+    pub router: String,
+    /// Target provider.
+    pub target: String,
+    /// `ok`, `retry`, `fallback` or `failed`.
+    pub result: &'static str,
+}
+
+/// Labels of a stage failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `cache` or `rate_limit`.
+    pub stage: &'static str,
 }
 
 impl ProxyMetrics {
@@ -89,6 +134,42 @@ impl ProxyMetrics {
             "Bugs caught while finishing a record; the record was still sent, marked with an error",
             self.internal_errors.clone(),
         );
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by result",
+            self.cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_stores",
+            "Responses stored in the response cache",
+            self.cache_stores.clone(),
+        );
+        registry.register(
+            "cache_saved_usd",
+            "Cost of the upstream calls that cache hits replaced, USD",
+            self.cache_saved_usd.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit policy",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "route_attempts",
+            "Router attempts by router, target and result",
+            self.route_attempts.clone(),
+        );
+        registry.register(
+            "stage_errors",
+            "Stage backend failures (Redis); the request went on without the stage",
+            self.stage_errors.clone(),
+        );
+    }
+
+    pub(crate) fn stage_error(&self, stage: &'static str) {
+        self.stage_errors
+            .get_or_create(&StageLabels { stage })
+            .inc();
     }
 
     pub(crate) fn upstream_error(&self, provider: &str, kind: &'static str) {

@@ -17,14 +17,20 @@ use uuid::Uuid;
 
 use crate::body::{read_head, PrefixedBody, ResponseBody, StripUsage, TeeBody};
 use crate::error_response::error_response;
-use crate::exchange::{Encoding, Exchange};
+use crate::exchange::{CacheFill, Encoding, Exchange};
 use crate::headers;
-use crate::providers::StreamUsage;
+use crate::metrics::{AttemptLabels, PolicyLabels, ResultLabels};
+use crate::providers::{Provider, StreamUsage};
+use crate::stages::cache::{self, CacheRequest, Entry};
+use crate::stages::ratelimit::{self, Decision, Policy, RateLimiter, Subject};
+use crate::stages::routing::{self, Next, Outcome, Router};
 use crate::usage::WireFormat;
 use crate::Shared;
 
 /// Response header carrying the record's id.
 pub const REQUEST_ID_HEADER: &str = "tally-request-id";
+/// Response header of the cache stage: `HIT` or `MISS`.
+pub const CACHE_HEADER: &str = "tally-cache";
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -91,14 +97,11 @@ fn skeleton(method: &str, path: &str) -> Record {
         response_body: None,
         request_body_truncated: false,
         response_body_truncated: false,
+        router: None,
+        attempts: 1,
+        parent_request_id: None,
+        cost_saved_usd: None,
     }
-}
-
-fn with_request_id(mut resp: Response<ResponseBody>, id: Uuid) -> Response<ResponseBody> {
-    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
-    resp
 }
 
 /// The request's transfer codings when they are anything but exactly `chunked`.
@@ -202,12 +205,142 @@ fn full(bytes: Bytes) -> ResponseBody {
 }
 
 /// Handles one proxied request. Never fails: every problem becomes an error response and a
-/// record.
+/// record. Every response carries `Tally-Request-Id`, and the headers the stages added
+/// (`Tally-Cache`, `RateLimit-*`).
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let id = Uuid::now_v7();
+    let mut extra = HeaderMap::new();
+    let mut resp = forward(shared, req, id, &mut extra).await;
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    for (name, value) in extra {
+        if let Some(name) = name {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
+/// Where a request goes: one provider, or a router over several.
+enum Destination {
+    Provider(Arc<Provider>),
+    Router(Arc<Router>),
+}
+
+/// Why no upstream response head arrived.
+struct SendFailure {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// Sends one request upstream and waits (bounded) for its response head.
+async fn send_upstream(
+    shared: &Shared,
+    provider: &Provider,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+    headers: HeaderMap,
+    body: ResponseBody,
+) -> Result<Response<Incoming>, SendFailure> {
+    let uri = provider
+        .upstream_uri(path, query)
+        .map_err(|e| SendFailure {
+            status: StatusCode::BAD_REQUEST,
+            code: "tally_bad_path",
+            message: format!("invalid upstream URL: {e}"),
+        })?;
+    let mut upstream_req = Request::new(body);
+    *upstream_req.method_mut() = method.clone();
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.headers_mut() = headers;
+    match tokio::time::timeout(
+        shared.settings.upstream_timeout,
+        shared.client.request(upstream_req),
+    )
+    .await
+    {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            let detail = crate::body::error_chain(&e);
+            shared.metrics.upstream_error(&provider.name, "connect");
+            tracing::warn!(provider = %provider.name, error = %detail, "upstream request failed");
+            Err(SendFailure {
+                status: StatusCode::BAD_GATEWAY,
+                code: "tally_upstream_unreachable",
+                message: format!("upstream {} unreachable: {detail}", provider.origin()),
+            })
+        }
+        Err(_) => {
+            shared.metrics.upstream_error(&provider.name, "timeout");
+            Err(SendFailure {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: "tally_upstream_timeout",
+                message: format!(
+                    "upstream {} did not answer within {} ms",
+                    provider.origin(),
+                    shared.settings.upstream_timeout.as_millis()
+                ),
+            })
+        }
+    }
+}
+
+/// Whether Tally should ask this provider for stream usage on this request.
+fn wants_injection(provider: &Provider, path: &str, peek_ok: bool) -> bool {
+    peek_ok
+        && provider.format == WireFormat::OpenAi
+        && provider.stream_usage == StreamUsage::Inject
+        && (path.ends_with("/chat/completions") || path.ends_with("/completions"))
+}
+
+/// `RateLimit-*` headers (IETF draft) for the tightest policy a request was checked against.
+fn rate_limit_headers(extra: &mut HeaderMap, policy: &Policy, d: &Decision) {
+    let secs = |ms: u64| HeaderValue::from(ms.div_ceil(1000));
+    extra.insert(
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderValue::from(d.limit.floor() as u64),
+    );
+    extra.insert(
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderValue::from(d.remaining),
+    );
+    extra.insert(HeaderName::from_static("ratelimit-reset"), secs(d.reset_ms));
+    if let Ok(v) = HeaderValue::from_str(&policy.describe()) {
+        extra.insert(HeaderName::from_static("ratelimit-policy"), v);
+    }
+}
+
+fn cache_header(extra: &mut HeaderMap, hit: bool) {
+    extra.insert(
+        HeaderName::from_static(CACHE_HEADER),
+        HeaderValue::from_static(if hit { "HIT" } else { "MISS" }),
+    );
+}
+
+/// A hex digest of the caller's key, so the `key` rate-limit scope can tell keys apart
+/// without the key itself reaching memory dumps of the limiter or Redis.
+fn key_id(headers: &HeaderMap) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let v = ["authorization", "x-api-key", "api-key"]
+        .iter()
+        .find_map(|h| headers.get(*h))?;
+    let d = Sha256::digest(v.as_bytes());
+    Some(d[..12].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn forward(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    id: Uuid,
+    extra: &mut HeaderMap,
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let record = skeleton(parts.method.as_str(), parts.uri.path());
-    let id = record.request_id;
+    let mut record = skeleton(parts.method.as_str(), parts.uri.path());
+    record.request_id = id;
     let mut exchange = Exchange::new(shared.clone(), record, started);
 
     // hyper decodes `chunked` only. Any other transfer coding (`gzip, chunked`) would reach the
@@ -215,44 +348,71 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     if let Some(te) = unsupported_transfer_coding(&parts.headers) {
         let msg = format!("Transfer-Encoding {te:?} is not supported; only chunked is");
         exchange.fail(msg.clone());
-        let resp = error_response(
+        return error_response(
             None,
             StatusCode::NOT_IMPLEMENTED,
             "tally_transfer_encoding",
             &msg,
             None,
         );
-        return with_request_id(resp, id);
     }
 
-    // Route.
-    let (provider, forward_path) = match shared.providers.route(parts.uri.path()) {
-        Ok((p, path)) => (p.clone(), path.to_owned()),
-        Err(e) => {
-            let names = shared.providers.names();
-            let msg = format!(
-                "unknown provider {:?}; use /v1/... for {} or one of: {}",
-                e.name,
-                crate::providers::DEFAULT_PROVIDER,
-                names.join(", ")
-            );
-            exchange.state().record.provider = e.name;
-            exchange.fail(msg.clone());
-            let resp = error_response(
-                None,
-                StatusCode::NOT_FOUND,
-                "tally_unknown_provider",
-                &msg,
-                Some(json!({ "providers": names })),
-            );
-            return with_request_id(resp, id);
-        }
+    // Route: `/router/<name>/…` to a router, anything else to a provider.
+    let path = parts.uri.path();
+    let routed = path.strip_prefix("/router/").map(|rest| {
+        let (name, fwd) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        (name, if fwd.is_empty() { "/" } else { fwd })
+    });
+    let (mut destination, forward_path) = match routed {
+        Some((name, fwd)) => match shared.stages.routers.as_ref().and_then(|r| r.get(name)) {
+            Some(r) => (Destination::Router(r.clone()), fwd.to_owned()),
+            None => {
+                let msg = unknown_router(&shared, name);
+                exchange.state().record.provider = "router".to_owned();
+                exchange.fail(msg.clone());
+                return error_response(
+                    None,
+                    StatusCode::NOT_FOUND,
+                    "tally_unknown_router",
+                    &msg,
+                    None,
+                );
+            }
+        },
+        None => match shared.providers.route(path) {
+            Ok((p, fwd)) => (Destination::Provider(p.clone()), fwd.to_owned()),
+            Err(e) => {
+                let names = shared.providers.names();
+                let msg = format!(
+                    "unknown provider {:?}; use /v1/... for {} or one of: {}",
+                    e.name,
+                    crate::providers::DEFAULT_PROVIDER,
+                    names.join(", ")
+                );
+                exchange.state().record.provider = e.name;
+                exchange.fail(msg.clone());
+                return error_response(
+                    None,
+                    StatusCode::NOT_FOUND,
+                    "tally_unknown_provider",
+                    &msg,
+                    Some(json!({ "providers": names })),
+                );
+            }
+        },
+    };
+    let format = match &destination {
+        Destination::Provider(p) => p.format,
+        Destination::Router(r) => r.targets[0].provider.format,
     };
     {
         let s = exchange.state();
-        s.record.provider = provider.name.clone();
+        s.record.provider = match &destination {
+            Destination::Provider(p) => p.name.clone(),
+            Destination::Router(r) => r.targets[0].provider.name.clone(),
+        };
         s.record.endpoint = forward_path.clone();
-        s.format = Some(provider.format);
+        s.format = Some(format);
         s.record.api_key_hint = headers::key_hint(&parts.headers);
     }
 
@@ -262,16 +422,31 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         Err(e) => {
             let msg = e.to_string();
             exchange.fail(msg.clone());
-            let resp = error_response(
-                Some(provider.format),
+            return error_response(
+                Some(format),
                 StatusCode::BAD_REQUEST,
                 "tally_invalid_header",
                 &msg,
                 Some(json!({ "header": e.header })),
             );
-            return with_request_id(resp, id);
         }
     };
+    if let (Some(name), Destination::Provider(_)) = (tags.router.as_deref(), &destination) {
+        match shared.stages.routers.as_ref().and_then(|r| r.get(name)) {
+            Some(r) => destination = Destination::Router(r.clone()),
+            None => {
+                let msg = unknown_router(&shared, name);
+                exchange.fail(msg.clone());
+                return error_response(
+                    Some(format),
+                    StatusCode::NOT_FOUND,
+                    "tally_unknown_router",
+                    &msg,
+                    None,
+                );
+            }
+        }
+    }
 
     // Request body: read a bounded head (see `read_head` for why).
     let limit = shared.settings.max_body_bytes;
@@ -283,26 +458,24 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             Ok(Err(e)) => {
                 let msg = format!("could not read the request body: {e}");
                 exchange.fail(msg.clone());
-                let resp = error_response(
-                    Some(provider.format),
+                return error_response(
+                    Some(format),
                     StatusCode::BAD_REQUEST,
                     "tally_request_body",
                     &msg,
                     None,
                 );
-                return with_request_id(resp, id);
             }
             Err(_) => {
                 let msg = "the request body did not arrive in time".to_owned();
                 exchange.fail(msg.clone());
-                let resp = error_response(
-                    Some(provider.format),
+                return error_response(
+                    Some(format),
                     StatusCode::REQUEST_TIMEOUT,
                     "tally_request_body",
                     &msg,
                     None,
                 );
-                return with_request_id(resp, id);
             }
         };
     let complete_body = head.rest.is_none();
@@ -311,19 +484,18 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     } else {
         Peek::default()
     };
+    // A model alias selects a router.
+    if let (Destination::Provider(_), Some(model), Some(routers)) = (
+        &destination,
+        peek.model.as_deref(),
+        shared.stages.routers.as_ref(),
+    ) {
+        if let Some(r) = routers.for_alias(model) {
+            destination = Destination::Router(r.clone());
+        }
+    }
     let wants_stream = peek.stream == Some(true);
-    let inject = complete_body
-        && wants_stream
-        && peek.stream_options.is_none()
-        && provider.format == WireFormat::OpenAi
-        && provider.stream_usage == StreamUsage::Inject
-        && (forward_path.ends_with("/chat/completions") || forward_path.ends_with("/completions"));
-    let forwarded_body = if inject {
-        inject_include_usage(&head.bytes)
-    } else {
-        None
-    };
-    let injected = forwarded_body.is_some();
+    let can_inject = complete_body && wants_stream && peek.stream_options.is_none();
 
     {
         let s = exchange.state();
@@ -331,14 +503,18 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         r.model = peek.model;
         r.user_id = tags
             .user_id
+            .clone()
             .or(peek.user)
             .or(peek.metadata.and_then(|m| m.user_id));
-        r.session_id = tags.session_id;
-        r.session_path = tags.session_path;
-        r.session_name = tags.session_name;
-        r.properties = tags.properties;
+        r.session_id = tags.session_id.clone();
+        r.session_path = tags.session_path.clone();
+        r.session_name = tags.session_name.clone();
+        r.properties = tags.properties.clone();
         r.request_bytes = head.bytes.len() as u64;
         r.stream = wants_stream;
+        if let Destination::Router(router) = &destination {
+            r.router = Some(router.name.clone());
+        }
         s.omit_request_body = tags.omit_request_body;
         s.omit_response_body = tags.omit_response_body;
         s.request_truncated = !complete_body;
@@ -348,6 +524,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             head.bytes.slice(..limit.min(head.bytes.len()))
         };
     }
+    // The name stages key their config on: the provider's or the router's.
+    let scope_name = match &destination {
+        Destination::Provider(p) => p.name.clone(),
+        Destination::Router(r) => r.name.clone(),
+    };
 
     // Budget enforcement: the tags and the model are known, nothing has been sent yet.
     if let Some(budgets) = shared.stages.budgets.as_ref().filter(|b| b.enforcing()) {
@@ -362,28 +543,92 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         if let Some(rejection) = budgets.check(subject, now) {
             shared.metrics.budget_rejections.inc();
             let msg = budget_message(&rejection);
-            let resp = budget_rejection(provider.format, &rejection, &msg, now);
+            let resp = budget_rejection(format, &rejection, &msg, now);
             exchange.reject(429, msg);
-            return with_request_id(resp, id);
+            return resp;
         }
     }
 
-    // Upstream request.
-    let uri = match provider.upstream_uri(&forward_path, parts.uri.query()) {
-        Ok(u) => u,
-        Err(e) => {
-            let msg = format!("invalid upstream URL: {e}");
-            exchange.fail(msg.clone());
-            let resp = error_response(
-                Some(provider.format),
-                StatusCode::BAD_REQUEST,
-                "tally_bad_path",
-                &msg,
-                None,
-            );
-            return with_request_id(resp, id);
+    // Rate limits: configured policies for this destination, and the request's own.
+    if let Some(limiter) = shared.stages.rate_limits.as_ref() {
+        let header_policy = tags.rate_limit.clone().map(Arc::new);
+        if limiter.has_policies() || header_policy.is_some() {
+            let policies: Vec<Arc<Policy>> = limiter
+                .policies_for(&scope_name)
+                .cloned()
+                .chain(header_policy)
+                .collect();
+            let refused = check_rate_limits(
+                &shared,
+                limiter,
+                &policies,
+                &parts.headers,
+                &mut exchange,
+                format,
+                extra,
+            )
+            .await;
+            if let Some((resp, msg)) = refused {
+                exchange.reject(429, msg);
+                return resp;
+            }
         }
+    }
+
+    // Response cache.
+    let cache_req = CacheRequest {
+        enabled: tags.cache,
+        ttl_secs: tags.cache_ttl_secs,
+        namespace: tags.cache_namespace.as_deref(),
     };
+    let cache = shared
+        .stages
+        .cache
+        .as_ref()
+        .filter(|c| complete_body && c.wanted(&scope_name, &cache_req));
+    if let Some(cache) = cache {
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{forward_path}?{q}"),
+            None => forward_path.clone(),
+        };
+        let key = cache::key(
+            &scope_name,
+            &parts.method,
+            &pq,
+            cache_req.namespace,
+            &parts.headers,
+            &head.bytes,
+        );
+        let found = match cache.get(&key).await {
+            Ok(found) => found,
+            Err(e) => {
+                shared.metrics.stage_error("cache");
+                tracing::warn!(error = %e, "cache lookup failed; treating it as a miss");
+                None
+            }
+        };
+        let result = if found.is_some() { "hit" } else { "miss" };
+        shared
+            .metrics
+            .cache_lookups
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        cache_header(extra, found.is_some());
+        if let Some(entry) = found {
+            let provider = match &destination {
+                Destination::Provider(p) => p.clone(),
+                Destination::Router(r) => r.targets[0].provider.clone(),
+            };
+            let injected = can_inject && wants_injection(&provider, &forward_path, true);
+            return replay(&shared, exchange, &entry, injected);
+        }
+        let ttl = cache.ttl(&cache_req, &parts.headers);
+        let s = exchange.state();
+        s.record.cache_status = CacheStatus::Miss;
+        s.stages.cache_fill = Some(CacheFill::new(cache.clone(), key, ttl));
+    }
+
+    // Upstream request headers: hop-by-hop and Tally's own never leave.
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
@@ -399,72 +644,250 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         headers.remove(k);
     }
     let original_length = headers.remove(header::CONTENT_LENGTH);
-    let upstream_body = match (forwarded_body, head.rest) {
-        (Some(b), _) => full(b),
-        (None, None) => full(head.bytes),
-        (None, Some(rest)) => {
-            let counted = Arc::new(AtomicU64::new(0));
-            exchange.state().request_rest_bytes = Some(counted.clone());
-            if let Some(len) = original_length {
-                headers.insert(header::CONTENT_LENGTH, len);
+    let query = parts.uri.query();
+
+    let (resp, injected) = match destination {
+        Destination::Provider(provider) => {
+            let forwarded_body = if can_inject && wants_injection(&provider, &forward_path, true) {
+                inject_include_usage(&head.bytes)
+            } else {
+                None
+            };
+            let injected = forwarded_body.is_some();
+            let upstream_body = match (forwarded_body, head.rest) {
+                (Some(b), _) => full(b),
+                (None, None) => full(head.bytes),
+                (None, Some(rest)) => {
+                    let counted = Arc::new(AtomicU64::new(0));
+                    exchange.state().request_rest_bytes = Some(counted.clone());
+                    if let Some(len) = original_length {
+                        headers.insert(header::CONTENT_LENGTH, len);
+                    }
+                    PrefixedBody::new(head.bytes, rest, counted).boxed_unsync()
+                }
+            };
+            let sent = send_upstream(
+                &shared,
+                &provider,
+                &parts.method,
+                &forward_path,
+                query,
+                headers,
+                upstream_body,
+            )
+            .await;
+            match sent {
+                Ok(r) => (r, injected),
+                Err(f) => {
+                    exchange.fail(f.message.clone());
+                    return error_response(Some(format), f.status, f.code, &f.message, None);
+                }
             }
-            PrefixedBody::new(head.bytes, rest, counted).boxed_unsync()
+        }
+        Destination::Router(router) => {
+            if !complete_body {
+                let msg = format!(
+                    "a routed request body must fit in proxy.max_body_bytes ({limit} bytes): it is kept to be sent again on a retry"
+                );
+                exchange.fail(msg.clone());
+                return error_response(
+                    Some(format),
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "tally_request_body",
+                    &msg,
+                    None,
+                );
+            }
+            let attempt = Attempt {
+                method: &parts.method,
+                path: &forward_path,
+                query,
+                headers: &headers,
+                body: &head.bytes,
+                can_inject,
+            };
+            match route(&shared, &router, &mut exchange, attempt).await {
+                Ok(r) => r,
+                Err(f) => {
+                    exchange.fail(f.message.clone());
+                    return error_response(Some(format), f.status, f.code, &f.message, None);
+                }
+            }
         }
     };
-    let mut upstream_req = Request::new(upstream_body);
-    *upstream_req.method_mut() = parts.method;
-    *upstream_req.uri_mut() = uri;
-    *upstream_req.headers_mut() = headers;
+    respond(&shared, exchange, resp, injected)
+}
 
-    let sent = tokio::time::timeout(
-        shared.settings.upstream_timeout,
-        shared.client.request(upstream_req),
-    )
-    .await;
-    let resp = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            let detail = crate::body::error_chain(&e);
-            shared.metrics.upstream_error(&provider.name, "connect");
-            let msg = format!("upstream {} unreachable: {detail}", provider.origin());
-            tracing::warn!(provider = %provider.name, error = %detail, "upstream request failed");
-            exchange.fail(msg.clone());
-            let resp = error_response(
-                Some(provider.format),
-                StatusCode::BAD_GATEWAY,
-                "tally_upstream_unreachable",
-                &msg,
-                None,
-            );
-            return with_request_id(resp, id);
-        }
-        Err(_) => {
-            shared.metrics.upstream_error(&provider.name, "timeout");
+fn unknown_router(shared: &Shared, name: &str) -> String {
+    let names = shared
+        .stages
+        .routers
+        .as_ref()
+        .map(|r| r.names())
+        .unwrap_or_default();
+    if names.is_empty() {
+        format!("unknown router {name:?}; no routers are configured")
+    } else {
+        format!("unknown router {name:?}; configured: {}", names.join(", "))
+    }
+}
+
+/// Checks every policy; the first refusal is the 429 to answer (and its message). The tightest admitted policy's figures
+/// go into the `RateLimit-*` headers.
+async fn check_rate_limits(
+    shared: &Arc<Shared>,
+    limiter: &Arc<RateLimiter>,
+    policies: &[Arc<Policy>],
+    headers: &HeaderMap,
+    exchange: &mut Exchange,
+    format: WireFormat,
+    extra: &mut HeaderMap,
+) -> Option<(Response<ResponseBody>, String)> {
+    let key_id = policies
+        .iter()
+        .any(|p| matches!(p.scope, crate::stages::ratelimit::Scope::Key))
+        .then(|| key_id(headers))
+        .flatten();
+    let mut tightest: Option<(Arc<Policy>, Decision)> = None;
+    let mut charges = Vec::new();
+    for policy in policies {
+        let key = {
+            let r = &exchange.state().record;
+            ratelimit::counter_key(
+                policy,
+                &Subject {
+                    user_id: r.user_id.as_deref(),
+                    key_id: key_id.as_deref(),
+                    properties: &r.properties,
+                },
+            )
+        };
+        let decision = match limiter.check(policy, &key).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Fail open: a Redis outage must not take the API down with it.
+                shared.metrics.stage_error("rate_limit");
+                tracing::warn!(policy = %policy.name, error = %e, "rate limit check failed; admitting the request");
+                continue;
+            }
+        };
+        if !decision.allowed {
+            let label = if policy.name.starts_with("header:") {
+                "header".to_owned()
+            } else {
+                policy.name.clone()
+            };
+            shared
+                .metrics
+                .rate_limited
+                .get_or_create(&PolicyLabels { policy: label })
+                .inc();
+            let what = if policy.is_cost() {
+                "spend"
+            } else {
+                "requests"
+            };
             let msg = format!(
-                "upstream {} did not answer within {} ms",
-                provider.origin(),
-                shared.settings.upstream_timeout.as_millis()
+                "rate limit {:?} reached: {} {what} per {} s; retry in {} s",
+                policy.name,
+                policy.quota,
+                policy.window_ms / 1000.0,
+                decision.retry_after_ms.div_ceil(1000)
             );
-            exchange.fail(msg.clone());
+            rate_limit_headers(extra, policy, &decision);
+            extra.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(decision.retry_after_ms.div_ceil(1000).max(1)),
+            );
             let resp = error_response(
-                Some(provider.format),
-                StatusCode::GATEWAY_TIMEOUT,
-                "tally_upstream_timeout",
+                Some(format),
+                StatusCode::TOO_MANY_REQUESTS,
+                "tally_rate_limited",
                 &msg,
-                None,
+                Some(json!({
+                    "policy": policy.name,
+                    "limit": policy.quota,
+                    "window_secs": policy.window_ms / 1000.0,
+                    "retry_after_ms": decision.retry_after_ms,
+                })),
             );
-            return with_request_id(resp, id);
+            return Some((resp, msg));
         }
-    };
+        if policy.is_cost() {
+            charges.push((policy.clone(), key));
+        }
+        if tightest
+            .as_ref()
+            .is_none_or(|(_, d)| decision.remaining < d.remaining)
+        {
+            tightest = Some((policy.clone(), decision));
+        }
+    }
+    if let Some((p, d)) = &tightest {
+        rate_limit_headers(extra, p, d);
+    }
+    if !charges.is_empty() {
+        let s = exchange.state();
+        s.stages.charges = charges;
+        s.stages.limiter = Some(limiter.clone());
+    }
+    None
+}
 
-    // Response.
-    let (mut rparts, incoming) = resp.into_parts();
-    strip_hop_by_hop(&mut rparts.headers);
-    let is_sse = rparts
-        .headers
+/// Answers from the cache: the stored bytes go through the same tee as a live response, so
+/// the record gets the same usage (and its cost becomes the saving).
+fn replay(
+    shared: &Shared,
+    mut exchange: Exchange,
+    entry: &Entry,
+    injected: bool,
+) -> Response<ResponseBody> {
+    let headers = cache::replay_headers(entry);
+    let is_sse = is_event_stream(&headers);
+    let encoding = Encoding::from_header(
+        headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+    );
+    {
+        let s = exchange.state();
+        s.record.cache_status = CacheStatus::Hit;
+        s.stages.cache_hit = true;
+    }
+    exchange.responded(entry.status, is_sse, encoding);
+    let tee = TeeBody::new(
+        Full::new(entry.body.clone()),
+        exchange,
+        shared.settings.idle_timeout,
+    );
+    let body = if injected && is_sse && encoding == Encoding::Identity {
+        StripUsage::new(tee).boxed_unsync()
+    } else {
+        tee.boxed_unsync()
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::from_u16(entry.status).unwrap_or(StatusCode::OK);
+    *resp.headers_mut() = headers;
+    resp
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// Wraps the upstream's response in the tee.
+fn respond(
+    shared: &Shared,
+    mut exchange: Exchange,
+    resp: Response<Incoming>,
+    injected: bool,
+) -> Response<ResponseBody> {
+    let (mut rparts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    let is_sse = is_event_stream(&rparts.headers);
     let encoding = Encoding::from_header(
         rparts
             .headers
@@ -478,6 +901,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             .find_map(|h| rparts.headers.get(*h))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if let Some(fill) = s.stages.cache_fill.as_mut() {
+            for h in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+                if let Some(v) = rparts.headers.get(&h) {
+                    fill.headers.insert(h, v.clone());
+                }
+            }
+        }
     }
     exchange.responded(rparts.status.as_u16(), is_sse, encoding);
 
@@ -488,7 +918,151 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     } else {
         tee.boxed_unsync()
     };
-    with_request_id(Response::from_parts(rparts, body), id)
+    Response::from_parts(rparts, body)
+}
+
+/// What every attempt of a routed request sends.
+struct Attempt<'a> {
+    method: &'a http::Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+    can_inject: bool,
+}
+
+/// Sends a routed request: targets in the router's order, retries with backoff on one target,
+/// then the next. Each attempt is judged on its response head alone, so once a response is
+/// returned (and its first byte can reach the client) nothing is retried. Every failed attempt
+/// leaves its own record, linked by `parent_request_id`.
+async fn route(
+    shared: &Arc<Shared>,
+    router: &Router,
+    exchange: &mut Exchange,
+    a: Attempt<'_>,
+) -> Result<(Response<Incoming>, bool), SendFailure> {
+    let order = router.order(now_ms());
+    let mut attempts = 0u32;
+    let mut last_failure = None;
+    for (pos, &ti) in order.iter().enumerate() {
+        let target = &router.targets[ti];
+        let body = match &target.model {
+            Some(m) => routing::with_model(a.body, m).unwrap_or_else(|| a.body.clone()),
+            None => a.body.clone(),
+        };
+        let forwarded = if a.can_inject && wants_injection(&target.provider, a.path, true) {
+            inject_include_usage(&body)
+        } else {
+            None
+        };
+        let injected = forwarded.is_some();
+        let body = forwarded.unwrap_or(body);
+        let more_targets = pos + 1 < order.len();
+        let mut retry = 0u32;
+        loop {
+            attempts += 1;
+            let attempt_ts = now_ms();
+            let t0 = Instant::now();
+            router.started(ti);
+            let sent = send_upstream(
+                shared,
+                &target.provider,
+                a.method,
+                a.path,
+                a.query,
+                a.headers.clone(),
+                full(body.clone()),
+            )
+            .await;
+            let outcome = match &sent {
+                Ok(r) => Outcome::Status(r.status().as_u16()),
+                Err(_) => Outcome::NoResponse,
+            };
+            router.finished(ti, outcome, t0.elapsed(), now_ms());
+            let next = router.next(
+                outcome,
+                sent.as_ref().ok().map(Response::headers),
+                retry,
+                more_targets,
+            );
+            let result = match next {
+                Next::Deliver if Router::retryable(outcome) => "failed",
+                Next::Deliver => "ok",
+                Next::Retry(_) => "retry",
+                Next::Fallback => "fallback",
+            };
+            shared
+                .metrics
+                .route_attempts
+                .get_or_create(&AttemptLabels {
+                    router: router.name.clone(),
+                    target: target.provider.name.clone(),
+                    result,
+                })
+                .inc();
+            if next == Next::Deliver {
+                let s = exchange.state();
+                s.record.provider = target.provider.name.clone();
+                s.record.attempts = attempts;
+                if let Some(m) = &target.model {
+                    s.record.model = Some(m.clone());
+                }
+                return match sent {
+                    Ok(r) => Ok((r, injected)),
+                    Err(f) => Err(f),
+                };
+            }
+            let (status, why) = match &sent {
+                Ok(r) => (
+                    r.status().as_u16(),
+                    format!("upstream answered HTTP {}", r.status().as_u16()),
+                ),
+                Err(f) => (0, f.message.clone()),
+            };
+            let then = match next {
+                Next::Retry(d) => format!("retrying after {} ms", d.as_millis()),
+                _ => "falling back to the next target".to_owned(),
+            };
+            let mut failed = exchange.state().record.clone();
+            failed.parent_request_id = Some(failed.request_id);
+            failed.request_id = Uuid::now_v7();
+            failed.cache_status = CacheStatus::None;
+            failed.ts = attempt_ts;
+            failed.provider = target.provider.name.clone();
+            if let Some(m) = &target.model {
+                failed.model = Some(m.clone());
+            }
+            failed.status = status;
+            failed.latency_ms = t0.elapsed().as_millis() as u64;
+            failed.attempts = attempts;
+            failed.error = Some(format!(
+                "attempt {attempts} via {}: {why}; {then}",
+                target.provider.name
+            ));
+            shared.sender.send(failed);
+            // Drop the failed response (and its connection) before waiting.
+            drop(sent);
+            last_failure = Some(why);
+            match next {
+                Next::Retry(d) => {
+                    tokio::time::sleep(d).await;
+                    retry += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    // Unreachable in practice (the last target delivers), kept as an honest error.
+    Err(SendFailure {
+        status: StatusCode::BAD_GATEWAY,
+        code: "tally_all_targets_failed",
+        message: format!(
+            "router {:?}: all {} attempts failed; last: {}",
+            router.name,
+            attempts,
+            last_failure.unwrap_or_default()
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0003_alerts",
         sql: include_str!("../sqlite/0003_alerts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_routing_cache",
+        sql: include_str!("../sqlite/0004_routing_cache.sql"),
+    },
 ];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
@@ -60,6 +65,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 4,
         name: "0004_alerts",
         sql: include_str!("../clickhouse/0004_alerts.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_routing_cache",
+        sql: include_str!("../clickhouse/0005_routing_cache.sql"),
     },
 ];
 

@@ -3,7 +3,8 @@
 //! output and usage. The only faked component of the suite.
 //!
 //! Modes, chosen per request with the `x-fake-mode` header:
-//! - `error500`, `error429`: an error in the provider's shape;
+//! - `error<status>` (`error500`, `error429`, `error503`…), optionally `-ra<secs>` for a
+//!   `Retry-After` (`error429-ra1`): an error in the provider's shape;
 //! - `no-usage`: streams never carry usage, even when asked (like many compatible providers);
 //! - `reset`: two events, then the connection is cut;
 //! - `stall`: two events, then silence;
@@ -12,6 +13,8 @@
 //! - `big`: an event stream of `x-fake-bytes` bytes, generated as it is read.
 //!
 //! `x-fake-delay-ms` delays the response head; `x-fake-interval-ms` spaces stream events.
+//! [`FakeUpstream::script`] queues modes for the next requests, whatever their headers say, so
+//! two fakes can stand for a failing and a healthy provider behind one router.
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -49,11 +52,13 @@ pub struct Received {
     pub path_and_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub at: std::time::Instant,
 }
 
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<std::collections::VecDeque<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -70,7 +75,9 @@ impl FakeUpstream {
             .expect("bind fake upstream");
         let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(std::collections::VecDeque::new()));
         let log = received.clone();
+        let queue = script.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -78,10 +85,12 @@ impl FakeUpstream {
                     continue;
                 };
                 let log = log.clone();
+                let queue = queue.clone();
                 conns.spawn(async move {
                     let svc = service_fn(move |req| {
                         let log = log.clone();
-                        async move { Ok::<_, Infallible>(handle(req, log).await) }
+                        let scripted = queue.lock().expect("lock").pop_front();
+                        async move { Ok::<_, Infallible>(handle(req, log, scripted).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -93,8 +102,15 @@ impl FakeUpstream {
         Self {
             addr,
             received,
+            script,
             task,
         }
+    }
+
+    /// The next requests get these modes, one each, in order (`""` for a normal answer).
+    pub fn script(&self, modes: &[&str]) {
+        let mut q = self.script.lock().expect("lock");
+        q.extend(modes.iter().map(|m| (*m).to_owned()));
     }
 
     pub fn url(&self) -> String {
@@ -225,7 +241,11 @@ fn tail(mode: &str, mut events: Vec<Step>) -> Vec<Step> {
     events
 }
 
-async fn handle(req: Request<Incoming>, log: Arc<Mutex<Vec<Received>>>) -> Response<Body> {
+async fn handle(
+    req: Request<Incoming>,
+    log: Arc<Mutex<Vec<Received>>>,
+    scripted: Option<String>,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -240,6 +260,7 @@ async fn handle(req: Request<Incoming>, log: Arc<Mutex<Vec<Received>>>) -> Respo
             .unwrap_or_default(),
         headers: parts.headers.clone(),
         body: body.clone(),
+        at: std::time::Instant::now(),
     });
     let header = |name: &str| {
         parts
@@ -249,7 +270,7 @@ async fn handle(req: Request<Incoming>, log: Arc<Mutex<Vec<Received>>>) -> Respo
             .unwrap_or("")
             .to_owned()
     };
-    let mode = header("x-fake-mode");
+    let mode = scripted.unwrap_or_else(|| header("x-fake-mode"));
     let ms = |name: &str| Duration::from_millis(header(name).parse().unwrap_or(0));
     tokio::time::sleep(ms("x-fake-delay-ms")).await;
     let interval = ms("x-fake-interval-ms");
@@ -258,18 +279,27 @@ async fn handle(req: Request<Incoming>, log: Arc<Mutex<Vec<Received>>>) -> Respo
 
     match mode.as_str() {
         "big" => return big_stream(header("x-fake-bytes").parse().unwrap_or(0)),
-        "error500" | "error429" => {
-            let status = if mode == "error500" {
-                StatusCode::INTERNAL_SERVER_ERROR
-            } else {
-                StatusCode::TOO_MANY_REQUESTS
+        m if m.starts_with("error") => {
+            let (code, retry_after) = match m["error".len()..].split_once("-ra") {
+                Some((c, ra)) => (c, Some(ra)),
+                None => (&m["error".len()..], None),
             };
+            let status = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let v = if anthropic {
                 json!({"type": "error", "error": {"type": "overloaded_error", "message": "Fake overload"}})
             } else {
                 json!({"error": {"message": "Fake failure", "type": "server_error", "param": null, "code": null}})
             };
-            return full(status, "application/json", v.to_string());
+            let mut r = full(status, "application/json", v.to_string());
+            if let Some(ra) = retry_after {
+                r.headers_mut()
+                    .insert("retry-after", ra.parse().expect("retry-after"));
+            }
+            return r;
         }
         "binary" => {
             return full(

@@ -3,6 +3,7 @@
 
 pub mod clickhouse;
 pub mod fake_upstream;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -24,7 +24,7 @@ fn columns(with_bodies: bool) -> String {
          cache_write_tokens, reasoning_tokens, total_tokens, tokens_estimated, cost_usd, user_id,
          session_id, session_path, session_name, properties, cache_status, error, request_bytes,
          response_bytes, api_key_hint, provider_request_id, {bodies}, request_body_truncated,
-         response_body_truncated"
+         response_body_truncated, router, attempts, parent_request_id, cost_saved_usd"
     )
 }
 

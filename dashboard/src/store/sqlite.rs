@@ -16,7 +16,8 @@ const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, r
     status, stream, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cache_read_tokens,
     cache_write_tokens, reasoning_tokens, tokens_estimated, cost_usd, user_id, session_id,
     session_path, session_name, properties, cache_status, error, request_bytes, response_bytes,
-    api_key_hint, provider_request_id, request_body_truncated, response_body_truncated";
+    api_key_hint, provider_request_id, request_body_truncated, response_body_truncated, router,
+    attempts, parent_request_id, cost_saved_usd";
 
 /// Reads one SQLite store file. Each call opens a short-lived read-only connection, so readers
 /// never hold the database between requests (and never block the writer in WAL mode).
@@ -437,7 +438,13 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
         provider_request_id: row.get(28)?,
         request_body_truncated: row.get(29)?,
         response_body_truncated: row.get(30)?,
-        request_body: row.get(31)?,
-        response_body: row.get(32)?,
+        router: row.get(31)?,
+        attempts: row.get::<_, i64>(32)?.clamp(0, u32::MAX as i64) as u32,
+        parent_request_id: row
+            .get::<_, Option<String>>(33)?
+            .and_then(|s| uuid::Uuid::parse_str(&s).ok()),
+        cost_saved_usd: row.get(34)?,
+        request_body: row.get(35)?,
+        response_body: row.get(36)?,
     })
 }

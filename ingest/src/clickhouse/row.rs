@@ -44,6 +44,11 @@ pub struct RequestRow {
     response_body: Option<String>,
     request_body_truncated: bool,
     response_body_truncated: bool,
+    router: Option<String>,
+    attempts: u32,
+    #[serde(with = "clickhouse::serde::uuid::option")]
+    parent_request_id: Option<Uuid>,
+    cost_saved_usd: Option<f64>,
 }
 
 impl From<&Record> for RequestRow {
@@ -88,6 +93,10 @@ impl From<&Record> for RequestRow {
             response_body: r.response_body.clone(),
             request_body_truncated: r.request_body_truncated,
             response_body_truncated: r.response_body_truncated,
+            router: r.router.clone(),
+            attempts: r.attempts,
+            parent_request_id: r.parent_request_id,
+            cost_saved_usd: r.cost_saved_usd,
         }
     }
 }
@@ -131,6 +140,10 @@ impl From<RequestRow> for Record {
             response_body: r.response_body,
             request_body_truncated: r.request_body_truncated,
             response_body_truncated: r.response_body_truncated,
+            router: r.router,
+            attempts: r.attempts,
+            parent_request_id: r.parent_request_id,
+            cost_saved_usd: r.cost_saved_usd,
         }
     }
 }

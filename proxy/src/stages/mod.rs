@@ -1,0 +1,92 @@
+//! Optional stages on the request path: the response cache, routers (retries, fallbacks,
+//! load balancing) and rate limits. Budget enforcement is the fourth; its engine lives in
+//! `tally-budgets`.
+//!
+//! Each stage is built from its config table once at start and kept in [`Stages`]. A stage a
+//! request does not use costs it one branch: the cache is consulted only when the request or
+//! the provider asks for it, rate limits only when a policy exists or the request names one,
+//! routers only for `/router/<name>/…`, `Tally-Router` or an aliased model.
+
+pub mod cache;
+pub mod ratelimit;
+mod redis;
+pub mod routing;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use cache::{CacheConfig, ResponseCache};
+pub use ratelimit::{PolicyConfig, RateLimiter, RateLimitsConfig};
+pub use routing::{RouterConfig, Routers, Strategy, TargetConfig};
+
+use crate::providers::Providers;
+
+/// Where a stage keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this process; each replica has its own.
+    #[default]
+    Memory,
+    /// In Redis, shared by every replica pointed at it.
+    Redis,
+}
+
+/// A stage's config that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StageError {
+    /// A value is out of range or inconsistent; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    /// A Redis URL that cannot be used.
+    #[error("{what}: redis URL {url} cannot be used: {reason}")]
+    Redis {
+        /// Which stage.
+        what: &'static str,
+        /// The URL, password removed.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The stage tables of the config file: `[cache]`, `[rate_limits]` and `[routers.<name>]`.
+#[derive(Debug, Clone, Default)]
+pub struct StagesConfig {
+    /// `[cache]`.
+    pub cache: CacheConfig,
+    /// `[rate_limits]`.
+    pub rate_limits: RateLimitsConfig,
+    /// `[routers.<name>]`.
+    pub routers: BTreeMap<String, RouterConfig>,
+}
+
+/// Optional stages on the request path. Each one absent costs a branch per request.
+#[derive(Clone, Default)]
+pub struct Stages {
+    /// Budget enforcement: requests in a scope an enforcing budget has exhausted get 429.
+    pub budgets: Option<Arc<tally_budgets::Engine>>,
+    /// The response cache.
+    pub cache: Option<Arc<ResponseCache>>,
+    /// Rate limits.
+    pub rate_limits: Option<Arc<RateLimiter>>,
+    /// Routers.
+    pub routers: Option<Arc<Routers>>,
+}
+
+impl Stages {
+    /// Builds the cache, rate limiter and routers (budgets are added by the caller). Redis
+    /// backends connect lazily, so this must run inside Tokio.
+    pub fn build(config: &StagesConfig, providers: &Providers) -> Result<Self, StageError> {
+        let routers = Routers::build(&config.routers, providers)?;
+        Ok(Self {
+            budgets: None,
+            cache: Some(Arc::new(ResponseCache::build(&config.cache)?)),
+            rate_limits: Some(Arc::new(RateLimiter::build(&config.rate_limits)?)),
+            routers: (!routers.is_empty()).then(|| Arc::new(routers)),
+        })
+    }
+}
