@@ -346,13 +346,7 @@ impl Config {
         };
         // Everything but the Redis connections is checked now, so `tally serve` fails before
         // binding anything when a router names an unknown provider or a policy is malformed.
-        tally_proxy::stages::Routers::build(&stages.routers, &providers)?;
-        tally_proxy::stages::ratelimit::RateLimiter::build(
-            &tally_proxy::stages::RateLimitsConfig {
-                backend: tally_proxy::stages::Backend::Memory,
-                ..stages.rate_limits.clone()
-            },
-        )?;
+        stages.validate(&providers)?;
         Ok(Validated {
             stages,
             alerts,
@@ -535,6 +529,13 @@ mod tests {
                 .err()
                 .expect("bad scope");
             assert!(e.to_string().contains("property:<name>"), "{e}");
+            jail.create_file("bad3.toml", "[cache]\nproviders = [\"opneai\"]\n")?;
+            let e = Config::load(Some(Path::new("bad3.toml")))
+                .expect("loads")
+                .validate()
+                .err()
+                .expect("typo");
+            assert!(e.to_string().contains("\"opneai\" is neither"), "{e}");
             Ok(())
         });
     }

@@ -12,7 +12,7 @@ use tally_proxy::stages::{Backend, PolicyConfig, RouterConfig, Strategy, TargetC
 use tally_proxy::{Price, ProviderConfig};
 
 use crate::support::redis::RedisServer;
-use crate::support::{post_json, request_id, send_checked, FakeUpstream, TestTally};
+use crate::support::{get, post_json, request_id, send_checked, FakeUpstream, TestTally};
 
 const PRICED: &str = "stage-test-model";
 
@@ -297,6 +297,12 @@ async fn a_cache_hit_replays_a_stream_byte_identical_and_records_the_saving() {
     );
     assert_eq!(hit["response_body"], miss["response_body"]);
     assert!((t.metric("tally_cache_saved_usd_total", "").await - cost).abs() < 1e-9);
+    // The dashboard shows the saving.
+    let (_, _, body) = get(&t.dashboard_url("/api/overview")).await;
+    let overview: Value = serde_json::from_slice(&body).expect("overview JSON");
+    assert!((overview["cache_saved_usd"].as_f64().expect("saved") - cost).abs() < 1e-9);
+    let (_, _, page) = get(&t.dashboard_url("/")).await;
+    assert!(String::from_utf8_lossy(&page).contains("id=\"cache-saved\""));
 
     // Another namespace, another key, another body: all misses.
     for extra in [

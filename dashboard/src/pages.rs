@@ -387,6 +387,13 @@ struct OverviewPage {
     tops: Vec<(&'static str, &'static str, Vec<(TopView, String, u32)>)>,
 }
 
+impl OverviewPage {
+    /// What cache hits saved in the window.
+    fn saved(&self) -> String {
+        usd(self.o.cache_saved_usd)
+    }
+}
+
 /// `GET /`.
 pub async fn overview(
     State(state): State<AppState>,
@@ -689,6 +696,10 @@ pub async fn request(State(state): State<AppState>, Path(id): Path<String>) -> P
         "session_name",
         "properties",
         "cache_status",
+        "cost_saved_usd",
+        "router",
+        "attempts",
+        "parent_request_id",
         "request_bytes",
         "response_bytes",
         "api_key_hint",

@@ -163,6 +163,8 @@ pub struct Overview {
     pub top_users: Vec<TopView>,
     /// Lost or waiting records.
     pub ingest: IngestHealth,
+    /// What cache hits in the window saved, USD (`cost_saved_usd` summed).
+    pub cache_saved_usd: f64,
 }
 
 /// Every bucket of the range, filled from the store's bucket groups (empty buckets are zero).
@@ -284,6 +286,7 @@ pub async fn overview(
         )
         .await?
         .into_iter();
+    let (_, cache_saved_usd) = reader.cache_savings(v.filter.clone()).await?;
     let mut next = || parts.next().unwrap_or_default();
     let (summary, series, top_models, top_providers, top_users) = (
         totals(next()),
@@ -300,6 +303,7 @@ pub async fn overview(
         top_providers,
         top_users,
         ingest: IngestHealth::read(ingest),
+        cache_saved_usd,
     })
 }
 

@@ -289,9 +289,8 @@ async fn send_upstream(
 }
 
 /// Whether Tally should ask this provider for stream usage on this request.
-fn wants_injection(provider: &Provider, path: &str, peek_ok: bool) -> bool {
-    peek_ok
-        && provider.format == WireFormat::OpenAi
+fn wants_injection(provider: &Provider, path: &str) -> bool {
+    provider.format == WireFormat::OpenAi
         && provider.stream_usage == StreamUsage::Inject
         && (path.ends_with("/chat/completions") || path.ends_with("/completions"))
 }
@@ -615,12 +614,7 @@ async fn forward(
             .inc();
         cache_header(extra, found.is_some());
         if let Some(entry) = found {
-            let provider = match &destination {
-                Destination::Provider(p) => p.clone(),
-                Destination::Router(r) => r.targets[0].provider.clone(),
-            };
-            let injected = can_inject && wants_injection(&provider, &forward_path, true);
-            return replay(&shared, exchange, &entry, injected);
+            return replay(&shared, exchange, &entry);
         }
         let ttl = cache.ttl(&cache_req, &parts.headers);
         let s = exchange.state();
@@ -648,7 +642,7 @@ async fn forward(
 
     let (resp, injected) = match destination {
         Destination::Provider(provider) => {
-            let forwarded_body = if can_inject && wants_injection(&provider, &forward_path, true) {
+            let forwarded_body = if can_inject && wants_injection(&provider, &forward_path) {
                 inject_include_usage(&head.bytes)
             } else {
                 None
@@ -836,13 +830,8 @@ async fn check_rate_limits(
 
 /// Answers from the cache: the stored bytes go through the same tee as a live response, so
 /// the record gets the same usage (and its cost becomes the saving).
-fn replay(
-    shared: &Shared,
-    mut exchange: Exchange,
-    entry: &Entry,
-    injected: bool,
-) -> Response<ResponseBody> {
-    let headers = cache::replay_headers(entry);
+fn replay(shared: &Shared, mut exchange: Exchange, entry: &Entry) -> Response<ResponseBody> {
+    let (headers, injected) = cache::replay_headers(entry);
     let is_sse = is_event_stream(&headers);
     let encoding = Encoding::from_header(
         headers
@@ -907,6 +896,12 @@ fn respond(
                     fill.headers.insert(h, v.clone());
                 }
             }
+            if injected {
+                fill.headers.insert(
+                    HeaderName::from_static(cache::INJECTED),
+                    HeaderValue::from_static("1"),
+                );
+            }
         }
     }
     exchange.responded(rparts.status.as_u16(), is_sse, encoding);
@@ -950,7 +945,7 @@ async fn route(
             Some(m) => routing::with_model(a.body, m).unwrap_or_else(|| a.body.clone()),
             None => a.body.clone(),
         };
-        let forwarded = if a.can_inject && wants_injection(&target.provider, a.path, true) {
+        let forwarded = if a.can_inject && wants_injection(&target.provider, a.path) {
             inject_include_usage(&body)
         } else {
             None

@@ -247,6 +247,19 @@ impl ClickHouseReader {
             .await?)
     }
 
+    /// Cache hits matching `f` and what they saved: `(hits, USD)`.
+    pub async fn cache_savings(&self, f: &RequestFilter) -> Result<(u64, f64), StoreError> {
+        let mut binds = Vec::new();
+        let mut sql = format!(
+            "SELECT count(), sum(ifNull(cost_saved_usd, 0)) FROM {} WHERE cache_status = 'hit'",
+            self.table
+        );
+        where_clause(f, &mut sql, &mut binds);
+        Ok(bound(self.client.query(&sql), binds)
+            .fetch_one::<(u64, f64)>()
+            .await?)
+    }
+
     /// One record with its bodies.
     pub async fn get(&self, request_id: &str) -> Result<Option<Record>, StoreError> {
         let sql = format!(

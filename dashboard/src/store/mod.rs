@@ -110,6 +110,17 @@ impl Reader {
         }
     }
 
+    /// Cache hits matching `filter` and the USD they saved.
+    pub async fn cache_savings(&self, filter: RequestFilter) -> Result<(u64, f64), StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(tokio::task::spawn_blocking(move || r.cache_savings(&filter)).await)
+            }
+            Reader::ClickHouse(r) => r.cache_savings(&filter).await,
+        }
+    }
+
     /// One record with its bodies.
     pub async fn get(&self, request_id: String) -> Result<Option<Record>, StoreError> {
         match self {

@@ -247,6 +247,20 @@ impl SqliteReader {
         Ok(keys)
     }
 
+    /// Cache hits matching `f` and what they saved: `(hits, USD)`.
+    pub fn cache_savings(&self, f: &RequestFilter) -> Result<(u64, f64), StoreError> {
+        let conn = self.conn()?;
+        let w = Where::new(f);
+        let sql = format!(
+            "SELECT count(*), total(cost_saved_usd) FROM requests WHERE cache_status = 'hit' AND {}",
+            w.sql
+        );
+        let (n, usd): (i64, f64) = conn.query_row(&sql, params_from_iter(w.params), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok((n.max(0) as u64, usd))
+    }
+
     /// One record with its bodies.
     pub fn get(&self, request_id: &str) -> Result<Option<Record>, StoreError> {
         let conn = self.conn()?;

@@ -33,7 +33,10 @@ const VARY: &[&str] = &[
 /// Headers that carry the caller's key.
 const KEY_HEADERS: &[&str] = &["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 /// Response headers a hit replays; the rest describe the original connection.
-const REPLAYED: &[&str] = &["content-type", "content-encoding"];
+const REPLAYED: &[&str] = &["content-type", "content-encoding", INJECTED];
+/// Marks a stored stream that carries the usage chunk Tally asked for (and hides from the
+/// client); a replay hides it again. Never sent to a client.
+pub(crate) const INJECTED: &str = "tally-injected-usage";
 
 /// `[cache]` as written in the config file. The stage is always available to requests that
 /// ask for it (`Tally-Cache: true`); `providers` switches it on for every request to them.
@@ -357,8 +360,8 @@ pub(crate) fn key(
     h.finalize().into()
 }
 
-/// Headers of a replayed answer.
-pub(crate) fn replay_headers(entry: &Entry) -> HeaderMap {
+/// Headers of a replayed answer, and whether its stream carries injected usage to strip.
+pub(crate) fn replay_headers(entry: &Entry) -> (HeaderMap, bool) {
     let mut h = HeaderMap::new();
     for (n, v) in &entry.headers {
         if let (Ok(n), Ok(v)) = (
@@ -368,7 +371,8 @@ pub(crate) fn replay_headers(entry: &Entry) -> HeaderMap {
             h.insert(n, v);
         }
     }
-    h
+    let injected = h.remove(INJECTED).is_some();
+    (h, injected)
 }
 
 #[cfg(test)]

@@ -64,6 +64,36 @@ pub struct StagesConfig {
     pub routers: BTreeMap<String, RouterConfig>,
 }
 
+impl StagesConfig {
+    /// Checks everything but the Redis connections, without building anything that needs a
+    /// runtime: routers against the providers, policies, and the provider lists of the cache
+    /// and the policies (each name must be a provider or a router).
+    pub fn validate(&self, providers: &Providers) -> Result<(), StageError> {
+        Routers::build(&self.routers, providers)?;
+        RateLimiter::build(&RateLimitsConfig {
+            backend: Backend::Memory,
+            ..self.rate_limits.clone()
+        })?;
+        let known = |name: &str| providers.get(name).is_some() || self.routers.contains_key(name);
+        let lists = std::iter::once(("cache.providers".to_owned(), &self.cache.providers)).chain(
+            self.rate_limits.policies.iter().map(|p| {
+                (
+                    format!("rate_limits.policies {:?}: providers", p.name),
+                    &p.providers,
+                )
+            }),
+        );
+        for (what, names) in lists {
+            if let Some(bad) = names.iter().find(|n| !known(n)) {
+                return Err(StageError::Invalid(format!(
+                    "{what}: {bad:?} is neither a provider nor a router"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Optional stages on the request path. Each one absent costs a branch per request.
 #[derive(Clone, Default)]
 pub struct Stages {
