@@ -4,15 +4,20 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tally_ingest::sqlite::{self, SqliteWriter};
 use tally_ingest::{BatchWriter, CacheStatus, Record, Tokens};
 
+/// Request start times only move forward, as in real traffic: every batch continues where the
+/// last one ended, so time-leading indexes grow at their end.
+static NEXT_TS: AtomicI64 = AtomicI64::new(1_795_305_600_000);
+
 fn record(i: usize) -> Record {
     Record {
         request_id: uuid::Uuid::now_v7(),
-        ts: 1_795_305_600_000 + i as i64,
+        ts: NEXT_TS.fetch_add(1, Ordering::Relaxed),
         provider: "openai".into(),
         endpoint: "/v1/chat/completions".into(),
         method: "POST".into(),

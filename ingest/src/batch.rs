@@ -24,6 +24,28 @@ pub const DEFAULT_MAX_ROWS: usize = 1_000;
 pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Longest a record waits in a partial batch when unset.
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How much nicer than the process the ingest thread is. Writing a batch is a burst of CPU (index maintenance,
+/// encoding); at the default nice it competes with the proxy's workers and shows up as
+/// milliseconds in the proxy's p99 on a two-core machine (BENCHMARKS.md, "Load"). At +5 the
+/// scheduler gives the workers about three times its share while both want a core; with an
+/// idle core, the thread runs as fast as before.
+const INGEST_NICE: i32 = 5;
+
+/// Lowers this thread's scheduling priority by [`INGEST_NICE`] (Linux; elsewhere a no-op).
+/// Failing to is harmless, so it is only logged.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // Relative to the process's own nice value: lowering priority needs no privilege.
+        let tid = rustix::thread::gettid();
+        let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+        let nice = (current + INGEST_NICE).min(19);
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+            tracing::debug!(error = %e, "could not lower the ingest thread's priority");
+        }
+    }
+}
 /// Write attempts per batch before its records are counted as dropped.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
@@ -122,6 +144,7 @@ impl IngestWorker {
         let thread = std::thread::Builder::new()
             .name("tally-ingest".into())
             .spawn(move || {
+                background_priority();
                 let replay_at = spool
                     .as_ref()
                     .filter(|s| !s.is_empty())

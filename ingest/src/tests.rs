@@ -309,3 +309,45 @@ fn permanent_errors_are_not_retried_or_spooled() {
         .get();
     assert_eq!(dropped, 1);
 }
+
+/// The ingest thread runs at a lower priority than the proxy's workers (Linux).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_ingest_thread_yields_the_cpu_to_the_proxy() {
+    let metrics = IngestMetrics::default();
+    let (_tx, rx) = channel(10, metrics.clone());
+    let worker = IngestWorker::spawn(rx, Probe::default(), fast_config(), metrics).expect("spawn");
+    // The thread lowers its own priority as it starts; give it the moment.
+    let nice_of_ingest_thread = || -> Option<i64> {
+        std::fs::read_dir("/proc/self/task").ok()?.find_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim() != "tally-ingest" {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Field 19 (nice), counted after the parenthesised command name.
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()
+        })
+    };
+    let own = std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse::<i64>()
+                .ok()
+        })
+        .expect("this thread's nice value");
+    wait_until("the ingest thread is 5 nicer than the test", || {
+        nice_of_ingest_thread() == Some((own + 5).min(19))
+    });
+    worker.shutdown();
+}

@@ -1,0 +1,633 @@
+//! The open-loop load harness: the same requests at fixed arrival rates, straight to a fast fake
+//! upstream, through nginx (a plain reverse proxy, buffering off) and through Tally (the real
+//! release binary, full logging to SQLite). What Tally adds is proxied minus direct at each
+//! percentile; nginx's figure says what any proxy hop costs on this machine.
+//!
+//! ```sh
+//! apt-get install -y nginx-light        # optional; the nginx rows are skipped without it
+//! cargo bench --bench load -- --rates 500,2000,5000 --seconds 20 --rounds 3
+//! cargo bench --bench load -- --stream   # per-event delay of a 50-event stream
+//! ```
+//!
+//! Open loop: request `i` is due at `start + i / rate` whatever happened to the others, and its
+//! latency is measured from that due time (so a stall is charged to every request it delays,
+//! correcting for coordinated omission). The pacer is a plain thread sleeping to each due time;
+//! its wake-up lateness (tens of µs) is in every target's figures alike. The fake upstream runs
+//! in this process on its own thread, so stream events carry their send time on the same clock
+//! the client reads them with.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+const JSON: &str = r#"{"id":"chatcmpl-load","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the load upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":7,"total_tokens":28}}"#;
+const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}"#;
+const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello"}]}"#;
+
+/// The clock every timestamp in this process is relative to.
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+#[derive(Clone)]
+struct Opts {
+    rates: Vec<u64>,
+    seconds: u64,
+    rounds: usize,
+    stream: bool,
+    events: usize,
+    event_interval_ms: u64,
+    upstream_latency_ms: u64,
+    targets: Vec<String>,
+}
+
+fn opts() -> Opts {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let num = |name: &str, d: u64| get(name).and_then(|v| v.parse().ok()).unwrap_or(d);
+    Opts {
+        rates: get("--rates")
+            .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())
+            .unwrap_or_else(|| vec![500, 2000, 5000]),
+        seconds: num("--seconds", 20),
+        rounds: num("--rounds", 1) as usize,
+        stream: args.iter().any(|a| a == "--stream"),
+        events: num("--events", 50) as usize,
+        event_interval_ms: num("--event-interval-ms", 10),
+        upstream_latency_ms: num("--upstream-latency-ms", 0),
+        targets: get("--targets")
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_else(|| vec!["direct".into(), "nginx".into(), "tally".into()]),
+    }
+}
+
+/// The fake provider: a fixed JSON answer after `latency`, or, for `"stream":true`, `events`
+/// SSE events `interval` apart, each carrying its send time (`"t":<ns>`).
+fn start_upstream(latency: Duration, events: usize, interval: Duration) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("upstream runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(listener.local_addr().expect("addr")).expect("send addr");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                        let stream = body
+                            .as_ref()
+                            .is_ok_and(|b| memchr::memmem::find(b, b"\"stream\":true").is_some());
+                        if !latency.is_zero() {
+                            tokio::time::sleep(latency).await;
+                        }
+                        if !stream {
+                            let mut r = Response::new(
+                                Full::new(Bytes::from_static(JSON.as_bytes()))
+                                    .map_err(|n| match n {})
+                                    .boxed_unsync(),
+                            );
+                            r.headers_mut()
+                                .insert("content-type", "application/json".parse().expect("ct"));
+                            return Ok::<_, Infallible>(r);
+                        }
+                        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+                        tokio::spawn(async move {
+                            let mut tick = tokio::time::interval(interval);
+                            for i in 0..events {
+                                tick.tick().await;
+                                let ev = format!(
+                                    "data: {{\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"delta\":{{\"content\":\" t{i}\"}}}}],\"t\":{}}}\n\n",
+                                    now_ns()
+                                );
+                                if tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            let tail = "data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":50,\"total_tokens\":71}}\n\ndata: [DONE]\n\n";
+                            let _ = tx.send(Ok(Frame::data(Bytes::from_static(tail.as_bytes())))).await;
+                        });
+                        let body = StreamBody::new(tokio_stream(rx)).boxed_unsync();
+                        let mut r = Response::new(body);
+                        r.headers_mut()
+                            .insert("content-type", "text/event-stream".parse().expect("ct"));
+                        Ok(r)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv().expect("upstream address")
+}
+
+/// An mpsc receiver as a `Stream`, without pulling in tokio-stream.
+fn tokio_stream<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_port(port: u16) {
+    wait_port_for(port, Duration::from_secs(15));
+}
+
+fn wait_port_for(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A proxy under test, as a child process.
+struct Proc {
+    child: Child,
+    port: u16,
+    dashboard: Option<u16>,
+    db: Option<std::path::PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_tally(upstream: SocketAddr) -> Proc {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, dash) = (free_port(), free_port());
+    let db = dir.path().join("load.db");
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[dashboard]\nlisten = \"127.0.0.1:{dash}\"\n\
+         [store]\nkind = \"sqlite\"\npath = {db:?}\nspool_dir = {spool:?}\n\
+         [providers.openai]\nbase_url = \"http://{upstream}\"\n",
+        spool = dir.path().join("spool"),
+    );
+    let cfg = dir.path().join("tally.toml");
+    std::fs::write(&cfg, config).expect("config");
+    let child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("TALLY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start tally");
+    wait_port(port);
+    wait_port(dash);
+    Proc {
+        child,
+        port,
+        dashboard: Some(dash),
+        db: Some(db),
+        _dir: dir,
+    }
+}
+
+fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
+    let bin = ["nginx", "/usr/sbin/nginx"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-v").output().is_ok())?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           upstream up {{ server {upstream}; keepalive 256; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://up;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+               proxy_buffering off;\n      proxy_request_buffering off;\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx conf");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .ok()?;
+    wait_port(port);
+    Some(Proc {
+        child,
+        port,
+        dashboard: None,
+        db: None,
+        _dir: dir,
+    })
+}
+
+/// LiteLLM's proxy (from PyPI: `pip install 'litellm[proxy]'`), found through
+/// `TALLY_BENCH_LITELLM` or `PATH`, routing `gpt-4o-mini` to the fake upstream.
+fn start_litellm(upstream: SocketAddr) -> Option<Proc> {
+    let bin = std::env::var("TALLY_BENCH_LITELLM").unwrap_or_else(|_| "litellm".into());
+    Command::new(&bin).arg("--version").output().ok()?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let cfg = dir.path().join("litellm.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n      api_base: http://{upstream}/v1\n      api_key: sk-fake\nlitellm_settings:\n  telemetry: false\n"
+        ),
+    )
+    .expect("litellm config");
+    let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_LOG", "ERROR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_port_for(port, Duration::from_secs(120));
+    Some(Proc {
+        child,
+        port,
+        dashboard: None,
+        db: None,
+        _dir: dir,
+    })
+}
+
+/// RSS in KiB and CPU ticks (user + system) of a process and its children's threads.
+fn proc_stats(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((rss, ticks))
+}
+
+/// nginx's workers are its children: sum them.
+fn tree_stats(pid: u32) -> Option<(u64, u64)> {
+    let (mut rss, mut ticks) = proc_stats(pid)?;
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            if let Some((r, t)) = proc_stats(c) {
+                rss += r;
+                ticks += t;
+            }
+        }
+    }
+    Some((rss, ticks))
+}
+
+#[derive(Default, Clone)]
+struct Outcome {
+    latency: Option<Histogram<u64>>,
+    events: Option<Histogram<u64>>,
+    ok: u64,
+    errors: u64,
+    seconds: f64,
+    cpu_pct: Option<f64>,
+    rss_max_kib: Option<u64>,
+}
+
+/// Runs one open-loop round against `addr` at `rate` for `seconds` (after a 2 s warm-up that is
+/// not measured), sampling `pid`'s CPU and memory.
+fn run(addr: u16, rate: u64, seconds: u64, stream: bool, pid: Option<u32>) -> Outcome {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(connector);
+    let url: http::Uri = format!("http://127.0.0.1:{addr}/v1/chat/completions")
+        .parse()
+        .expect("uri");
+    let body = Bytes::from_static(if stream { STREAM_BODY } else { BODY }.as_bytes());
+    let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    let latency = Arc::new(Mutex::new(hist()));
+    let events = Arc::new(Mutex::new(hist()));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let warmup = rate * 2;
+    let total = warmup + rate * seconds;
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + interval * warmup as u32;
+    let sampler_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = pid.map(|pid| {
+        let stop = sampler_stop.clone();
+        std::thread::spawn(move || {
+            while Instant::now() < measure_from {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let (_, t0) = tree_stats(pid).unwrap_or_default();
+            let w0 = Instant::now();
+            let mut rss_max = 0;
+            let mut last = (t0, w0);
+            while !stop.load(Ordering::Relaxed) {
+                if let Some((rss, t)) = tree_stats(pid) {
+                    rss_max = rss_max.max(rss);
+                    last = (t, Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let ticks_per_s = 100.0; // USER_HZ on Linux
+            let cpu = (last.0 - t0) as f64 / ticks_per_s / last.1.duration_since(w0).as_secs_f64();
+            (cpu * 100.0, rss_max)
+        })
+    });
+    let handle = rt.handle().clone();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let due = start + interval * i as u32;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        let (latency, events, ok, errors) =
+            (latency.clone(), events.clone(), ok.clone(), errors.clone());
+        let measured = due >= measure_from;
+        tasks.push(handle.spawn(async move {
+            let req = Request::post(url)
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+                .expect("request");
+            let result = async {
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("status {}", resp.status()));
+                }
+                let mut body = resp.into_body();
+                let mut delays = Vec::new();
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|e| e.to_string())?;
+                    if let Some(data) = frame.data_ref() {
+                        let arrived = now_ns();
+                        for part in memchr::memmem::find_iter(data, b"\"t\":") {
+                            let digits: Vec<u8> = data[part + 4..]
+                                .iter()
+                                .take_while(|b| b.is_ascii_digit())
+                                .copied()
+                                .collect();
+                            if let Some(sent) = std::str::from_utf8(&digits)
+                                .ok()
+                                .and_then(|s| s.parse::<u64>().ok())
+                            {
+                                delays.push(arrived.saturating_sub(sent) / 1000);
+                            }
+                        }
+                    }
+                }
+                Ok::<_, String>(delays)
+            };
+            // A request that takes longer than this is an error, so a drowning target ends.
+            let result = tokio::time::timeout(Duration::from_secs(30), result)
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()));
+            match result {
+                Ok(delays) => {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    if measured {
+                        let us = due.elapsed().as_micros() as u64;
+                        let _ = latency.lock().expect("lock").record(us.max(1));
+                        let mut ev = events.lock().expect("lock");
+                        for d in delays {
+                            let _ = ev.record(d.max(1));
+                        }
+                    }
+                }
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    sampler_stop.store(true, Ordering::Relaxed);
+    let (cpu_pct, rss_max_kib) = match sampler.map(|s| s.join().expect("sampler")) {
+        Some((c, r)) => (Some(c), Some(r)),
+        None => (None, None),
+    };
+    let latency = latency.lock().expect("lock").clone();
+    let events = events.lock().expect("lock").clone();
+    Outcome {
+        seconds: seconds as f64,
+        ok: ok.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        latency: Some(latency),
+        events: (!events.is_empty()).then_some(events),
+        cpu_pct,
+        rss_max_kib,
+    }
+}
+
+fn q(h: &Histogram<u64>, q: f64) -> u64 {
+    h.value_at_quantile(q)
+}
+
+fn dropped_records(dashboard: u16) -> Option<f64> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", dashboard)).ok()?;
+    use std::io::{Read, Write};
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("tally_records_dropped_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+fn main() {
+    let o = opts();
+    let _ = epoch();
+    let upstream = start_upstream(
+        Duration::from_millis(o.upstream_latency_ms),
+        o.events,
+        Duration::from_millis(o.event_interval_ms),
+    );
+    let idle_tally = start_tally(upstream);
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = proc_stats(idle_tally.child.id()).map(|s| s.0);
+    drop(idle_tally);
+    println!(
+        "machine: {} cores; Tally idle RSS {} MiB",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        idle.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+    );
+    let mode = if o.stream {
+        format!(
+            "stream of {} events, {} ms apart",
+            o.events, o.event_interval_ms
+        )
+    } else {
+        "JSON".to_owned()
+    };
+    println!(
+        "workload: {mode}; {} s per round after 2 s warm-up; {} round(s)\n",
+        o.seconds, o.rounds
+    );
+    println!("| target | rate/s | round | achieved/s | errors | p50 µs | p90 µs | p99 µs | max µs | CPU % | RSS max MiB | event delay p50/p99 µs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // (target, rate) -> per-round (p50, p90, p99, max)
+    let mut table: BTreeMap<(u64, String), Vec<[u64; 4]>> = BTreeMap::new();
+    for &rate in &o.rates {
+        for round in 1..=o.rounds {
+            for target in &o.targets {
+                let proc = match target.as_str() {
+                    "direct" => None,
+                    "nginx" => match start_nginx(upstream) {
+                        Some(p) => Some(p),
+                        None => {
+                            if round == 1 {
+                                println!("| nginx | {rate} | - | not installed (apt-get install nginx-light) | | | | | | | | |");
+                            }
+                            continue;
+                        }
+                    },
+                    "tally" => Some(start_tally(upstream)),
+                    "litellm" => match start_litellm(upstream) {
+                        Some(p) => Some(p),
+                        None => {
+                            if round == 1 {
+                                println!("| litellm | {rate} | - | not installed (pip install 'litellm[proxy]'; TALLY_BENCH_LITELLM=<path>) | | | | | | | | |");
+                            }
+                            continue;
+                        }
+                    },
+                    other => panic!("unknown target {other}"),
+                };
+                let port = proc.as_ref().map_or(upstream.port(), |p| p.port);
+                let out = run(
+                    port,
+                    rate,
+                    o.seconds,
+                    o.stream,
+                    proc.as_ref().map(|p| p.child.id()),
+                );
+                let h = out.latency.as_ref().expect("histogram");
+                let row = [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()];
+                table.entry((rate, target.clone())).or_default().push(row);
+                let ev = out.events.as_ref().map_or("–".to_owned(), |e| {
+                    format!("{} / {}", q(e, 0.5), q(e, 0.99))
+                });
+                println!(
+                    "| {target} | {rate} | {round} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {ev} |",
+                    out.ok as f64 / (out.seconds + 2.0),
+                    out.errors,
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    out.cpu_pct.map_or("–".into(), |c| format!("{c:.0}")),
+                    out.rss_max_kib.map_or("–".into(), |r| format!("{:.1}", r as f64 / 1024.0)),
+                );
+                if let Some(mut p) = proc {
+                    if let (Some(dash), Some(db)) = (p.dashboard, p.db.clone()) {
+                        let dropped = dropped_records(dash).unwrap_or(-1.0);
+                        // SIGTERM drains every record; then count what the store has.
+                        let _ = Command::new("kill").arg(p.child.id().to_string()).status();
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        while p.child.try_wait().ok().flatten().is_none()
+                            && Instant::now() < deadline
+                        {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        let stored: i64 = rusqlite::Connection::open(&db)
+                            .and_then(|c| {
+                                c.query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+                            })
+                            .unwrap_or(-1);
+                        println!(
+                            "|  | records: {} answered, {stored} stored, {dropped} dropped | | | | | | | | | | |",
+                            out.ok
+                        );
+                    }
+                }
+            }
+        }
+    }
+    println!("\nOverhead (target minus direct, per round; min / median / max over rounds):\n");
+    println!("| target | rate/s | p50 µs | p90 µs | p99 µs | max µs |");
+    println!("|---|---|---|---|---|---|");
+    for &rate in &o.rates {
+        let Some(direct) = table.get(&(rate, "direct".into())) else {
+            continue;
+        };
+        for target in o.targets.iter().filter(|t| *t != "direct") {
+            let Some(rows) = table.get(&(rate, target.clone())) else {
+                continue;
+            };
+            let cols: Vec<String> = (0..4)
+                .map(|c| {
+                    let mut v: Vec<i64> = rows
+                        .iter()
+                        .zip(direct)
+                        .map(|(r, d)| r[c] as i64 - d[c] as i64)
+                        .collect();
+                    v.sort_unstable();
+                    format!("{} / {} / {}", v[0], v[v.len() / 2], v[v.len() - 1])
+                })
+                .collect();
+            println!("| {target} | {rate} | {} |", cols.join(" | "));
+        }
+    }
+}
