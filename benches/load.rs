@@ -282,6 +282,11 @@ fn start_litellm(upstream: SocketAddr) -> Option<Proc> {
         .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env("LITELLM_LOG", "ERROR")
+        // A loopback benchmark: no master key, as for the other targets.
+        .env(
+            "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY",
+            "true",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
