@@ -155,6 +155,15 @@ async fn a_500_from_the_first_target_falls_back_to_the_second() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&body).contains("configured: smart"));
+    // An OpenAI-format router cannot take an Anthropic-format body.
+    let (status, _, body) = post_json(
+        &t.url("/anthropic/v1/messages"),
+        &[("Tally-Router", "smart")],
+        &json!({"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("tally_router_format"));
     t.stop().await;
 }
 

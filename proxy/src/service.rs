@@ -432,6 +432,17 @@ async fn forward(
     };
     if let (Some(name), Destination::Provider(_)) = (tags.router.as_deref(), &destination) {
         match shared.stages.routers.as_ref().and_then(|r| r.get(name)) {
+            Some(r) if r.targets[0].provider.format != format => {
+                let msg = format_mismatch(r, format);
+                exchange.fail(msg.clone());
+                return error_response(
+                    Some(format),
+                    StatusCode::BAD_REQUEST,
+                    "tally_router_format",
+                    &msg,
+                    None,
+                );
+            }
             Some(r) => destination = Destination::Router(r.clone()),
             None => {
                 let msg = unknown_router(&shared, name);
@@ -490,6 +501,17 @@ async fn forward(
         shared.stages.routers.as_ref(),
     ) {
         if let Some(r) = routers.for_alias(model) {
+            if r.targets[0].provider.format != format {
+                let msg = format_mismatch(r, format);
+                exchange.fail(msg.clone());
+                return error_response(
+                    Some(format),
+                    StatusCode::BAD_REQUEST,
+                    "tally_router_format",
+                    &msg,
+                    None,
+                );
+            }
             destination = Destination::Router(r.clone());
         }
     }
@@ -710,6 +732,14 @@ async fn forward(
         }
     };
     respond(&shared, exchange, resp, injected)
+}
+
+/// A router whose targets speak another wire format than the route the request came in on.
+fn format_mismatch(router: &Router, route: WireFormat) -> String {
+    format!(
+        "router {:?} sends to {:?}-format providers; this route speaks {route:?}, so its body would not fit",
+        router.name, router.targets[0].provider.format
+    )
 }
 
 fn unknown_router(shared: &Shared, name: &str) -> String {
