@@ -12,13 +12,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::ResponseBody;
 
 /// The client type the proxy uses.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ResponseBody>;
+pub type UpstreamClient = Client<Connector, ResponseBody>;
+
+/// TCP + TLS connector, built once and shared (its TLS config is immutable).
+pub type Connector = HttpsConnector<HttpConnector>;
 
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Builds the client. Fails only if the TLS provider cannot be set up.
-pub fn build(connect_timeout: Duration) -> Result<UpstreamClient, rustls::Error> {
+/// Builds the connector. Fails only if the TLS provider cannot be set up.
+pub fn connector(connect_timeout: Duration) -> Result<Connector, rustls::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -30,9 +33,16 @@ pub fn build(connect_timeout: Duration) -> Result<UpstreamClient, rustls::Error>
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    Ok(https)
+}
+
+/// A client with a pool of its own. Each event loop builds one: a pooled connection's task runs
+/// on the runtime that opened it, so sharing a pool across event loops would send requests
+/// across threads.
+pub fn build(connector: Connector) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .build(https))
+        .build(connector)
 }

@@ -66,7 +66,8 @@ pub(crate) struct Shared {
     pub(crate) pricing: PricingTable,
     pub(crate) sender: RecordSender,
     pub(crate) metrics: ProxyMetrics,
-    pub(crate) client: client::UpstreamClient,
+    /// Shared by every event loop's client; each loop has its own pool.
+    pub(crate) connector: client::Connector,
     /// Token estimates running on blocking threads; each will still send a record.
     pub(crate) pending_estimates: AtomicUsize,
     pub(crate) stages: Stages,
@@ -110,7 +111,7 @@ impl Proxy {
         sender: RecordSender,
         stages: Stages,
     ) -> Result<Self, ProxyError> {
-        let client = client::build(settings.connect_timeout)?;
+        let connector = client::connector(settings.connect_timeout)?;
         // Estimates run off the request path, so loading the tokenizers at the first one
         // delays only that record (about 0.3 s); loading them here costs ~65 MiB of idle RSS
         // for deployments whose providers always report usage.
@@ -126,7 +127,7 @@ impl Proxy {
                 pricing,
                 sender,
                 metrics: ProxyMetrics::default(),
-                client,
+                connector,
                 pending_estimates: AtomicUsize::new(0),
                 stages,
             }),
@@ -145,70 +146,50 @@ impl Proxy {
 
     /// Serves connections from `listener` until `shutdown` resolves, then stops accepting, gives
     /// in-flight requests the configured grace period, and cancels what is left (each cancelled
-    /// request is still recorded). Returns when every connection task has ended.
+    /// request is still recorded). Returns when every connection has ended and every record is
+    /// on its way.
+    ///
+    /// Connections are served by `proxy.threads` event loops, each a single-threaded runtime on
+    /// its own OS thread with its own upstream pool. A connection, its requests and their
+    /// upstream connections stay on the thread that accepted it, so forwarding a request
+    /// never wakes another thread: on a multi-threaded runtime, the hand-offs between the
+    /// client's and the upstream's connection tasks cost two futex calls and a context switch
+    /// per request, which measured as most of Tally's added latency (BENCHMARKS.md, "Load").
+    /// Every loop accepts from the same socket; whichever wakes first takes the connection.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.shared.settings.header_read_timeout)
-            .keep_alive(true);
-        let graceful = GracefulShutdown::new();
-        let mut connections = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            // Reap finished connection tasks so the set does not grow.
-            while connections.try_join_next().is_some() {}
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let shared = self.shared.clone();
-            let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(service::handle(shared, req).await) }
-            });
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            connections.spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+        let listener = listener.into_std()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // Stops the loops already started if a later one cannot start.
+        let stop_all = StopOnDrop(Some(stop_tx));
+        let mut finished = Vec::with_capacity(self.shared.settings.threads);
+        for i in 0..self.shared.settings.threads {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let (shared, stop, listener) =
+                (self.shared.clone(), stop_rx.clone(), listener.try_clone()?);
+            std::thread::Builder::new()
+                .name(format!("tally-proxy-{i}"))
+                .spawn(move || {
+                    event_loop(shared, listener, stop, ready_tx);
+                    let _ = done_tx.send(());
+                })?;
+            ready_rx
+                .await
+                .map_err(|_| std::io::Error::other("a proxy event loop died while starting"))??;
+            finished.push(done_rx);
         }
         drop(listener);
-        let in_flight = graceful.count();
-        tracing::info!(
-            in_flight,
-            "proxy stopped accepting; draining in-flight requests"
-        );
-        let grace = self.shared.settings.shutdown_grace;
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "in-flight requests outlived the shutdown grace period; cancelling them"
-            );
-            connections.abort_all();
+        shutdown.await;
+        drop(stop_all);
+        for done in finished {
+            if done.await.is_err() {
+                tracing::error!("a proxy event loop panicked");
+            }
         }
-        while connections.join_next().await.is_some() {}
         // Records of requests whose tokens are being estimated are still on their way.
         let started = tokio::time::Instant::now();
         while self.shared.pending_estimates.load(Ordering::Acquire) > 0 {
@@ -222,4 +203,120 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Sends the stop signal when dropped.
+struct StopOnDrop(Option<tokio::sync::watch::Sender<bool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+/// One event loop: a current-thread runtime that accepts and serves connections until `stop`,
+/// then drains them. Reports on `ready` once it accepts (or why it cannot).
+fn event_loop(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+    ready: tokio::sync::oneshot::Sender<std::io::Result<()>>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let client = Arc::new(client::build(shared.connector.clone()));
+        let mut stop = stop;
+        accept_loop(shared, client, listener, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    });
+    // Token estimates run on this runtime's blocking threads; `serve` waits for their records.
+    rt.shutdown_timeout(ESTIMATE_DRAIN_TIMEOUT);
+}
+
+/// Accepts and serves connections until `shutdown`, then drains them within the grace period.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    client: Arc<client::UpstreamClient>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.settings.header_read_timeout)
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Reap finished connection tasks so the set does not grow.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, client) = (shared.clone(), client.clone());
+        let svc = service_fn(move |req| {
+            let (shared, client) = (shared.clone(), client.clone());
+            async move { Ok::<_, Infallible>(service::handle(shared, client, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        connections.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let in_flight = graceful.count();
+    tracing::info!(
+        in_flight,
+        "proxy stopped accepting; draining in-flight requests"
+    );
+    let grace = shared.settings.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight requests outlived the shutdown grace period; cancelling them"
+        );
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
 }

@@ -16,6 +16,7 @@ use tally_ingest::{CacheStatus, Record};
 use uuid::Uuid;
 
 use crate::body::{read_head, PrefixedBody, ResponseBody, StripUsage, TeeBody};
+use crate::client::UpstreamClient;
 use crate::error_response::error_response;
 use crate::exchange::{CacheFill, Encoding, Exchange};
 use crate::headers;
@@ -66,9 +67,9 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn skeleton(method: &str, path: &str) -> Record {
+fn skeleton(id: Uuid, method: &str, path: &str) -> Record {
     Record {
-        request_id: Uuid::now_v7(),
+        request_id: id,
         ts: now_ms(),
         provider: String::new(),
         endpoint: path.to_owned(),
@@ -207,10 +208,14 @@ fn full(bytes: Bytes) -> ResponseBody {
 /// Handles one proxied request. Never fails: every problem becomes an error response and a
 /// record. Every response carries `Tally-Request-Id`, and the headers the stages added
 /// (`Tally-Cache`, `RateLimit-*`).
-pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ResponseBody> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    client: Arc<UpstreamClient>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
     let id = Uuid::now_v7();
     let mut extra = HeaderMap::new();
-    let mut resp = forward(shared, req, id, &mut extra).await;
+    let mut resp = forward(shared, &client, req, id, &mut extra).await;
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -238,6 +243,7 @@ struct SendFailure {
 /// Sends one request upstream and waits (bounded) for its response head.
 async fn send_upstream(
     shared: &Shared,
+    client: &UpstreamClient,
     provider: &Provider,
     method: &http::Method,
     path: &str,
@@ -258,7 +264,7 @@ async fn send_upstream(
     *upstream_req.headers_mut() = headers;
     match tokio::time::timeout(
         shared.settings.upstream_timeout,
-        shared.client.request(upstream_req),
+        client.request(upstream_req),
     )
     .await
     {
@@ -332,14 +338,14 @@ fn key_id(headers: &HeaderMap) -> Option<String> {
 
 async fn forward(
     shared: Arc<Shared>,
+    client: &UpstreamClient,
     req: Request<Incoming>,
     id: Uuid,
     extra: &mut HeaderMap,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let mut record = skeleton(parts.method.as_str(), parts.uri.path());
-    record.request_id = id;
+    let record = skeleton(id, parts.method.as_str(), parts.uri.path());
     let mut exchange = Exchange::new(shared.clone(), record, started);
 
     // hyper decodes `chunked` only. Any other transfer coding (`gzip, chunked`) would reach the
@@ -684,6 +690,7 @@ async fn forward(
             };
             let sent = send_upstream(
                 &shared,
+                client,
                 &provider,
                 &parts.method,
                 &forward_path,
@@ -722,7 +729,7 @@ async fn forward(
                 body: &head.bytes,
                 can_inject,
             };
-            match route(&shared, &router, &mut exchange, attempt).await {
+            match route(&shared, client, &router, &mut exchange, attempt).await {
                 Ok(r) => r,
                 Err(f) => {
                     exchange.fail(f.message.clone());
@@ -962,6 +969,7 @@ struct Attempt<'a> {
 /// leaves its own record, linked by `parent_request_id`.
 async fn route(
     shared: &Arc<Shared>,
+    client: &UpstreamClient,
     router: &Router,
     exchange: &mut Exchange,
     a: Attempt<'_>,
@@ -991,6 +999,7 @@ async fn route(
             router.started(ti);
             let sent = send_upstream(
                 shared,
+                client,
                 &target.provider,
                 a.method,
                 a.path,

@@ -48,6 +48,10 @@ pub struct ProxyConfig {
     /// when unset. They take about 65 MiB and 0.3 s to load, and are needed only for
     /// responses without usage.
     pub preload_tokenizers: bool,
+    /// Event-loop threads serving proxy connections. Each thread owns the connections it
+    /// accepts and its own upstream connection pool, so a request never crosses threads.
+    /// One per core when unset (or 0).
+    pub threads: usize,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +66,7 @@ impl Default for ProxyConfig {
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             preload_tokenizers: false,
+            threads: 0,
         }
     }
 }
@@ -99,6 +104,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Load the tokenizers at start.
     pub preload_tokenizers: bool,
+    /// Event-loop threads, at least 1.
+    pub threads: usize,
 }
 
 impl ProxyConfig {
@@ -128,6 +135,10 @@ impl ProxyConfig {
             header_read_timeout: ms("header_read_timeout_ms", self.header_read_timeout_ms)?,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             preload_tokenizers: self.preload_tokenizers,
+            threads: match self.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
         })
     }
 }
