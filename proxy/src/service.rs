@@ -240,17 +240,29 @@ struct SendFailure {
     message: String,
 }
 
+/// A request as it leaves for a provider, before its URL is resolved against the provider's.
+struct Outbound<'a> {
+    method: &'a http::Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: HeaderMap,
+    body: ResponseBody,
+}
+
 /// Sends one request upstream and waits (bounded) for its response head.
 async fn send_upstream(
     shared: &Shared,
     client: &UpstreamClient,
     provider: &Provider,
-    method: &http::Method,
-    path: &str,
-    query: Option<&str>,
-    headers: HeaderMap,
-    body: ResponseBody,
+    out: Outbound<'_>,
 ) -> Result<Response<Incoming>, SendFailure> {
+    let Outbound {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    } = out;
     let uri = provider
         .upstream_uri(path, query)
         .map_err(|e| SendFailure {
@@ -692,11 +704,13 @@ async fn forward(
                 &shared,
                 client,
                 &provider,
-                &parts.method,
-                &forward_path,
-                query,
-                headers,
-                upstream_body,
+                Outbound {
+                    method: &parts.method,
+                    path: &forward_path,
+                    query,
+                    headers,
+                    body: upstream_body,
+                },
             )
             .await;
             match sent {
@@ -1001,11 +1015,13 @@ async fn route(
                 shared,
                 client,
                 &target.provider,
-                a.method,
-                a.path,
-                a.query,
-                a.headers.clone(),
-                full(body.clone()),
+                Outbound {
+                    method: a.method,
+                    path: a.path,
+                    query: a.query,
+                    headers: a.headers.clone(),
+                    body: full(body.clone()),
+                },
             )
             .await;
             let outcome = match &sent {
