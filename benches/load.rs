@@ -57,6 +57,8 @@ struct Opts {
     event_interval_ms: u64,
     upstream_latency_ms: u64,
     targets: Vec<String>,
+    pin: bool,
+    capture: bool,
 }
 
 fn opts() -> Opts {
@@ -80,6 +82,43 @@ fn opts() -> Opts {
         targets: get("--targets")
             .map(|v| v.split(',').map(str::to_owned).collect())
             .unwrap_or_else(|| vec!["direct".into(), "nginx".into(), "tally".into()]),
+        pin: args.iter().any(|a| a == "--pin"),
+        capture: args.iter().any(|a| a == "--capture"),
+    }
+}
+
+/// With `--pin`, the proxy under test gets the last core to itself and this process (the load
+/// generator and the fake upstream) the others, so the figures show what the proxy's own work
+/// adds, not how it shares two cores with the generator. `None` without `--pin`.
+static PROXY_CPU: OnceLock<Option<String>> = OnceLock::new();
+
+fn pin(enabled: bool) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu = (enabled && cores > 1).then(|| {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", &format!("0-{}", cores - 2)])
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::null())
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "taskset failed (util-linux)"
+        );
+        (cores - 1).to_string()
+    });
+    assert!(!enabled || cpu.is_some(), "--pin needs at least two cores");
+    PROXY_CPU.set(cpu).expect("pinned once");
+}
+
+/// `bin`, on the proxy's core when pinned.
+fn proxy_command(bin: &str) -> Command {
+    match PROXY_CPU.get().cloned().flatten() {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu, bin]);
+            c
+        }
+        None => Command::new(bin),
     }
 }
 
@@ -206,7 +245,7 @@ fn start_tally(upstream: SocketAddr) -> Proc {
     );
     let cfg = dir.path().join("tally.toml");
     std::fs::write(&cfg, config).expect("config");
-    let child = Command::new(env!("CARGO_BIN_EXE_tally"))
+    let child = proxy_command(env!("CARGO_BIN_EXE_tally"))
         .arg("--config")
         .arg(&cfg)
         .env("TALLY_LOG", "warn")
@@ -232,8 +271,14 @@ fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let d = dir.path().display();
+    // One worker per core it may use: `auto` counts the machine's cores, not its affinity.
+    let workers = if PROXY_CPU.get().cloned().flatten().is_some() {
+        "1"
+    } else {
+        "auto"
+    };
     let conf = format!(
-        "worker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "worker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            upstream up {{ server {upstream}; keepalive 256; }}\n\
@@ -243,7 +288,7 @@ fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
     );
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).expect("nginx conf");
-    let child = Command::new(bin)
+    let child = proxy_command(bin)
         .arg("-c")
         .arg(&path)
         .args(["-g", "daemon off;"])
@@ -276,7 +321,7 @@ fn start_litellm(upstream: SocketAddr) -> Option<Proc> {
         ),
     )
     .expect("litellm config");
-    let child = Command::new(&bin)
+    let child = proxy_command(&bin)
         .arg("--config")
         .arg(&cfg)
         .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
@@ -336,6 +381,9 @@ fn tree_stats(pid: u32) -> Option<(u64, u64)> {
 struct Outcome {
     latency: Option<Histogram<u64>>,
     events: Option<Histogram<u64>>,
+    /// Per event, from a packet capture: time from the upstream's packet carrying it to the
+    /// proxy's packet carrying it to the client, in µs.
+    forwarding: Option<Histogram<u64>>,
     ok: u64,
     errors: u64,
     seconds: f64,
@@ -345,7 +393,101 @@ struct Outcome {
 
 /// Runs one open-loop round against `addr` at `rate` for `seconds` (after a 2 s warm-up that is
 /// not measured), sampling `pid`'s CPU and memory.
-fn run(addr: u16, rate: u64, seconds: u64, stream: bool, pid: Option<u32>) -> Outcome {
+/// `tcpdump` on loopback, recording both sides of the proxy (`--capture`, stream mode).
+struct Capture {
+    child: Child,
+    file: std::path::PathBuf,
+    upstream: u16,
+    proxy: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Capture {
+    fn start(upstream: u16, proxy: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("events.pcap");
+        let mut child = Command::new("tcpdump")
+            .args(["-i", "lo", "-s", "0", "-B", "65536", "-U"])
+            .args(["--time-stamp-precision=nano", "-w"])
+            .arg(&file)
+            .arg(format!("tcp src port {upstream} or tcp src port {proxy}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (apt-get install tcpdump) for --capture");
+        // It says "listening on lo" once the capture runs.
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+            if line.contains("listening on") {
+                break;
+            }
+            line.clear();
+        }
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Self {
+            child,
+            file,
+            upstream,
+            proxy,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the capture and pairs each event's two packets by its send stamp. Only events
+    /// sent at or after `from_ns` count.
+    fn finish(mut self, from_ns: u64) -> Histogram<u64> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let mut reader = pcap_file::pcap::PcapReader::new(
+            std::fs::File::open(&self.file).expect("capture file"),
+        )
+        .expect("pcap");
+        let mut arrived: std::collections::HashMap<u64, Duration> = Default::default();
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+        while let Some(Ok(packet)) = reader.next_packet() {
+            let Ok(p) = etherparse::SlicedPacket::from_ethernet(&packet.data) else {
+                continue;
+            };
+            let Some(etherparse::TransportSlice::Tcp(tcp)) = p.transport else {
+                continue;
+            };
+            let from_upstream = tcp.source_port() == self.upstream;
+            if !from_upstream && tcp.source_port() != self.proxy {
+                continue;
+            }
+            for t in stamps(tcp.payload()).filter(|t| *t >= from_ns) {
+                if from_upstream {
+                    arrived.entry(t).or_insert(packet.timestamp);
+                } else if let Some(a) = arrived.remove(&t) {
+                    let us = packet.timestamp.saturating_sub(a).as_micros() as u64;
+                    let _ = hist.record(us.max(1));
+                }
+            }
+        }
+        hist
+    }
+}
+
+/// The `"t":<ns>` send stamps in a piece of an event stream.
+fn stamps(data: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    memchr::memmem::find_iter(data, b"\"t\":").filter_map(move |i| {
+        let digits = &data[i + 4..];
+        let n = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&digits[..n]).ok()?.parse().ok()
+    })
+}
+
+fn run(
+    addr: u16,
+    rate: u64,
+    seconds: u64,
+    stream: bool,
+    pid: Option<u32>,
+    capture: Option<Capture>,
+) -> Outcome {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -369,6 +511,7 @@ fn run(addr: u16, rate: u64, seconds: u64, stream: bool, pid: Option<u32>) -> Ou
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + interval * warmup as u32;
+    let measure_from_ns = measure_from.duration_since(epoch()).as_nanos() as u64;
     let sampler_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = pid.map(|pid| {
         let stop = sampler_stop.clone();
@@ -420,19 +563,7 @@ fn run(addr: u16, rate: u64, seconds: u64, stream: bool, pid: Option<u32>) -> Ou
                     let frame = frame.map_err(|e| e.to_string())?;
                     if let Some(data) = frame.data_ref() {
                         let arrived = now_ns();
-                        for part in memchr::memmem::find_iter(data, b"\"t\":") {
-                            let digits: Vec<u8> = data[part + 4..]
-                                .iter()
-                                .take_while(|b| b.is_ascii_digit())
-                                .copied()
-                                .collect();
-                            if let Some(sent) = std::str::from_utf8(&digits)
-                                .ok()
-                                .and_then(|s| s.parse::<u64>().ok())
-                            {
-                                delays.push(arrived.saturating_sub(sent) / 1000);
-                            }
-                        }
+                        delays.extend(stamps(data).map(|sent| arrived.saturating_sub(sent) / 1000));
                     }
                 }
                 Ok::<_, String>(delays)
@@ -477,6 +608,7 @@ fn run(addr: u16, rate: u64, seconds: u64, stream: bool, pid: Option<u32>) -> Ou
         errors: errors.load(Ordering::Relaxed),
         latency: Some(latency),
         events: (!events.is_empty()).then_some(events),
+        forwarding: capture.map(|c| c.finish(measure_from_ns)),
         cpu_pct,
         rss_max_kib,
     }
@@ -503,6 +635,8 @@ fn dropped_records(dashboard: u16) -> Option<f64> {
 
 fn main() {
     let o = opts();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    pin(o.pin);
     let _ = epoch();
     let upstream = start_upstream(
         Duration::from_millis(o.upstream_latency_ms),
@@ -514,8 +648,12 @@ fn main() {
     let idle = proc_stats(idle_tally.child.id()).map(|s| s.0);
     drop(idle_tally);
     println!(
-        "machine: {} cores; Tally idle RSS {} MiB",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "machine: {cores} cores; {}; Tally idle RSS {} MiB",
+        match PROXY_CPU.get().cloned().flatten() {
+            Some(cpu) =>
+                format!("proxy pinned to CPU {cpu}, load generator and fake upstream to the others"),
+            None => "nothing pinned: generator, fake upstream and proxy share every core".into(),
+        },
         idle.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))
     );
     let mode = if o.stream {
@@ -530,8 +668,12 @@ fn main() {
         "workload: {mode}; {} s per round after 2 s warm-up; {} round(s)\n",
         o.seconds, o.rounds
     );
-    println!("| target | rate/s | round | achieved/s | errors | p50 µs | p90 µs | p99 µs | max µs | CPU % | RSS max MiB | event delay p50/p99 µs |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| target | rate/s | round | achieved/s | errors | p50 µs | p90 µs | p99 µs | max µs | CPU % | RSS max MiB | event delay p50/p99 µs | forwarding p50/p99/max µs |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    // (target, rate) -> per-round forwarding (p50, p90, p99, max), from the capture
+    let mut forwarding: BTreeMap<(u64, String), Vec<[u64; 4]>> = BTreeMap::new();
+    // (target, rate) -> per-round event delay (p50, p90, p99, max), measured by the client
+    let mut event_delay: BTreeMap<(u64, String), Vec<[u64; 4]>> = BTreeMap::new();
     // (target, rate) -> per-round (p50, p90, p99, max)
     let mut table: BTreeMap<(u64, String), Vec<[u64; 4]>> = BTreeMap::new();
     for &rate in &o.rates {
@@ -543,7 +685,7 @@ fn main() {
                         Some(p) => Some(p),
                         None => {
                             if round == 1 {
-                                println!("| nginx | {rate} | - | not installed (apt-get install nginx-light) | | | | | | | | |");
+                                println!("| nginx | {rate} | - | not installed (apt-get install nginx-light) | | | | | | | | | |");
                             }
                             continue;
                         }
@@ -553,7 +695,7 @@ fn main() {
                         Some(p) => Some(p),
                         None => {
                             if round == 1 {
-                                println!("| litellm | {rate} | - | not installed (pip install 'litellm[proxy]'; TALLY_BENCH_LITELLM=<path>) | | | | | | | | |");
+                                println!("| litellm | {rate} | - | not installed (pip install 'litellm[proxy]'; TALLY_BENCH_LITELLM=<path>) | | | | | | | | | |");
                             }
                             continue;
                         }
@@ -561,12 +703,15 @@ fn main() {
                     other => panic!("unknown target {other}"),
                 };
                 let port = proc.as_ref().map_or(upstream.port(), |p| p.port);
+                let capture = (o.capture && o.stream && proc.is_some())
+                    .then(|| Capture::start(upstream.port(), port));
                 let out = run(
                     port,
                     rate,
                     o.seconds,
                     o.stream,
                     proc.as_ref().map(|p| p.child.id()),
+                    capture,
                 );
                 let h = out.latency.as_ref().expect("histogram");
                 let row = [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()];
@@ -574,8 +719,31 @@ fn main() {
                 let ev = out.events.as_ref().map_or("–".to_owned(), |e| {
                     format!("{} / {}", q(e, 0.5), q(e, 0.99))
                 });
+                let fw = out.forwarding.as_ref().map_or("–".to_owned(), |f| {
+                    format!(
+                        "{} / {} / {} ({} events)",
+                        q(f, 0.5),
+                        q(f, 0.99),
+                        f.max(),
+                        f.len()
+                    )
+                });
+                if let Some(e) = &out.events {
+                    event_delay
+                        .entry((rate, target.clone()))
+                        .or_default()
+                        .push([q(e, 0.5), q(e, 0.9), q(e, 0.99), e.max()]);
+                }
+                if let Some(f) = &out.forwarding {
+                    forwarding.entry((rate, target.clone())).or_default().push([
+                        q(f, 0.5),
+                        q(f, 0.9),
+                        q(f, 0.99),
+                        f.max(),
+                    ]);
+                }
                 println!(
-                    "| {target} | {rate} | {round} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {ev} |",
+                    "| {target} | {rate} | {round} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {ev} | {fw} |",
                     out.ok as f64 / (out.seconds + 2.0),
                     out.errors,
                     row[0],
@@ -602,7 +770,7 @@ fn main() {
                             })
                             .unwrap_or(-1);
                         println!(
-                            "|  | records: {} answered, {stored} stored, {dropped} dropped | | | | | | | | | | |",
+                            "|  | records: {} answered, {stored} stored, {dropped} dropped | | | | | | | | | | | |",
                             out.ok
                         );
                     }
@@ -610,7 +778,47 @@ fn main() {
             }
         }
     }
-    println!("\nOverhead (target minus direct, per round; min / median / max over rounds):\n");
+    let what = if o.stream {
+        "whole stream, from its due time to its last byte"
+    } else {
+        "request latency"
+    };
+    overhead(
+        &format!(
+            "Overhead, {what} (target minus direct, per round; min / median / max over rounds)"
+        ),
+        &o,
+        &table,
+    );
+    if o.stream {
+        overhead(
+            "Added event delay, as the client sees it (target minus direct, per round; min / median / max over rounds)",
+            &o,
+            &event_delay,
+        );
+    }
+    if !forwarding.is_empty() {
+        println!("\nForwarding delay per event, from the packet capture (upstream's packet to the proxy's; min / median / max over rounds):\n");
+        println!("| target | rate/s | p50 µs | p90 µs | p99 µs | max µs |");
+        println!("|---|---|---|---|---|---|");
+        for ((rate, target), rows) in &forwarding {
+            let cols: Vec<String> = (0..4)
+                .map(|c| spread(rows.iter().map(|r| r[c] as i64).collect()))
+                .collect();
+            println!("| {target} | {rate} | {} |", cols.join(" | "));
+        }
+    }
+}
+
+/// `min / median / max` of per-round values.
+fn spread(mut v: Vec<i64>) -> String {
+    v.sort_unstable();
+    format!("{} / {} / {}", v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Each target's per-round percentiles minus direct's in the same round.
+fn overhead(title: &str, o: &Opts, table: &BTreeMap<(u64, String), Vec<[u64; 4]>>) {
+    println!("\n{title}:\n");
     println!("| target | rate/s | p50 µs | p90 µs | p99 µs | max µs |");
     println!("|---|---|---|---|---|---|");
     for &rate in &o.rates {
@@ -623,13 +831,12 @@ fn main() {
             };
             let cols: Vec<String> = (0..4)
                 .map(|c| {
-                    let mut v: Vec<i64> = rows
-                        .iter()
-                        .zip(direct)
-                        .map(|(r, d)| r[c] as i64 - d[c] as i64)
-                        .collect();
-                    v.sort_unstable();
-                    format!("{} / {} / {}", v[0], v[v.len() / 2], v[v.len() - 1])
+                    spread(
+                        rows.iter()
+                            .zip(direct)
+                            .map(|(r, d)| r[c] as i64 - d[c] as i64)
+                            .collect(),
+                    )
                 })
                 .collect();
             println!("| {target} | {rate} | {} |", cols.join(" | "));

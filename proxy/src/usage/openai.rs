@@ -86,6 +86,8 @@ pub(super) fn from_json(bytes: &[u8]) -> Observed {
     observed
 }
 
+static ERROR_KEY: super::Needle = super::Needle::new(|| memchr::memmem::Finder::new(b"\"error\""));
+
 pub(super) fn on_event(observed: &mut Observed, event: Event<'_>) {
     let wanted = match event.event {
         // Chat and legacy completions send bare `data:` lines.
@@ -93,7 +95,7 @@ pub(super) fn on_event(observed: &mut Observed, event: Event<'_>) {
             event.data.first() == Some(&b'{')
                 && (observed.response_model.is_none()
                     || has_usage_object(event.data)
-                    || memchr::memmem::find(event.data, b"\"error\"").is_some())
+                    || ERROR_KEY.find(event.data).is_some())
         }
         "response.created"
         | "response.completed"
