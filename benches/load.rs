@@ -1,13 +1,20 @@
 //! The open-loop load harness: the same requests at fixed arrival rates, straight to a fast fake
-//! upstream, through nginx (a plain reverse proxy, buffering off) and through Tally (the real
-//! release binary, full logging to SQLite). What Tally adds is proxied minus direct at each
-//! percentile; nginx's figure says what any proxy hop costs on this machine.
+//! upstream, through nginx (a plain reverse proxy, buffering off), through Tally (the real
+//! release binary, full logging to SQLite, or with `tally-clickhouse` to the suite's ClickHouse
+//! engine) and through LiteLLM when it is installed. What a proxy adds is proxied minus direct
+//! at each percentile; nginx's figure says what any proxy hop costs on this machine.
 //!
 //! ```sh
-//! apt-get install -y nginx-light        # optional; the nginx rows are skipped without it
+//! apt-get install -y nginx-light tcpdump   # optional; nginx rows and --capture need them
 //! cargo bench --bench load -- --rates 500,2000,5000 --seconds 20 --rounds 3
-//! cargo bench --bench load -- --stream   # per-event delay of a 50-event stream
+//! cargo bench --bench load -- --targets direct,tally,tally-clickhouse
+//! cargo bench --bench load -- --stream --capture   # per-event delay of a 50-event stream
+//! cargo bench --bench load -- --pin ...            # the proxy on its own core
 //! ```
+//!
+//! `--capture` records loopback with tcpdump while streams run and pairs each event's packet
+//! from the upstream with the proxy's packet carrying it on to the client: that difference is
+//! the time the proxy held the event, free of the load generator's own scheduling.
 //!
 //! Open loop: request `i` is due at `start + i / rate` whatever happened to the others, and its
 //! latency is measured from that due time (so a stall is charged to every request it delays,
@@ -32,6 +39,10 @@ use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[path = "../tests/support/clickhouse.rs"]
+#[allow(dead_code)]
+mod clickhouse_fixture;
 
 const JSON: &str = r#"{"id":"chatcmpl-load","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the load upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":7,"total_tokens":28}}"#;
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}"#;
@@ -222,8 +233,49 @@ struct Proc {
     child: Child,
     port: u16,
     dashboard: Option<u16>,
-    db: Option<std::path::PathBuf>,
+    store: Option<Store>,
     _dir: tempfile::TempDir,
+}
+
+/// Where a Tally under test logs.
+enum Store {
+    Sqlite(std::path::PathBuf),
+    /// The suite's ClickHouse engine (chDB behind its HTTP server), one per Tally.
+    ClickHouse(Box<clickhouse_fixture::ClickHouse>),
+}
+
+impl Store {
+    /// `[store]` for Tally's config.
+    fn config(&self, dir: &std::path::Path) -> String {
+        let spool = dir.join("spool");
+        match self {
+            Store::Sqlite(db) => {
+                format!("[store]\nkind = \"sqlite\"\npath = {db:?}\nspool_dir = {spool:?}\n")
+            }
+            Store::ClickHouse(ch) => format!(
+                "[store]\nkind = \"clickhouse\"\nurl = \"{}\"\ndatabase = \"{}\"\n\
+                 compression = \"none\"\nspool_dir = {spool:?}\n",
+                ch.url, ch.database
+            ),
+        }
+    }
+
+    /// Records in the store, after Tally has stopped.
+    fn rows(&self) -> i64 {
+        match self {
+            Store::Sqlite(db) => rusqlite::Connection::open(db)
+                .and_then(|c| c.query_row("SELECT count(*) FROM requests", [], |r| r.get(0)))
+                .unwrap_or(-1),
+            Store::ClickHouse(ch) => tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(
+                    ch.client()
+                        .query(&format!("SELECT count() FROM {}.requests", ch.database))
+                        .fetch_one::<u64>(),
+                )
+                .map_or(-1, |n| n as i64),
+        }
+    }
 }
 
 impl Drop for Proc {
@@ -233,15 +285,18 @@ impl Drop for Proc {
     }
 }
 
-fn start_tally(upstream: SocketAddr) -> Proc {
+fn start_tally(upstream: SocketAddr, clickhouse: bool) -> Proc {
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, dash) = (free_port(), free_port());
-    let db = dir.path().join("load.db");
+    let store = if clickhouse {
+        Store::ClickHouse(Box::new(clickhouse_fixture::ClickHouse::start()))
+    } else {
+        Store::Sqlite(dir.path().join("load.db"))
+    };
     let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[dashboard]\nlisten = \"127.0.0.1:{dash}\"\n\
-         [store]\nkind = \"sqlite\"\npath = {db:?}\nspool_dir = {spool:?}\n\
-         [providers.openai]\nbase_url = \"http://{upstream}\"\n",
-        spool = dir.path().join("spool"),
+         {}[providers.openai]\nbase_url = \"http://{upstream}\"\n",
+        store.config(dir.path()),
     );
     let cfg = dir.path().join("tally.toml");
     std::fs::write(&cfg, config).expect("config");
@@ -259,7 +314,7 @@ fn start_tally(upstream: SocketAddr) -> Proc {
         child,
         port,
         dashboard: Some(dash),
-        db: Some(db),
+        store: Some(store),
         _dir: dir,
     }
 }
@@ -301,7 +356,7 @@ fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
         child,
         port,
         dashboard: None,
-        db: None,
+        store: None,
         _dir: dir,
     })
 }
@@ -341,7 +396,7 @@ fn start_litellm(upstream: SocketAddr) -> Option<Proc> {
         child,
         port,
         dashboard: None,
-        db: None,
+        store: None,
         _dir: dir,
     })
 }
@@ -643,7 +698,7 @@ fn main() {
         o.events,
         Duration::from_millis(o.event_interval_ms),
     );
-    let idle_tally = start_tally(upstream);
+    let idle_tally = start_tally(upstream, false);
     std::thread::sleep(Duration::from_secs(1));
     let idle = proc_stats(idle_tally.child.id()).map(|s| s.0);
     drop(idle_tally);
@@ -690,7 +745,8 @@ fn main() {
                             continue;
                         }
                     },
-                    "tally" => Some(start_tally(upstream)),
+                    "tally" => Some(start_tally(upstream, false)),
+                    "tally-clickhouse" => Some(start_tally(upstream, true)),
                     "litellm" => match start_litellm(upstream) {
                         Some(p) => Some(p),
                         None => {
@@ -754,7 +810,7 @@ fn main() {
                     out.rss_max_kib.map_or("–".into(), |r| format!("{:.1}", r as f64 / 1024.0)),
                 );
                 if let Some(mut p) = proc {
-                    if let (Some(dash), Some(db)) = (p.dashboard, p.db.clone()) {
+                    if let (Some(dash), Some(store)) = (p.dashboard, p.store.take()) {
                         let dropped = dropped_records(dash).unwrap_or(-1.0);
                         // SIGTERM drains every record; then count what the store has.
                         let _ = Command::new("kill").arg(p.child.id().to_string()).status();
@@ -764,11 +820,7 @@ fn main() {
                         {
                             std::thread::sleep(Duration::from_millis(50));
                         }
-                        let stored: i64 = rusqlite::Connection::open(&db)
-                            .and_then(|c| {
-                                c.query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
-                            })
-                            .unwrap_or(-1);
+                        let stored = store.rows();
                         println!(
                             "|  | records: {} answered, {stored} stored, {dropped} dropped | | | | | | | | | | | |",
                             out.ok

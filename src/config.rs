@@ -156,7 +156,7 @@ impl Default for StoreConfig {
 pub struct IngestConfig {
     /// Records the channel holds before new ones are dropped (and counted); 65536 when unset.
     pub channel_capacity: usize,
-    /// Records per batch; 1000 for SQLite and 10000 for ClickHouse when unset.
+    /// Records per batch; 10000 when unset.
     pub batch_max_rows: Option<usize>,
     /// Approximate bytes per batch; 16 MiB when unset.
     pub batch_max_bytes: usize,
@@ -179,8 +179,6 @@ impl Default for IngestConfig {
     }
 }
 
-/// ClickHouse batch size when `ingest.batch_max_rows` is unset.
-pub const CLICKHOUSE_MAX_ROWS: usize = 10_000;
 /// ClickHouse flush interval when `ingest.flush_interval_ms` is unset.
 pub const CLICKHOUSE_FLUSH_INTERVAL_MS: u64 = 1_000;
 
@@ -326,11 +324,11 @@ impl Config {
                 )
             }
         };
-        let (default_rows, default_interval_ms) = match store {
-            Store::Sqlite(_) => (DEFAULT_MAX_ROWS, DEFAULT_FLUSH_INTERVAL.as_millis() as u64),
-            Store::ClickHouse(_) => (CLICKHOUSE_MAX_ROWS, CLICKHOUSE_FLUSH_INTERVAL_MS),
+        let default_interval_ms = match store {
+            Store::Sqlite(_) => DEFAULT_FLUSH_INTERVAL.as_millis() as u64,
+            Store::ClickHouse(_) => CLICKHOUSE_FLUSH_INTERVAL_MS,
         };
-        let max_rows = self.ingest.batch_max_rows.unwrap_or(default_rows);
+        let max_rows = self.ingest.batch_max_rows.unwrap_or(DEFAULT_MAX_ROWS);
         if self.ingest.channel_capacity == 0 || max_rows == 0 {
             bail!("ingest.channel_capacity and ingest.batch_max_rows must be greater than zero");
         }
@@ -444,10 +442,7 @@ mod tests {
             let c = Config::load(Some(Path::new("t.toml"))).expect("loads");
             assert_eq!(c.store.kind, StoreKind::Clickhouse);
             let v = c.validate().expect("valid");
-            assert_eq!(
-                v.batch.max_rows, CLICKHOUSE_MAX_ROWS,
-                "ClickHouse batching defaults"
-            );
+            assert_eq!(v.batch.max_rows, DEFAULT_MAX_ROWS, "batching defaults");
             assert_eq!(v.batch.flush_interval, Duration::from_secs(1));
             match v.store {
                 Store::ClickHouse(s) => {

@@ -114,7 +114,7 @@ impl Server {
         // windows' spend), then the budgets, then the ingest worker that feeds them.
         let (worker, reader, alerts) = match &config.store {
             Store::Sqlite(path) => {
-                let mut conn = sqlite::open_rw(path)?;
+                let mut conn = sqlite::open_writer(path)?;
                 let applied = sqlite::migrate(&mut conn)?;
                 tracing::info!(path = %path.display(), applied, "SQLite store ready");
                 let alerts =

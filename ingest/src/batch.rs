@@ -26,8 +26,11 @@ const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// far more than one interval of peak traffic.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Rows per batch when unset.
-pub const DEFAULT_MAX_ROWS: usize = 1_000;
+/// Rows per batch when unset. A batch is one transaction (SQLite) or one INSERT (ClickHouse);
+/// under load, bigger batches write each touched index page once for more rows: 10,000 rows a
+/// batch doubled SQLite's sustained rate over 1,000 (BENCHMARKS.md, "Ingest"). Light traffic
+/// never fills one; the flush interval sends it.
+pub const DEFAULT_MAX_ROWS: usize = 10_000;
 /// Approximate bytes per batch when unset (bodies dominate).
 pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Longest a record waits in a partial batch when unset.
