@@ -280,6 +280,15 @@ impl Store {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: nginx's master stops its workers on it, while a SIGKILL leaves them
+        // running (and loading the machine) after the round.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -300,7 +309,10 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool) -> Proc {
     );
     let cfg = dir.path().join("tally.toml");
     std::fs::write(&cfg, config).expect("config");
-    let child = proxy_command(env!("CARGO_BIN_EXE_tally"))
+    // TALLY_BENCH_BIN runs another build (say, of an older commit) under the same harness.
+    let bin =
+        std::env::var("TALLY_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tally").into());
+    let child = proxy_command(&bin)
         .arg("--config")
         .arg(&cfg)
         .env("TALLY_LOG", "warn")
