@@ -484,7 +484,7 @@ fn fixed_rate(store: &str, body: usize, rate: u64, seconds: u64) {
     println!(
         "| {store} | {body} B | {rate}/s for {seconds} s | {total} offered in {offered_for:.1} s, deepest queue {max_depth}, drained {:.2} s after the last | {:.0} records/s | {} | {lost} | {rows} |",
         drain.as_secs_f64(),
-        total as f64 / (offered_for + drain.as_secs_f64()),
+        rows as f64 / (offered_for + drain.as_secs_f64()),
         metrics.write_errors.get(),
     );
 }

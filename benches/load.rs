@@ -282,9 +282,12 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // SIGTERM first: nginx's master stops its workers on it, while a SIGKILL leaves them
         // running (and loading the machine) after the round.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .arg(self.child.id().to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
