@@ -77,3 +77,59 @@ async fn shutdown_right_after_estimated_streams_keeps_every_record() {
         .expect("query");
     assert_eq!((n, estimated), (20, 20));
 }
+
+/// Every event loop accepts from one socket, and the one already awake wins nearly every
+/// accept; each new connection must still end up on the loop with the fewest, and a
+/// connection handed from one loop to another must be served like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_are_spread_evenly_over_the_event_loops() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start_with(&up.url(), |c| c.proxy.threads = 3).await;
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let mut held = Vec::new();
+    for i in 0..9 {
+        let stream = tokio::net::TcpStream::connect(tally.proxy)
+            .await
+            .expect("connect");
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        // Two requests per connection: a handed-over connection keeps serving.
+        for _ in 0..2 {
+            let req = http::Request::post("/v1/chat/completions")
+                .header("host", "tally")
+                .header("content-type", "application/json")
+                .header("Tally-User-Id", format!("conn-{i}"))
+                .body(Full::new(Bytes::from(body.to_string())))
+                .expect("request");
+            tx.ready().await.expect("connection ready");
+            let resp = tx.send_request(req).await.expect("response");
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.expect("body");
+        }
+        held.push(tx);
+    }
+    // Each connection was accepted (and counted) before the next one connected.
+    for l in 0..3 {
+        let open = tally
+            .metric("tally_proxy_connections", &format!("event_loop=\"{l}\""))
+            .await;
+        assert_eq!(open, 3.0, "event loop {l}");
+    }
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tally.metric("tally_proxy_connections", "").await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tally.wait_for_rows(18).await;
+    tally.stop().await;
+}

@@ -39,6 +39,7 @@ pub mod usage;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,11 +48,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tally_ingest::RecordSender;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use metrics::LoopLabels;
 pub use metrics::ProxyMetrics;
 pub use pricing::{Price, PricingTable};
 pub use providers::{Provider, ProviderConfig, Providers, StreamUsage};
@@ -155,7 +159,9 @@ impl Proxy {
     /// never wakes another thread: on a multi-threaded runtime, the hand-offs between the
     /// client's and the upstream's connection tasks cost two futex calls and a context switch
     /// per request, which measured as most of Tally's added latency (BENCHMARKS.md, "Load").
-    /// Every loop accepts from the same socket; whichever wakes first takes the connection.
+    /// Every loop accepts from the same socket, and whichever wakes first takes the connection;
+    /// the loop already awake nearly always wins, so a loop that has more open connections
+    /// than another hands each new one to the emptiest (see [`Loops`]).
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -165,16 +171,23 @@ impl Proxy {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // Stops the loops already started if a later one cannot start.
         let stop_all = StopOnDrop(Some(stop_tx));
-        let mut finished = Vec::with_capacity(self.shared.settings.threads);
-        for i in 0..self.shared.settings.threads {
+        let threads = self.shared.settings.threads;
+        let mut finished = Vec::with_capacity(threads);
+        let (loops, mut handoffs) = Loops::new(threads, &self.shared.metrics);
+        for (i, handoff) in handoffs.drain(..).enumerate() {
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let (shared, stop, listener) =
                 (self.shared.clone(), stop_rx.clone(), listener.try_clone()?);
+            let me = LoopSeat {
+                index: i,
+                loops: loops.clone(),
+                handoff,
+            };
             std::thread::Builder::new()
                 .name(format!("tally-proxy-{i}"))
                 .spawn(move || {
-                    event_loop(shared, listener, stop, ready_tx);
+                    event_loop(shared, listener, me, stop, ready_tx);
                     let _ = done_tx.send(());
                 })?;
             ready_rx
@@ -216,11 +229,105 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// A connection accepted by one loop for another to serve.
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// The event loops' open-connection counts, and the queue each takes handed-over connections
+/// from. A connection's count is raised by the loop that picks its server and lowered when it
+/// closes, so two accepts in a row see each other's choice.
+struct Loops {
+    open: Vec<Gauge>,
+    queues: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+impl Loops {
+    fn new(n: usize, metrics: &ProxyMetrics) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Handoff>>) {
+        let (queues, handoffs) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        let open = (0..n)
+            .map(|i| {
+                metrics
+                    .connections
+                    .get_or_create(&LoopLabels {
+                        event_loop: i as u32,
+                    })
+                    .clone()
+            })
+            .collect();
+        (Arc::new(Self { open, queues }), handoffs)
+    }
+
+    /// The loop that should serve a connection `me` accepted: `me` unless another has fewer
+    /// open connections. Counts it as open there.
+    fn assign(&self, me: usize) -> usize {
+        let mut best = me;
+        for (i, g) in self.open.iter().enumerate() {
+            if g.get() < self.open[best].get() {
+                best = i;
+            }
+        }
+        self.open[best].inc();
+        best
+    }
+}
+
+/// One loop's place among the others.
+struct LoopSeat {
+    index: usize,
+    loops: Arc<Loops>,
+    handoff: mpsc::UnboundedReceiver<Handoff>,
+}
+
+impl LoopSeat {
+    /// Decides which loop serves a connection this one accepted: returns it if this one does,
+    /// or hands it over and returns `None`.
+    fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+        let (me, loops) = (self.index, &self.loops);
+        let to = loops.assign(me);
+        if to == me {
+            return Some((stream, peer));
+        }
+        // `into_std` takes it out of this loop's driver; the other loop registers it.
+        let handed = stream
+            .into_std()
+            .map_err(|e| tracing::warn!(%peer, error = %e, "could not hand a connection over"))
+            .ok()
+            .map(|s| loops.queues[to].send((s, peer)));
+        match handed {
+            Some(Ok(())) => None,
+            // That loop has stopped already: serve it here.
+            Some(Err(mpsc::error::SendError((s, peer)))) => {
+                loops.open[to].dec();
+                match TcpStream::from_std(s) {
+                    Ok(s) => {
+                        loops.open[me].inc();
+                        Some((s, peer))
+                    }
+                    Err(_) => None,
+                }
+            }
+            None => {
+                loops.open[to].dec();
+                None
+            }
+        }
+    }
+}
+
+/// Lowers a loop's open-connection count when its connection ends.
+struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// One event loop: a current-thread runtime that accepts and serves connections until `stop`,
 /// then drains them. Reports on `ready` once it accepts (or why it cannot).
 fn event_loop(
     shared: Arc<Shared>,
     listener: std::net::TcpListener,
+    seat: LoopSeat,
     stop: tokio::sync::watch::Receiver<bool>,
     ready: tokio::sync::oneshot::Sender<std::io::Result<()>>,
 ) {
@@ -245,7 +352,7 @@ fn event_loop(
         let _ = ready.send(Ok(()));
         let client = Arc::new(client::build(shared.connector.clone()));
         let mut stop = stop;
-        accept_loop(shared, client, listener, async move {
+        accept_loop(shared, client, listener, seat, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
@@ -259,6 +366,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     client: Arc<client::UpstreamClient>,
     listener: TcpListener,
+    mut seat: LoopSeat,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -275,7 +383,10 @@ async fn accept_loop(
         while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((stream, peer)) => match seat.place(stream, peer) {
+                    Some(here) => here,
+                    None => continue,
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -283,8 +394,17 @@ async fn accept_loop(
                     continue;
                 }
             },
+            Some((s, peer)) = seat.handoff.recv() => match TcpStream::from_std(s) {
+                Ok(s) => (s, peer),
+                Err(e) => {
+                    seat.loops.open[seat.index].dec();
+                    tracing::warn!(%peer, error = %e, "could not take a handed-over connection");
+                    continue;
+                }
+            },
             () = &mut shutdown => break,
         };
+        let open = OpenConnection(seat.loops.open[seat.index].clone());
         let _ = stream.set_nodelay(true);
         let (shared, client) = (shared.clone(), client.clone());
         let svc = service_fn(move |req| {
@@ -296,12 +416,19 @@ async fn accept_loop(
             .into_owned();
         let conn = graceful.watch(conn);
         connections.spawn(async move {
+            let _open = open;
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    // Connections handed over but not yet taken are closed unanswered, like those still in
+    // the listener's backlog.
+    seat.handoff.close();
+    while let Some(_dropped) = seat.handoff.recv().await {
+        seat.loops.open[seat.index].dec();
+    }
     let in_flight = graceful.count();
     tracing::info!(
         in_flight,

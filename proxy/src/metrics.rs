@@ -34,6 +34,8 @@ pub struct ProxyMetrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// Requests being handled right now.
     pub in_flight: Gauge,
+    /// Client connections open on each event loop; new connections go to the emptiest loop.
+    pub connections: Family<LoopLabels, Gauge>,
     /// Clients that went away before their response ended.
     pub client_disconnects: Counter,
     /// Requests whose tokens had to be estimated.
@@ -57,6 +59,13 @@ pub struct ProxyMetrics {
     pub route_attempts: Family<AttemptLabels, Counter>,
     /// A stage's backend (Redis) failed; the request went on without it.
     pub stage_errors: Family<StageLabels, Counter>,
+}
+
+/// Labels of an event loop's gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoopLabels {
+    /// The loop's index, as in its thread name `tally-proxy-<n>`.
+    pub event_loop: u32,
 }
 
 /// Labels of a cache lookup.
@@ -108,6 +117,11 @@ impl ProxyMetrics {
             "proxy_in_flight",
             "Requests being handled",
             self.in_flight.clone(),
+        );
+        registry.register(
+            "proxy_connections",
+            "Client connections open, by event loop",
+            self.connections.clone(),
         );
         registry.register(
             "client_disconnects",
