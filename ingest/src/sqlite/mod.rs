@@ -59,15 +59,8 @@ pub fn open_rw(path: &Path) -> Result<Connection, SqliteError> {
     // Only a new, empty file takes it (an existing store keeps its page size). Rows carry
     // kilobytes of bodies: 16 KiB pages took sustained ingest from 39,000 to 52,000 records/s
     // with 1 KiB bodies (BENCHMARKS.md, "Ingest"), with fewer page splits and WAL frames per row.
-    conn.pragma_update(
-        None,
-        "page_size",
-        std::env::var("EXP_PAGE")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(PAGE_SIZE),
-    )
-    .map_err(err)?;
+    conn.pragma_update(None, "page_size", PAGE_SIZE)
+        .map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(err)?;
     // NORMAL in WAL mode is durable against application crashes, which is what matters here;
