@@ -121,12 +121,17 @@ fn pin(enabled: bool) {
     PROXY_CPU.set(cpu).expect("pinned once");
 }
 
+/// The proxy's CPU, when `--pin` gave it one.
+fn proxy_cpu() -> Option<&'static str> {
+    PROXY_CPU.get()?.as_deref()
+}
+
 /// `bin`, on the proxy's core when pinned.
 fn proxy_command(bin: &str) -> Command {
-    match PROXY_CPU.get().cloned().flatten() {
+    match proxy_cpu() {
         Some(cpu) => {
             let mut c = Command::new("taskset");
-            c.args(["-c", &cpu, bin]);
+            c.args(["-c", cpu, bin]);
             c
         }
         None => Command::new(bin),
@@ -342,11 +347,7 @@ fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
     let port = free_port();
     let d = dir.path().display();
     // One worker per core it may use: `auto` counts the machine's cores, not its affinity.
-    let workers = if PROXY_CPU.get().cloned().flatten().is_some() {
-        "1"
-    } else {
-        "auto"
-    };
+    let workers = if proxy_cpu().is_some() { "1" } else { "auto" };
     let conf = format!(
         "worker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 8192; }}\n\
@@ -688,6 +689,11 @@ fn q(h: &Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
 }
 
+/// p50, p90, p99 and max: one row of every table.
+fn percentiles(h: &Histogram<u64>) -> [u64; 4] {
+    [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()]
+}
+
 fn dropped_records(dashboard: u16) -> Option<f64> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", dashboard)).ok()?;
     use std::io::{Read, Write};
@@ -719,7 +725,7 @@ fn main() {
     drop(idle_tally);
     println!(
         "machine: {cores} cores; {}; Tally idle RSS {} MiB",
-        match PROXY_CPU.get().cloned().flatten() {
+        match proxy_cpu() {
             Some(cpu) =>
                 format!("proxy pinned to CPU {cpu}, load generator and fake upstream to the others"),
             None => "nothing pinned: generator, fake upstream and proxy share every core".into(),
@@ -785,7 +791,7 @@ fn main() {
                     capture,
                 );
                 let h = out.latency.as_ref().expect("histogram");
-                let row = [q(h, 0.5), q(h, 0.9), q(h, 0.99), h.max()];
+                let row = percentiles(h);
                 table.entry((rate, target.clone())).or_default().push(row);
                 let ev = out.events.as_ref().map_or("–".to_owned(), |e| {
                     format!("{} / {}", q(e, 0.5), q(e, 0.99))
@@ -803,15 +809,13 @@ fn main() {
                     event_delay
                         .entry((rate, target.clone()))
                         .or_default()
-                        .push([q(e, 0.5), q(e, 0.9), q(e, 0.99), e.max()]);
+                        .push(percentiles(e));
                 }
                 if let Some(f) = &out.forwarding {
-                    forwarding.entry((rate, target.clone())).or_default().push([
-                        q(f, 0.5),
-                        q(f, 0.9),
-                        q(f, 0.99),
-                        f.max(),
-                    ]);
+                    forwarding
+                        .entry((rate, target.clone()))
+                        .or_default()
+                        .push(percentiles(f));
                 }
                 println!(
                     "| {target} | {rate} | {round} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {ev} | {fw} |",

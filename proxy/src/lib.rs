@@ -173,8 +173,8 @@ impl Proxy {
         let stop_all = StopOnDrop(Some(stop_tx));
         let threads = self.shared.settings.threads;
         let mut finished = Vec::with_capacity(threads);
-        let (loops, mut handoffs) = Loops::new(threads, &self.shared.metrics);
-        for (i, handoff) in handoffs.drain(..).enumerate() {
+        let (loops, handoffs) = Loops::new(threads, &self.shared.metrics);
+        for (i, handoff) in handoffs.into_iter().enumerate() {
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let (shared, stop, listener) =
