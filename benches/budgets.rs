@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 use tally_budgets::config::{validate, AlertsConfig, BudgetConfig};
 use tally_budgets::{Engine, Subject};
-use tally_ingest::{CacheStatus, Record};
+use tally_ingest::Record;
 
 const NOW: i64 = 1_767_225_600_000 + 3_600_000;
 
@@ -33,39 +33,18 @@ fn engine(
 
 fn record(i: usize) -> Record {
     Record {
-        request_id: uuid::Uuid::now_v7(),
-        ts: NOW + i as i64,
         provider: "openai".into(),
         endpoint: "/v1/chat/completions".into(),
         method: "POST".into(),
         model: Some("gpt-4o-mini".into()),
-        response_model: None,
         status: 200,
         stream: true,
         latency_ms: 400,
         ttft_ms: Some(90),
-        tokens: None,
-        tokens_estimated: false,
         cost_usd: Some(0.0004),
         user_id: Some(format!("user-{}", i % 1000)),
-        session_id: None,
-        session_path: None,
-        session_name: None,
         properties: BTreeMap::from([("team".to_owned(), format!("team-{}", i % 10))]),
-        cache_status: CacheStatus::None,
-        error: None,
-        request_bytes: 0,
-        response_bytes: 0,
-        api_key_hint: None,
-        provider_request_id: None,
-        request_body: None,
-        response_body: None,
-        request_body_truncated: false,
-        response_body_truncated: false,
-        router: None,
-        attempts: 1,
-        parent_request_id: None,
-        cost_saved_usd: None,
+        ..Record::new(uuid::Uuid::now_v7(), NOW + i as i64)
     }
 }
 

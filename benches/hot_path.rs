@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tally_ingest::Tokens;
 use tally_proxy::body::{BoxError, StripUsage};
-use tally_proxy::usage::{StreamObserver, WireFormat};
+use tally_proxy::formats::{StreamObserver, WireFormat};
 use tally_proxy::PricingTable;
 
 /// A realistic chat stream: 200 content chunks and a usage chunk, one event per chunk, as
@@ -78,7 +78,10 @@ fn strip(c: &mut Criterion) {
         b.iter(|| {
             let frames: Vec<Result<Frame<Bytes>, BoxError>> =
                 chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
-            let body = StripUsage::new(StreamBody::new(futures_util::stream::iter(frames)));
+            let body = StripUsage::new(
+                StreamBody::new(futures_util::stream::iter(frames)),
+                WireFormat::OpenAi,
+            );
             rt.block_on(async { black_box(body.collect().await.expect("ok").to_bytes()) })
         })
     });

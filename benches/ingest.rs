@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use tally_ingest::clickhouse::ClickHouseWriter;
 use tally_ingest::sqlite::{self, SqliteWriter};
-use tally_ingest::{BatchConfig, CacheStatus, IngestMetrics, IngestWorker, Record, Tokens};
+use tally_ingest::{BatchConfig, IngestMetrics, IngestWorker, Record, Tokens};
 
 const WORDS: &[&str] = &[
     "the",
@@ -121,8 +121,6 @@ impl Bodies {
 /// One record as the proxy leaves it for a streamed chat completion.
 fn record(i: usize, ts: i64, bodies: &Bodies) -> Record {
     Record {
-        request_id: uuid::Uuid::now_v7(),
-        ts,
         provider: "openai".into(),
         endpoint: "/v1/chat/completions".into(),
         method: "POST".into(),
@@ -139,27 +137,18 @@ fn record(i: usize, ts: i64, bodies: &Bodies) -> Record {
             cache_write: 0,
             reasoning: 0,
         }),
-        tokens_estimated: false,
         cost_usd: Some(0.000198),
         user_id: Some(format!("user-{}", i % 100)),
         session_id: Some(format!("s-{}", i % 1000)),
         session_path: Some("/plan/step-1".into()),
-        session_name: None,
         properties: BTreeMap::from([("env".into(), "prod".into())]),
-        cache_status: CacheStatus::None,
-        error: None,
         request_bytes: 1024,
         response_bytes: 4096,
         api_key_hint: Some("sk-…abcd".into()),
         provider_request_id: Some("req_123".into()),
         request_body: bodies.get(i),
         response_body: bodies.get(i + 7),
-        request_body_truncated: false,
-        response_body_truncated: false,
-        router: None,
-        attempts: 1,
-        parent_request_id: None,
-        cost_saved_usd: None,
+        ..Record::new(uuid::Uuid::now_v7(), ts)
     }
 }
 

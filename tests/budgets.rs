@@ -433,10 +433,12 @@ async fn enforcement_is_per_user_answers_429_and_never_reaches_the_upstream() {
         "only bob reached the upstream"
     );
 
-    // The refusals are recorded: status 429, no upstream response, the budget named.
+    // The refusals are recorded: status 0 (no upstream response), Tally's code, the budget
+    // named.
     let rejected = crate::support::request_id(&headers);
     let r = t.record(&rejected).await;
-    assert_eq!(r["status"], 429);
+    assert_eq!(r["status"], 0);
+    assert_eq!(r["refusal"], "tally_budget_exceeded");
     assert_eq!(r["user_id"], "alice");
     assert!(r["error"]
         .as_str()

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use tally_ingest::clickhouse::ClickHouseWriter;
-use tally_ingest::{BatchWriter, CacheStatus, Record, Tokens};
+use tally_ingest::{BatchWriter, Record, Tokens};
 
 use crate::support::clickhouse::{ClickHouse, FaultGate};
 use crate::support::{get, post_json, request_id, FakeUpstream, TestTally};
@@ -97,8 +97,6 @@ async fn a_request_lands_in_clickhouse_with_every_field_as_in_sqlite() {
 
 fn record(i: i64, model: &str, cost: Option<f64>, status: u16) -> Record {
     Record {
-        request_id: uuid::Uuid::now_v7(),
-        ts: 1_795_305_600_000 + i * 60_000,
         provider: if i % 2 == 0 {
             "openai".into()
         } else {
@@ -107,7 +105,6 @@ fn record(i: i64, model: &str, cost: Option<f64>, status: u16) -> Record {
         endpoint: "/v1/chat/completions".into(),
         method: "POST".into(),
         model: Some(model.into()),
-        response_model: None,
         status,
         stream: i % 3 == 0,
         latency_ms: 100 + (i as u64 * 37) % 900,
@@ -123,26 +120,16 @@ fn record(i: i64, model: &str, cost: Option<f64>, status: u16) -> Record {
         cost_usd: cost,
         user_id: Some(format!("u{}", i % 3)),
         session_id: Some(format!("s{}", i % 4)),
-        session_path: None,
-        session_name: None,
         properties: BTreeMap::from([(
             "env".to_owned(),
             if i % 2 == 0 { "prod" } else { "dev" }.to_owned(),
         )]),
-        cache_status: CacheStatus::None,
         error: (status >= 400).then(|| "boom".to_owned()),
         request_bytes: 100,
         response_bytes: 200,
-        api_key_hint: None,
-        provider_request_id: None,
         request_body: Some("{}".into()),
         response_body: Some("{}".into()),
-        request_body_truncated: false,
-        response_body_truncated: false,
-        router: None,
-        attempts: 1,
-        parent_request_id: None,
-        cost_saved_usd: None,
+        ..Record::new(uuid::Uuid::now_v7(), 1_795_305_600_000 + i * 60_000)
     }
 }
 

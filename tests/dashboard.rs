@@ -30,8 +30,6 @@ fn seeded() -> Vec<Record> {
                 _ => 200,
             };
             Record {
-                request_id: uuid::Uuid::now_v7(),
-                ts: T0 + i * 120_000,
                 provider: if model.starts_with("claude") {
                     "anthropic"
                 } else {
@@ -41,7 +39,6 @@ fn seeded() -> Vec<Record> {
                 endpoint: "/v1/chat/completions".into(),
                 method: "POST".into(),
                 model: Some(model.into()),
-                response_model: None,
                 status,
                 stream: i % 2 == 0,
                 latency_ms: 100 + (i as u64 * 37) % 900,
@@ -66,19 +63,13 @@ fn seeded() -> Vec<Record> {
                 request_bytes: 100,
                 response_bytes: 200,
                 api_key_hint: Some("sk-…abcd".into()),
-                provider_request_id: None,
                 request_body: Some(r#"{"model":"gpt-4o","messages":[]}"#.into()),
                 response_body: Some(if i % 2 == 0 {
                     "data: {\"choices\":[{\"delta\":{\"content\":\"Hello\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" there\"}}]}\n\ndata: [DONE]\n\n".into()
                 } else {
                     r#"{"choices":[{"message":{"content":"Hello there"}}]}"#.into()
                 }),
-                request_body_truncated: false,
-                response_body_truncated: false,
-        router: None,
-        attempts: 1,
-        parent_request_id: None,
-        cost_saved_usd: None,
+                ..Record::new(uuid::Uuid::now_v7(), T0 + i * 120_000)
             }
         })
         .collect()
@@ -744,11 +735,12 @@ async fn the_rollup_upgrade_keeps_old_rows_and_fills_new_columns() {
             .await
             .expect("record migration");
     }
-    // Today's writer sends the columns of migration 5 too; add them (idempotently, as
-    // migration 5 itself does) so it can write the old rows. The rollups are what this tests.
-    let newest = tally_schema::CLICKHOUSE.last().expect("migrations");
-    for stmt in tally_ingest::clickhouse::render_statements(&settings, newest.sql) {
-        client.query(&stmt).execute().await.expect("row columns");
+    // Today's writer sends the columns added from migration 5 on too; add them (idempotently,
+    // as those migrations do) so it can write the old rows. The rollups are what this tests.
+    for m in tally_schema::CLICKHOUSE.iter().filter(|m| m.version >= 5) {
+        for stmt in tally_ingest::clickhouse::render_statements(&settings, m.sql) {
+            client.query(&stmt).execute().await.expect("row columns");
+        }
     }
     let records = seeded();
     let (old, new) = records.split_at(12);

@@ -35,6 +35,7 @@ async fn unknown_provider_is_a_404_listing_providers() {
     }
     let rec = tally.record(&request_id(&h)).await;
     assert_eq!(rec["status"], 0);
+    assert_eq!(rec["refusal"], "tally_unknown_provider");
     assert!(rec["error"]
         .as_str()
         .expect("error")
@@ -62,6 +63,16 @@ async fn invalid_tally_header_is_a_400_naming_it_and_never_reaches_upstream() {
         .expect("msg")
         .contains("tally-cache-ttl"));
     let rec = tally.record(&request_id(&h)).await;
+    assert_eq!(
+        (rec["status"].as_u64(), rec["refusal"].as_str()),
+        (Some(0), Some("tally_invalid_header"))
+    );
+    assert_eq!(
+        tally
+            .metric("tally_refusals_total", "code=\"tally_invalid_header\"")
+            .await,
+        1.0
+    );
     assert!(rec["error"]
         .as_str()
         .expect("error")
@@ -89,6 +100,7 @@ async fn unreachable_upstream_is_a_502_in_the_provider_shape() {
     assert_eq!(v["error"]["type"], "tally_upstream_unreachable");
     let rec = tally.record(&request_id(&h)).await;
     assert_eq!(rec["status"], 0);
+    assert_eq!(rec["refusal"], "tally_upstream_unreachable");
     assert!(rec["ttft_ms"].is_null());
     assert!(rec["error"]
         .as_str()

@@ -71,3 +71,45 @@ async fn openai_and_anthropic_sdks_work_unmodified_and_are_recorded() {
     }
     tally.stop().await;
 }
+
+/// #16: the OpenAI SDK, unmodified, against an upstream that spaces its JSON and one that
+/// keeps the body open after `[DONE]`: it sees exactly the stream it asked for, and each
+/// record is complete and exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_sees_its_own_stream_and_leaves_complete_records() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start(&up.url()).await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/stream_endings.py");
+    let proxy = format!("http://{}", tally.proxy);
+    let output =
+        tokio::task::spawn_blocking(move || Command::new(python()).arg(script).arg(proxy).output())
+            .await
+            .expect("join")
+            .expect("run python");
+    assert!(
+        output.status.success(),
+        "SDK script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Value = serde_json::from_slice(&output.stdout).expect("script prints JSON");
+    for mode in ["spaced", "linger"] {
+        let r = &results[mode];
+        assert_eq!(r["text"], WORDS.concat().as_str(), "{mode}");
+        let rec = tally.record(r["id"].as_str().expect("request id")).await;
+        assert!(rec["error"].is_null(), "{mode}: {rec}");
+        assert_eq!(rec["status"], 200, "{mode}");
+        assert_eq!(rec["prompt_tokens"], OPENAI_USAGE.0, "{mode}: {rec}");
+        assert_eq!(rec["completion_tokens"], OPENAI_USAGE.1, "{mode}: {rec}");
+        assert_eq!(rec["tokens_estimated"], false, "{mode}");
+    }
+    // Tally did ask for the usage both times.
+    for r in up.received() {
+        let body: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(body["stream_options"]["include_usage"], true);
+    }
+    assert_eq!(
+        tally.metric("tally_client_disconnects_total", "").await,
+        0.0
+    );
+    tally.stop().await;
+}

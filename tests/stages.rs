@@ -472,7 +472,8 @@ async fn a_rate_limit_admits_exactly_the_allowed_number() {
     let conn = rusqlite::Connection::open(&t.db).expect("db");
     let refused: i64 = conn
         .query_row(
-            "SELECT count(*) FROM requests WHERE status = 429 AND error LIKE 'rate limit%'",
+            "SELECT count(*) FROM requests \
+             WHERE status = 0 AND refusal = 'tally_rate_limited' AND error LIKE 'rate limit%'",
             [],
             |r| r.get(0),
         )

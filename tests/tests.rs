@@ -15,4 +15,5 @@ mod passthrough;
 mod sdk;
 mod secrets;
 mod stages;
+mod stream_endings;
 mod usage;

@@ -377,11 +377,11 @@ fn check_webhooks(hooks: &[WebhookConfig]) -> Result<(), String> {
         let uri: http::Uri = h
             .url
             .parse()
-            .map_err(|e| format!("webhook URL {:?}: {e}", crate::webhook::url_hint(&h.url)))?;
+            .map_err(|e| format!("webhook URL {:?}: {e}", url_hint(&h.url)))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!(
                 "webhook URL {:?} must be http:// or https:// with a host",
-                crate::webhook::url_hint(&h.url)
+                url_hint(&h.url)
             ));
         }
         if h.secret.as_deref() == Some("") {
@@ -389,6 +389,20 @@ fn check_webhooks(hooks: &[WebhookConfig]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A webhook URL as it may be shown and stored: scheme, host and port only. Slack-style URLs
+/// carry their secret in the path.
+pub fn url_hint(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme_str().unwrap_or("?"),
+            u.host().unwrap_or("?"),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(invalid URL)".to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ impl Engine {
                 self.evaluate_budget(&mut st, i, key, now, false);
             }
         }
-        let error = record.status == 0 || record.status >= 400 || record.error.is_some();
+        let error = record.is_error();
         for (i, r) in self.settings.rules.iter().enumerate() {
             if let Some(key) = r.scope.key_of(subject) {
                 let h = match st.health[i].get_mut(key) {
@@ -601,39 +601,15 @@ mod tests {
 
     fn record(ts: i64, user: &str, cost: f64) -> Record {
         Record {
-            request_id: Uuid::now_v7(),
-            ts,
             provider: "openai".into(),
             endpoint: "/v1/chat/completions".into(),
             method: "POST".into(),
             model: Some("gpt-4o".into()),
-            response_model: None,
             status: 200,
-            stream: false,
             latency_ms: 100,
-            ttft_ms: None,
-            tokens: None,
-            tokens_estimated: false,
             cost_usd: Some(cost),
             user_id: Some(user.into()),
-            session_id: None,
-            session_path: None,
-            session_name: None,
-            properties: BTreeMap::new(),
-            cache_status: tally_ingest::CacheStatus::None,
-            error: None,
-            request_bytes: 0,
-            response_bytes: 0,
-            api_key_hint: None,
-            provider_request_id: None,
-            request_body: None,
-            response_body: None,
-            request_body_truncated: false,
-            response_body_truncated: false,
-            router: None,
-            attempts: 1,
-            parent_request_id: None,
-            cost_saved_usd: None,
+            ..Record::new(Uuid::now_v7(), ts)
         }
     }
 

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::Sha256;
 
-use crate::config::{WebhookConfig, WebhookFormat};
+use crate::config::{url_hint, WebhookConfig, WebhookFormat};
 use crate::event::Event;
 
 /// The signature header: `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
@@ -51,20 +51,6 @@ pub fn sign(secret: &str, unix_secs: i64, body: &[u8]) -> String {
         "t={unix_secs},v1={}",
         hex::encode(mac.finalize().into_bytes())
     )
-}
-
-/// A webhook URL as it may be shown and stored: scheme, host and port only. Slack-style URLs
-/// carry their secret in the path.
-pub fn url_hint(url: &str) -> String {
-    match url.parse::<http::Uri>() {
-        Ok(u) => format!(
-            "{}://{}{}/…",
-            u.scheme_str().unwrap_or("?"),
-            u.host().unwrap_or("?"),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default()
-        ),
-        Err(_) => "(invalid URL)".to_owned(),
-    }
 }
 
 /// How one delivery ended.

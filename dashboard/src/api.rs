@@ -7,69 +7,13 @@ use axum::extract::{Path, Query, State};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
-use tally_ingest::Record;
 
 use crate::error::ApiError;
+use crate::format::now_ms;
 use crate::query::{parse_filter, ViewQuery};
 use crate::store::GroupBy;
+use crate::views::record_json;
 use crate::{views, AppState};
-
-/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds: `2026-11-22T02:31:10.123Z`.
-pub fn format_ts(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-        .unwrap_or_default()
-}
-
-/// A record as the API shows it: the contract's flat field names.
-pub fn record_json(r: &Record, with_bodies: bool) -> Value {
-    let t = r.tokens;
-    let mut v = json!({
-        "request_id": r.request_id.to_string(),
-        "ts": format_ts(r.ts),
-        "provider": r.provider,
-        "endpoint": r.endpoint,
-        "method": r.method,
-        "model": r.model,
-        "response_model": r.response_model,
-        "status": r.status,
-        "stream": r.stream,
-        "latency_ms": r.latency_ms,
-        "ttft_ms": r.ttft_ms,
-        "prompt_tokens": t.map(|t| t.prompt),
-        "completion_tokens": t.map(|t| t.completion),
-        "cache_read_tokens": t.map(|t| t.cache_read),
-        "cache_write_tokens": t.map(|t| t.cache_write),
-        "reasoning_tokens": t.map(|t| t.reasoning),
-        "total_tokens": t.map(|t| t.total()),
-        "tokens_estimated": r.tokens_estimated,
-        "cost_usd": r.cost_usd,
-        "user_id": r.user_id,
-        "session_id": r.session_id,
-        "session_path": r.session_path,
-        "session_name": r.session_name,
-        "properties": r.properties,
-        "cache_status": r.cache_status.as_str(),
-        "error": r.error,
-        "request_bytes": r.request_bytes,
-        "response_bytes": r.response_bytes,
-        "api_key_hint": r.api_key_hint,
-        "provider_request_id": r.provider_request_id,
-        "request_body_truncated": r.request_body_truncated,
-        "response_body_truncated": r.response_body_truncated,
-        "router": r.router,
-        "attempts": r.attempts,
-        "parent_request_id": r.parent_request_id,
-        "cost_saved_usd": r.cost_saved_usd,
-    });
-    if with_bodies {
-        if let Some(o) = v.as_object_mut() {
-            o.insert("request_body".into(), r.request_body.clone().into());
-            o.insert("response_body".into(), r.response_body.clone().into());
-        }
-    }
-    v
-}
 
 /// `GET /api/requests`.
 pub async fn list_requests(
@@ -183,24 +127,10 @@ pub async fn properties(
 }
 
 /// The wall clock, ms since the epoch.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// `GET /api/budgets`: budgets with live spend, projections and exhaustion, and the newest
 /// fired alerts with their deliveries.
 pub async fn budgets(State(state): State<AppState>) -> Result<Json<views::BudgetsView>, ApiError> {
     Ok(Json(
         views::budgets(state.alerts.as_deref(), now_ms()).await?,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ts_format() {
-        assert_eq!(format_ts(1_795_305_600_123), "2026-11-22T00:00:00.123Z");
-    }
 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod chart;
 mod error;
+pub mod format;
 pub mod pages;
 pub mod query;
 pub mod store;

@@ -6,10 +6,63 @@ use serde::Serialize;
 use tally_ingest::metrics::IngestMetrics;
 use tally_ingest::Record;
 
-use crate::api::format_ts;
+use serde_json::{json, Value};
+
 use crate::error::ApiError;
+use crate::format::format_ts;
 use crate::query::{TimeRange, ViewQuery};
 use crate::store::{AggregateSpec, Group, GroupBy, Order, Reader, RequestFilter, Stats};
+
+/// A record as the API shows it: the contract's flat field names.
+pub fn record_json(r: &Record, with_bodies: bool) -> Value {
+    let t = r.tokens;
+    let mut v = json!({
+        "request_id": r.request_id.to_string(),
+        "ts": format_ts(r.ts),
+        "provider": r.provider,
+        "endpoint": r.endpoint,
+        "method": r.method,
+        "model": r.model,
+        "response_model": r.response_model,
+        "status": r.status,
+        "stream": r.stream,
+        "latency_ms": r.latency_ms,
+        "ttft_ms": r.ttft_ms,
+        "prompt_tokens": t.map(|t| t.prompt),
+        "completion_tokens": t.map(|t| t.completion),
+        "cache_read_tokens": t.map(|t| t.cache_read),
+        "cache_write_tokens": t.map(|t| t.cache_write),
+        "reasoning_tokens": t.map(|t| t.reasoning),
+        "total_tokens": t.map(|t| t.total()),
+        "tokens_estimated": r.tokens_estimated,
+        "cost_usd": r.cost_usd,
+        "user_id": r.user_id,
+        "session_id": r.session_id,
+        "session_path": r.session_path,
+        "session_name": r.session_name,
+        "properties": r.properties,
+        "cache_status": r.cache_status.as_str(),
+        "error": r.error,
+        "request_bytes": r.request_bytes,
+        "response_bytes": r.response_bytes,
+        "api_key_hint": r.api_key_hint,
+        "provider_request_id": r.provider_request_id,
+        "request_body_truncated": r.request_body_truncated,
+        "response_body_truncated": r.response_body_truncated,
+        "router": r.router,
+        "attempts": r.attempts,
+        "parent_request_id": r.parent_request_id,
+        "cost_saved_usd": r.cost_saved_usd,
+        "refusal": r.refusal,
+    });
+    if with_bodies {
+        if let Some(o) = v.as_object_mut() {
+            o.insert("request_body".into(), r.request_body.clone().into());
+            o.insert("response_body".into(), r.response_body.clone().into());
+        }
+    }
+    v
+}
 
 /// How many rows the "top" tables and list pages show.
 pub const TOP: usize = 10;
@@ -388,10 +441,7 @@ pub async fn session(reader: &Reader, id: &str) -> Result<SessionView, ApiError>
         session_id: id.to_owned(),
         session_name: requests.iter().find_map(|r| r.session_name.clone()),
         summary: summary.into(),
-        requests_json: requests
-            .iter()
-            .map(|r| crate::api::record_json(r, false))
-            .collect(),
+        requests_json: requests.iter().map(|r| record_json(r, false)).collect(),
         requests,
     })
 }
@@ -432,10 +482,7 @@ pub async fn user(reader: &Reader, v: &ViewQuery, id: &str) -> Result<UserView, 
         range: v.range.into(),
         summary,
         series,
-        recent_json: recent
-            .iter()
-            .map(|r| crate::api::record_json(r, false))
-            .collect(),
+        recent_json: recent.iter().map(|r| record_json(r, false)).collect(),
         recent,
     })
 }

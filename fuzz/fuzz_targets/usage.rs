@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_proxy::usage::{from_json, from_truncated_json, StreamObserver, WireFormat};
+use tally_proxy::formats::{from_json, from_truncated_json, StreamObserver, WireFormat};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, body)) = data.split_first() else {

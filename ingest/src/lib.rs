@@ -36,7 +36,7 @@ pub use batch::{
 };
 pub use channel::{channel, RecordSender, DEFAULT_CHANNEL_CAPACITY};
 pub use metrics::{DropLabels, IngestMetrics};
-pub use record::{CacheStatus, Record, Tokens};
+pub use record::{is_error, CacheStatus, Record, Tokens, IS_ERROR_SQL};
 
 #[cfg(test)]
 mod tests;

@@ -102,7 +102,8 @@ pub struct Record {
     pub model: Option<String>,
     /// Model named in the response, if any (often a dated snapshot).
     pub response_model: Option<String>,
-    /// Upstream HTTP status; 0 when no upstream response arrived.
+    /// Upstream HTTP status; 0 when no upstream response arrived, which includes every
+    /// request Tally answered itself (see [`Record::refusal`]).
     pub status: u16,
     /// Whether the response was a server-sent event stream.
     pub stream: bool,
@@ -159,13 +160,75 @@ pub struct Record {
     /// On a cache hit (`cost_usd` 0): what the answer cost when it was first fetched.
     #[serde(default)]
     pub cost_saved_usd: Option<f64>,
+    /// Tally's error code when Tally answered the request itself instead of the upstream
+    /// (`tally_budget_exceeded`, `tally_upstream_unreachable`, …); `status` is then 0.
+    #[serde(default)]
+    pub refusal: Option<String>,
 }
 
 fn one() -> u32 {
     1
 }
 
+/// The one definition of a failed request, as SQL over the `requests` columns: no upstream
+/// answer, an HTTP error, or an error text (a stream that broke, an error event inside a 200).
+/// [`Record::is_error`] is the same rule in Rust; the dashboard, the rollups and the budgets'
+/// rules all use one of the two.
+pub const IS_ERROR_SQL: &str = "(status = 0 OR status >= 400 OR error IS NOT NULL)";
+
+/// [`IS_ERROR_SQL`] over a record's parts, for readers that hold only those.
+pub fn is_error(status: u16, has_error: bool) -> bool {
+    status == 0 || status >= 400 || has_error
+}
+
 impl Record {
+    /// A record of a request that has just arrived: nothing known yet but its id and start
+    /// time. Status 0 (no upstream answer yet), one attempt, no usage, no cost, no tags. Every
+    /// record is built from this, so a new field needs a default in one place only.
+    pub fn new(request_id: Uuid, ts: i64) -> Self {
+        Self {
+            request_id,
+            ts,
+            provider: String::new(),
+            endpoint: String::new(),
+            method: String::new(),
+            model: None,
+            response_model: None,
+            status: 0,
+            stream: false,
+            latency_ms: 0,
+            ttft_ms: None,
+            tokens: None,
+            tokens_estimated: false,
+            cost_usd: None,
+            user_id: None,
+            session_id: None,
+            session_path: None,
+            session_name: None,
+            properties: BTreeMap::new(),
+            cache_status: CacheStatus::None,
+            error: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            api_key_hint: None,
+            provider_request_id: None,
+            request_body: None,
+            response_body: None,
+            request_body_truncated: false,
+            response_body_truncated: false,
+            router: None,
+            attempts: 1,
+            parent_request_id: None,
+            cost_saved_usd: None,
+            refusal: None,
+        }
+    }
+
+    /// Whether this request failed; see [`IS_ERROR_SQL`].
+    pub fn is_error(&self) -> bool {
+        is_error(self.status, self.error.is_some())
+    }
+
     /// Approximate heap size, used for byte-based batching and metrics.
     pub fn approx_bytes(&self) -> usize {
         fn s(o: &Option<String>) -> usize {
@@ -186,6 +249,7 @@ impl Record {
                 .sum::<usize>()
             + s(&self.error)
             + s(&self.router)
+            + s(&self.refusal)
             + s(&self.request_body)
             + s(&self.response_body)
     }

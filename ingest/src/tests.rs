@@ -8,15 +8,11 @@ use crate::*;
 
 pub(crate) fn record(n: i64) -> Record {
     Record {
-        request_id: Uuid::now_v7(),
-        ts: 1_700_000_000_000 + n,
         provider: "openai".into(),
         endpoint: "/v1/chat/completions".into(),
         method: "POST".into(),
         model: Some("gpt-4o-mini".into()),
-        response_model: None,
         status: 200,
-        stream: false,
         latency_ms: 12,
         ttft_ms: Some(5),
         tokens: Some(Tokens {
@@ -24,27 +20,15 @@ pub(crate) fn record(n: i64) -> Record {
             completion: 5,
             ..Tokens::default()
         }),
-        tokens_estimated: false,
         cost_usd: Some(0.001),
         user_id: Some(format!("user-{n}")),
-        session_id: None,
-        session_path: None,
-        session_name: None,
         properties: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
-        cache_status: CacheStatus::None,
-        error: None,
         request_bytes: 100,
         response_bytes: 200,
         api_key_hint: Some("sk-…abcd".into()),
-        provider_request_id: None,
         request_body: Some("{}".into()),
         response_body: Some("{}".into()),
-        request_body_truncated: false,
-        response_body_truncated: false,
-        router: None,
-        attempts: 1,
-        parent_request_id: None,
-        cost_saved_usd: None,
+        ..Record::new(Uuid::now_v7(), 1_700_000_000_000 + n)
     }
 }
 

@@ -9,8 +9,8 @@ use serde_json::Value;
 use tally_ingest::Tokens;
 use tiktoken_rs::CoreBPE;
 
+use crate::formats::{collect_strings, WireFormat};
 use crate::sse::SseParser;
-use crate::usage::WireFormat;
 
 /// Per-message framing overhead in OpenAI's counting recipe (role markers and separators).
 const TOKENS_PER_MESSAGE: u64 = 3;
@@ -101,92 +101,21 @@ fn prompt_text(body: &[u8]) -> (String, u64) {
     (out, messages)
 }
 
-/// Every string under `v`, skipping structural fields that are not read as text.
-fn collect_strings(v: &Value, out: &mut String) {
-    match v {
-        Value::String(s) => {
-            out.push_str(s);
-            out.push('\n');
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
-        Value::Object(o) => {
-            for (k, x) in o {
-                if !matches!(
-                    k.as_str(),
-                    "role" | "type" | "id" | "image_url" | "url" | "cache_control" | "source"
-                ) {
-                    collect_strings(x, out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The `choices` array of an OpenAI-format body or chunk; empty when absent.
-fn choices(v: &Value) -> impl Iterator<Item = &Value> {
-    v.get("choices")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
-
 /// The generated text of a complete JSON response.
 fn json_text(format: WireFormat, v: &Value) -> String {
     let mut out = String::new();
-    match format {
-        WireFormat::OpenAi => {
-            for c in choices(v) {
-                if let Some(s) = c.pointer("/message/content").and_then(Value::as_str) {
-                    out.push_str(s);
-                }
-                if let Some(s) = c.get("text").and_then(Value::as_str) {
-                    out.push_str(s);
-                }
-            }
-            if let Some(output) = v.get("output") {
-                collect_strings(output, &mut out);
-            }
-        }
-        WireFormat::Anthropic => {
-            if let Some(content) = v.get("content") {
-                collect_strings(content, &mut out);
-            }
-        }
-    }
+    format.adapter().response_text(v, &mut out);
     out
 }
 
-/// The generated text of an event stream: content deltas of each format.
+/// The generated text of an event stream: the content deltas of its events.
 fn stream_text(format: WireFormat, body: &[u8]) -> String {
+    let adapter = format.adapter();
     let mut out = String::new();
     let mut parser = SseParser::new();
     parser.feed(body, |event| {
-        let Ok(v) = serde_json::from_slice::<Value>(event.data) else {
-            return;
-        };
-        match format {
-            WireFormat::OpenAi => {
-                for c in choices(&v) {
-                    for p in ["/delta/content", "/delta/reasoning_content", "/text"] {
-                        if let Some(s) = c.pointer(p).and_then(Value::as_str) {
-                            out.push_str(s);
-                        }
-                    }
-                }
-                if event.event == "response.output_text.delta" {
-                    if let Some(s) = v.get("delta").and_then(Value::as_str) {
-                        out.push_str(s);
-                    }
-                }
-            }
-            WireFormat::Anthropic => {
-                for p in ["/delta/text", "/delta/thinking", "/delta/partial_json"] {
-                    if let Some(s) = v.pointer(p).and_then(Value::as_str) {
-                        out.push_str(s);
-                    }
-                }
-            }
+        if let Ok(v) = serde_json::from_slice::<Value>(event.data) {
+            adapter.delta_text(event.event, &v, &mut out);
         }
     });
     out

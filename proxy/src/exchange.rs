@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tally_ingest::Record;
+use http::HeaderMap;
+use tally_ingest::{CacheStatus, Record, Tokens};
 
 use crate::body::{BodyObserver, StreamEnd};
+use crate::formats::{self, StreamObserver, WireFormat};
 use crate::metrics::RequestLabels;
-use crate::stages::cache::{Key, ResponseCache};
-use crate::stages::ratelimit::{Policy, RateLimiter};
-use crate::usage::{self, StreamObserver, WireFormat};
-use crate::Shared;
+use crate::phases::Refusal;
+use crate::{ProxyMetrics, Shared};
 
 /// How the upstream encoded the response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +156,7 @@ fn decode(encoding: Encoding, raw: &Bytes, limit: usize) -> Cow<'_, [u8]> {
 pub(crate) struct ExchangeState {
     shared: Arc<Shared>,
     pub(crate) record: Record,
+    /// The wire format the client speaks, once the route is known.
     pub(crate) format: Option<WireFormat>,
     started: Instant,
     /// The request body as read (bounded), for logging and token estimates.
@@ -164,64 +165,34 @@ pub(crate) struct ExchangeState {
     pub(crate) request_rest_bytes: Option<Arc<AtomicU64>>,
     pub(crate) omit_request_body: bool,
     pub(crate) omit_response_body: bool,
+    /// Tally asked the upstream for stream usage the client did not request.
+    pub(crate) injected: bool,
     /// The response head arrived (status and headers).
     pub(crate) responded: bool,
     pub(crate) encoding: Encoding,
     capture: Capture,
     observer: Option<StreamObserver>,
-    /// What the optional stages need when the response ends.
-    pub(crate) stages: StageState,
+    /// The stages that let this request through and want to see how it ends.
+    hooks: Vec<Box<dyn StageHook>>,
 }
 
-/// The optional stages' part of an exchange.
-#[derive(Default)]
-pub(crate) struct StageState {
-    /// The answer came from the cache: its cost becomes `cost_saved_usd`.
-    pub(crate) cache_hit: bool,
-    /// A cache miss collecting the answer to store it.
-    pub(crate) cache_fill: Option<CacheFill>,
-    /// Cost rate-limit counters to charge once the cost is known.
-    pub(crate) charges: Vec<(Arc<Policy>, String)>,
-    pub(crate) limiter: Option<Arc<RateLimiter>>,
+/// A response head as a stage sees it.
+pub(crate) struct ResponseHead<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    /// Tally asked for stream usage; the body carries what the client will not see.
+    pub(crate) injected: bool,
 }
 
-/// A response being collected for the cache: clones of its chunks (reference-counted, not
-/// copied) until it ends or outgrows the entry limit.
-pub(crate) struct CacheFill {
-    pub(crate) cache: Arc<ResponseCache>,
-    pub(crate) key: Key,
-    pub(crate) ttl: std::time::Duration,
-    pub(crate) headers: http::HeaderMap,
-    chunks: Vec<Bytes>,
-    len: usize,
-}
-
-impl CacheFill {
-    pub(crate) fn new(cache: Arc<ResponseCache>, key: Key, ttl: std::time::Duration) -> Self {
-        Self {
-            cache,
-            key,
-            ttl,
-            headers: http::HeaderMap::new(),
-            chunks: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// False once the response is too big to cache.
-    fn push(&mut self, chunk: &Bytes) -> bool {
-        self.len += chunk.len();
-        self.chunks.push(chunk.clone());
-        self.len <= self.cache.max_entry_bytes()
-    }
-
-    fn body(self) -> Bytes {
-        let mut v = Vec::with_capacity(self.len);
-        for c in &self.chunks {
-            v.extend_from_slice(c);
-        }
-        v.into()
-    }
+/// What a stage that let a request through gets to see of it: its response as it goes by and
+/// its finished record. This is all the exchange knows of stages.
+pub(crate) trait StageHook: Send {
+    /// The response head, upstream's or the cache's.
+    fn on_head(&mut self, _head: &ResponseHead<'_>) {}
+    /// A response body chunk, as forwarded. On the hot path: cheap, never blocking.
+    fn on_data(&mut self, _chunk: &Bytes) {}
+    /// The record is final (usage and cost known); `complete` is true when the whole answer
+    /// reached the client.
+    fn on_finish(self: Box<Self>, _record: &Record, _complete: bool, _metrics: &ProxyMetrics) {}
 }
 
 /// See the module docs.
@@ -244,11 +215,12 @@ impl Exchange {
                 request_rest_bytes: None,
                 omit_request_body: false,
                 omit_response_body: false,
+                injected: false,
                 responded: false,
                 encoding: Encoding::Identity,
                 capture: Capture::new(limit),
                 observer: None,
-                stages: StageState::default(),
+                hooks: Vec::new(),
             })),
         }
     }
@@ -260,9 +232,19 @@ impl Exchange {
             .expect("an exchange is only used before it is finished")
     }
 
+    /// Adds a stage that wants to see the response and the finished record.
+    pub(crate) fn hook(&mut self, hook: Box<dyn StageHook>) {
+        self.state().hooks.push(hook);
+    }
+
     /// Marks the response head as received; `stream` when it is an event stream.
-    pub(crate) fn responded(&mut self, status: u16, stream: bool, encoding: Encoding) {
+    pub(crate) fn responded(&mut self, status: u16, headers: &HeaderMap, stream: bool) {
         let s = self.state();
+        let encoding = Encoding::from_header(
+            headers
+                .get(http::header::CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok()),
+        );
         s.responded = true;
         s.record.status = status;
         s.record.stream = stream;
@@ -272,20 +254,22 @@ impl Exchange {
                 s.observer = Some(StreamObserver::new(format));
             }
         }
+        let head = ResponseHead {
+            headers,
+            injected: s.injected,
+        };
+        for h in &mut s.hooks {
+            h.on_head(&head);
+        }
     }
 
-    /// Finishes a request Tally answered itself with `status` (e.g. 429 from a budget), without
-    /// calling the upstream.
-    pub(crate) fn reject(mut self, status: u16, error: String) {
-        self.state().record.status = status;
-        self.fail(error);
-    }
-
-    /// Finishes with an error that happened before any response body (the handler's answer is
-    /// an error response of Tally's own).
-    pub(crate) fn fail(mut self, error: String) {
+    /// Finishes a request Tally answered itself: status 0 (no upstream answer), the refusal's
+    /// code in `refusal`, its message in `error`.
+    pub(crate) fn refuse(mut self, refusal: &Refusal) {
         if let Some(mut s) = self.state.take() {
-            s.record.error = Some(error);
+            s.record.status = 0;
+            s.record.refusal = Some(refusal.code.to_owned());
+            s.record.error = Some(refusal.message.clone());
             s.finish(StreamEnd::Complete);
         }
     }
@@ -313,10 +297,8 @@ impl BodyObserver for Exchange {
         if let Some(o) = s.observer.as_mut() {
             o.feed(chunk);
         }
-        if let Some(fill) = s.stages.cache_fill.as_mut() {
-            if !fill.push(chunk) {
-                s.stages.cache_fill = None;
-            }
+        for h in &mut s.hooks {
+            h.on_data(chunk);
         }
     }
 
@@ -331,6 +313,15 @@ impl ExchangeState {
     fn finish(mut self: Box<Self>, end: StreamEnd) {
         let shared = self.shared.clone();
         shared.metrics.in_flight.dec();
+        // A client may close as soon as the format's end event has reached it (the OpenAI SDK
+        // and httpx-based clients do, right after `[DONE]`): the answer was complete.
+        let end = match end {
+            StreamEnd::Cancelled if self.observer.as_ref().is_some_and(StreamObserver::ended) => {
+                StreamEnd::Complete
+            }
+            other => other,
+        };
+        let complete = end == StreamEnd::Complete;
         let r = &mut self.record;
         r.latency_ms = self.started.elapsed().as_millis() as u64;
         if let Some(rest) = &self.request_rest_bytes {
@@ -389,19 +380,19 @@ impl ExchangeState {
                         o.feed(&decoded);
                         o.finish()
                     } else if response_truncated && encoding == Encoding::Identity {
-                        usage::from_truncated_json(f, &decoded, &tail)
+                        formats::from_truncated_json(f, &decoded, &tail)
                     } else {
-                        usage::from_json(f, &decoded)
+                        formats::from_json(f, &decoded)
                     }
                 }
-                _ => usage::Observed::default(),
+                _ => formats::Observed::default(),
             };
             (decoded, observed)
         });
         let (decoded, observed) = parsed.unwrap_or_else(|| {
             (
                 Cow::Borrowed(&raw[..]),
-                usage::Observed {
+                formats::Observed {
                     error: Some(INTERNAL_ERROR.to_owned()),
                     ..Default::default()
                 },
@@ -423,34 +414,17 @@ impl ExchangeState {
                 r.error = Some(e);
             }
         }
-        r.tokens = observed.tokens;
+        // A report made while the answer was still being generated (Anthropic's
+        // `message_start`) has exact input counts but a placeholder output: keep the input,
+        // estimate the output from what was forwarded.
+        let partial = observed.tokens.filter(|_| !observed.usage_final);
+        r.tokens = observed.tokens.filter(|_| observed.usage_final);
         r.response_body_truncated = response_truncated;
         r.request_body_truncated = self.request_truncated;
         r.request_body = (!self.omit_request_body && !self.request_head.is_empty())
             .then(|| String::from_utf8_lossy(&self.request_head).into_owned());
         r.response_body = (!self.omit_response_body && !decoded.is_empty())
             .then(|| String::from_utf8_lossy(&decoded).into_owned());
-
-        if let Some(mut fill) = self.stages.cache_fill.take() {
-            let complete = matches!(end, StreamEnd::Complete);
-            if complete && (200..300).contains(&r.status) && r.error.is_none() {
-                let (status, cache, key, ttl) = (r.status, fill.cache.clone(), fill.key, fill.ttl);
-                let headers = std::mem::take(&mut fill.headers);
-                let metrics = shared.metrics.clone();
-                let stored = cache.put(key, status, &headers, fill.body(), ttl, move |e| {
-                    metrics.stage_error("cache");
-                    tracing::warn!(error = %e, "could not store a response in the cache");
-                });
-                if stored {
-                    shared.metrics.cache_stores.inc();
-                }
-            }
-        }
-        let after = AfterPricing {
-            cache_hit: self.stages.cache_hit,
-            charges: std::mem::take(&mut self.stages.charges),
-            limiter: self.stages.limiter.take(),
-        };
 
         shared
             .metrics
@@ -461,12 +435,13 @@ impl ExchangeState {
             })
             .inc();
 
+        let hooks = std::mem::take(&mut self.hooks);
         let needs_estimate = r.tokens.is_none()
             && (200..300).contains(&r.status)
             && r.model.is_some()
             && format.is_some();
         if !needs_estimate {
-            price_and_send(&shared, self.record, after);
+            price_and_send(&shared, self.record, hooks, complete);
             return;
         }
         // Tokenizing can take milliseconds for long texts: keep it off the runtime's workers.
@@ -486,7 +461,7 @@ impl ExchangeState {
                 crate::estimate::estimate(f, &model, &request, &response, stream)
             }) {
                 Some(t) => {
-                    record.tokens = Some(t);
+                    record.tokens = Some(with_exact_input(t, partial));
                     record.tokens_estimated = true;
                     shared.metrics.tokens_estimated.inc();
                 }
@@ -496,7 +471,7 @@ impl ExchangeState {
                         .get_or_insert_with(|| INTERNAL_ERROR.to_owned());
                 }
             }
-            price_and_send(&shared, record, after);
+            price_and_send(&shared, record, hooks, complete);
             shared.pending_estimates.fetch_sub(1, Ordering::AcqRel);
         };
         match tokio::runtime::Handle::try_current() {
@@ -505,6 +480,20 @@ impl ExchangeState {
             }
             Err(_) => job(),
         }
+    }
+}
+
+/// An estimate, with the input counts the provider did report (exact) in place of the
+/// estimated ones.
+fn with_exact_input(estimate: Tokens, partial: Option<Tokens>) -> Tokens {
+    match partial {
+        Some(p) if p.prompt > 0 => Tokens {
+            prompt: p.prompt,
+            cache_read: p.cache_read,
+            cache_write: p.cache_write,
+            ..estimate
+        },
+        _ => estimate,
     }
 }
 
@@ -530,14 +519,13 @@ fn guarded<T>(metrics: &crate::ProxyMetrics, what: &str, f: impl FnOnce() -> T) 
     }
 }
 
-/// What the stages do once the cost is known.
-struct AfterPricing {
-    cache_hit: bool,
-    charges: Vec<(Arc<Policy>, String)>,
-    limiter: Option<Arc<RateLimiter>>,
-}
-
-fn price_and_send(shared: &Shared, mut record: Record, after: AfterPricing) {
+/// Prices the record, shows it to the stages that asked, and sends it.
+fn price_and_send(
+    shared: &Shared,
+    mut record: Record,
+    hooks: Vec<Box<dyn StageHook>>,
+    complete: bool,
+) {
     if let Some(t) = record.tokens {
         let model = record
             .response_model
@@ -565,23 +553,19 @@ fn price_and_send(shared: &Shared, mut record: Record, after: AfterPricing) {
             shared.metrics.unpriced.inc();
         }
     }
-    if after.cache_hit {
+    // An answer replayed from the cache cost nothing; what it would have cost is the saving.
+    if record.cache_status == CacheStatus::Hit {
         record.cost_saved_usd = record.cost_usd;
         record.cost_usd = Some(0.0);
         if let Some(saved) = record.cost_saved_usd {
             shared.metrics.cache_saved_usd.inc_by(saved);
         }
     }
-    if let Some(limiter) = after.limiter {
-        let cost = record.cost_usd.unwrap_or(0.0);
-        for (policy, key) in after.charges {
-            let cells = policy.cells_for(cost);
-            let metrics = shared.metrics.clone();
-            limiter.charge(policy, key, cells, move |e| {
-                metrics.stage_error("rate_limit");
-                tracing::warn!(error = %e, "could not charge a cost rate limit");
-            });
-        }
+    for h in hooks {
+        let metrics = &shared.metrics;
+        let _ = guarded(metrics, "a stage's finish", || {
+            h.on_finish(&record, complete, metrics)
+        });
     }
     shared.sender.send(record);
 }

@@ -152,24 +152,21 @@ pub fn parse(headers: &HeaderMap) -> Result<Attribution, HeaderError> {
     Ok(a)
 }
 
-/// A recognisable but useless fragment of the provider key: `sk-…abcd` (a short vendor prefix
-/// and the last four characters). Keys shorter than 12 characters, where four characters would
-/// be a real share of the secret, show only `…`.
-pub fn key_hint(headers: &HeaderMap) -> Option<String> {
-    let raw = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+/// A recognisable but useless fragment of the provider key, from the first of `key_headers`
+/// the request has (the wire format's list): `sk-…abcd` (a short vendor prefix and the last four
+/// characters). Keys shorter than 12 characters, where four characters would be a real share of
+/// the secret, show only `…`.
+pub fn key_hint(headers: &HeaderMap, key_headers: &[&str]) -> Option<String> {
+    let raw = key_headers
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
         .map(|v| {
-            v.trim()
-                .strip_prefix("Bearer ")
-                .or_else(|| v.trim().strip_prefix("bearer "))
+            let v = v.trim();
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
                 .unwrap_or(v)
                 .trim()
-        })
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
-        .or_else(|| headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()))?
-        .trim();
+        })?;
     if raw.is_empty() {
         return None;
     }
@@ -275,6 +272,8 @@ mod tests {
 
     #[test]
     fn key_hint_never_reveals_the_key() {
+        const KEYS: &[&str] = &["authorization", "x-api-key"];
+        let key_hint = |h: &HeaderMap| super::key_hint(h, KEYS);
         let h = headers(&[("authorization", "Bearer sk-proj-abcdefghijklmnop1234")]);
         assert_eq!(key_hint(&h).as_deref(), Some("sk-…1234"));
         let h = headers(&[("x-api-key", "sk-ant-api03-secretsecret-wxyz")]);
@@ -284,5 +283,15 @@ mod tests {
         let h = headers(&[("authorization", "Bearer short")]);
         assert_eq!(key_hint(&h).as_deref(), Some("…"));
         assert_eq!(key_hint(&HeaderMap::new()), None);
+        // Only the format's headers are read, in its order.
+        let h = headers(&[
+            ("x-api-key", "sk-ant-api03-secretsecret-wxyz"),
+            ("authorization", "Bearer sk-proj-abcdefghijklmnop1234"),
+        ]);
+        assert_eq!(
+            super::key_hint(&h, &["x-api-key", "authorization"]).as_deref(),
+            Some("sk-…wxyz")
+        );
+        assert_eq!(super::key_hint(&h, &["api-key"]), None);
     }
 }

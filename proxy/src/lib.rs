@@ -1,14 +1,17 @@
 //! Tally's proxy: a hyper server that forwards LLM API calls to their providers byte for byte
 //! and leaves one [`tally_ingest::Record`] per request behind.
 //!
-//! The flow of one request (see `service::handle`): route the path to a [`Provider`], read the
-//! tagging headers ([`headers::parse`]), read a bounded head of the request body to learn the
-//! model and stream flag, forward, and wrap the upstream's response body in a
-//! [`body::TeeBody`]. The tee passes every frame through unchanged and shows it to an
-//! `Exchange`, which keeps a bounded copy, follows event streams with a
-//! [`usage::StreamObserver`], and when the body ends (or the client leaves) turns all that into
-//! a record: usage from the provider (or a [`estimate`]), cost from the [`PricingTable`], and a
-//! non-blocking send into the ingest channel.
+//! The life of one request is a list of named phases (`phases/mod.rs`): route the path to a
+//! [`Provider`] or router, read the tagging headers ([`headers::parse`]), read a bounded head of
+//! the request body, pick the destination, authenticate, enforce budgets, admit rate limits,
+//! look up the cache, send, respond. Each may refuse with one error type, recorded at one exit.
+//! What a provider API looks like (where the model is, how usage is read, how errors are
+//! shaped) is its wire format's module in [`formats`]; optional stages live in [`stages`].
+//! The upstream's response body goes through a [`body::TeeBody`], which passes every frame
+//! through unchanged and shows it to an `Exchange`: it keeps a bounded copy, follows event
+//! streams with a [`formats::StreamObserver`], and when the body ends (or the client leaves)
+//! turns all that into a record: usage from the provider (or an [`estimate`]), cost from the
+//! [`PricingTable`], and a non-blocking send into the ingest channel.
 //!
 //! ```no_run
 //! # async fn run(tx: tally_ingest::RecordSender) -> Result<(), Box<dyn std::error::Error>> {
@@ -24,18 +27,17 @@
 
 pub mod body;
 mod client;
-mod error_response;
 pub mod estimate;
 mod exchange;
+pub mod formats;
 pub mod headers;
 mod metrics;
+mod phases;
 pub mod pricing;
 pub mod providers;
-mod service;
 mod settings;
 pub mod sse;
 pub mod stages;
-pub mod usage;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,9 +59,9 @@ use tokio::task::JoinSet;
 
 use metrics::LoopLabels;
 pub use metrics::ProxyMetrics;
+pub use phases::REQUEST_ID_HEADER;
 pub use pricing::{Price, PricingTable};
 pub use providers::{Provider, ProviderConfig, Providers, StreamUsage};
-pub use service::REQUEST_ID_HEADER;
 pub use settings::{ProxyConfig, Settings, SettingsError};
 pub use stages::{StageError, Stages, StagesConfig};
 
@@ -409,7 +411,7 @@ async fn accept_loop(
         let (shared, client) = (shared.clone(), client.clone());
         let svc = service_fn(move |req| {
             let (shared, client) = (shared.clone(), client.clone());
-            async move { Ok::<_, Infallible>(service::handle(shared, client, req).await) }
+            async move { Ok::<_, Infallible>(phases::handle(shared, client, req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)

@@ -59,6 +59,15 @@ pub struct ProxyMetrics {
     pub route_attempts: Family<AttemptLabels, Counter>,
     /// A stage's backend (Redis) failed; the request went on without it.
     pub stage_errors: Family<StageLabels, Counter>,
+    /// Requests Tally answered itself, by its error code (a fixed set, see `phases::Refusal`).
+    pub refusals: Family<RefusalLabels, Counter>,
+}
+
+/// Labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// Tally's error code, e.g. `tally_budget_exceeded`.
+    pub code: &'static str,
 }
 
 /// Labels of an event loop's gauge.
@@ -177,6 +186,11 @@ impl ProxyMetrics {
             "stage_errors",
             "Stage backend failures (Redis); the request went on without the stage",
             self.stage_errors.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Requests Tally answered itself instead of the upstream, by error code",
+            self.refusals.clone(),
         );
     }
 

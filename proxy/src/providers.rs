@@ -8,7 +8,7 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 use serde::Deserialize;
 
-use crate::usage::WireFormat;
+use crate::formats::WireFormat;
 
 /// The provider `/v1/...` goes to.
 pub const DEFAULT_PROVIDER: &str = "openai";

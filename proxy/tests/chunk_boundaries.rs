@@ -3,8 +3,8 @@
 //! the parser; these generate the streams and the cuts.
 
 use proptest::prelude::*;
+use tally_proxy::formats::{StreamObserver, WireFormat};
 use tally_proxy::sse::SseParser;
-use tally_proxy::usage::{StreamObserver, WireFormat};
 
 /// One generated event: optional type, data lines, and the line ending and comment noise used
 /// to write it.

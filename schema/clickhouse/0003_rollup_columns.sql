@@ -27,7 +27,7 @@ AS SELECT
     provider,
     ifNull(m, '') AS model,
     count() AS requests,
-    countIf(status = 0 OR status >= 400 OR err IS NOT NULL) AS errors,
+    countIf({is_error}) AS errors,
     sum(ifNull(prompt, 0)) AS prompt_tokens,
     sum(ifNull(completion, 0)) AS completion_tokens,
     sum(ifNull(cache_read, 0)) AS cache_read_tokens,
@@ -46,10 +46,11 @@ AS SELECT
     quantilesTDigestState(0.5, 0.95, 0.99)(latency) AS latency_digest,
     quantilesTDigestStateIf(0.5, 0.95, 0.99)(ifNull(ttft, 0), ttft IS NOT NULL) AS ttft_digest
 -- The inner SELECT renames source columns so that the output aliases (which must match the
--- rollup table's column names) cannot shadow them inside the aggregates.
+-- rollup table's column names) cannot shadow them inside the aggregates. `{is_error}` is the
+-- one definition of an error (tally_ingest::IS_ERROR_SQL), over `status` and `error`.
 FROM
 (
-    SELECT ts, provider, model AS m, status, error AS err, prompt_tokens AS prompt,
+    SELECT ts, provider, model AS m, status, error, prompt_tokens AS prompt,
            completion_tokens AS completion, cache_read_tokens AS cache_read, cost_usd AS cost,
            tokens_estimated AS estimated, latency_ms AS latency, ttft_ms AS ttft,
            cache_status AS cache, toUnixTimestamp64Milli(ts) AS start_ms, user_id AS uid

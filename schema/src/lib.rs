@@ -39,11 +39,16 @@ pub const SQLITE: &[Migration] = &[
         name: "0004_routing_cache",
         sql: include_str!("../sqlite/0004_routing_cache.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_refusal",
+        sql: include_str!("../sqlite/0005_refusal.sql"),
+    },
 ];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
 /// fills `{db}`, `{local}`, `{on_cluster}`, `{engine}`, `{agg_engine}` and the TTL placeholders
-/// from validated config (identifiers checked against a strict pattern), and splits each file
+/// from validated config, and `{is_error}` with the one definition of a failed request (identifiers checked against a strict pattern), and splits each file
 /// into statements at semicolons that end a line.
 pub const CLICKHOUSE: &[Migration] = &[
     Migration {
@@ -70,6 +75,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 5,
         name: "0005_routing_cache",
         sql: include_str!("../clickhouse/0005_routing_cache.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_refusal",
+        sql: include_str!("../clickhouse/0006_refusal.sql"),
     },
 ];
 

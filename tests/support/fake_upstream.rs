@@ -7,7 +7,13 @@
 //!   `Retry-After` (`error429-ra1`): an error in the provider's shape;
 //! - `no-usage`: streams never carry usage, even when asked (like many compatible providers);
 //! - `reset`: two events, then the connection is cut;
-//! - `stall`: two events, then silence;
+//! - `stall`: two events, then silence; `stall<n>` (`stall8`): `n` events, then silence;
+//! - `linger`: every event, then the body stays open (a client that stops at the end event
+//!   closes before the upstream does);
+//! - `spaced`: stream events written as Python's `json.dumps` writes them (`", "` and `": "`),
+//!   as Python-based upstreams and proxies do;
+//! - `xai`: chat usage as xAI reports a reasoning model's, reasoning outside
+//!   `completion_tokens` ([`XAI_USAGE`]);
 //! - `gzip`: a gzip-compressed JSON body;
 //! - `binary`: a non-JSON binary body;
 //! - `big`: an event stream of `x-fake-bytes` bytes, generated as it is read.
@@ -43,6 +49,8 @@ pub const OPENAI_USAGE: (u64, u64, u64, u64) = (21, 5, 4, 2); // prompt, complet
 pub const RESPONSES_USAGE: (u64, u64, u64, u64) = (30, 9, 10, 3);
 /// Usage the fake reports for Anthropic: input (uncached), cache write, cache read, output.
 pub const ANTHROPIC_USAGE: (u64, u64, u64, u64) = (12, 100, 200, 9);
+/// Chat usage in `xai` mode: prompt, completion, reasoning, total (a grok-3-mini answer).
+pub const XAI_USAGE: (u64, u64, u64, u64) = (12, 1, 290, 303);
 /// Prompt tokens the fake reports for embeddings.
 pub const EMBEDDING_TOKENS: u64 = 8;
 
@@ -194,7 +202,7 @@ fn big_stream(total: usize) -> Response<Body> {
     ));
     let n = total / event.len();
     let end =
-        Bytes::from(data(json!({"choices": [], "usage": openai_usage()})) + "data: [DONE]\n\n");
+        Bytes::from(data(json!({"choices": [], "usage": openai_usage("")})) + "data: [DONE]\n\n");
     let stream = futures_util::stream::iter(
         std::iter::repeat_n(event, n)
             .chain(std::iter::once(end))
@@ -214,11 +222,53 @@ fn event(name: &str, v: Value) -> String {
     format!("event: {name}\ndata: {v}\n\n")
 }
 
-fn openai_usage() -> Value {
+fn openai_usage(mode: &str) -> Value {
+    if mode == "xai" {
+        let (p, c, reasoning, total) = XAI_USAGE;
+        return json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": total,
+               "completion_tokens_details": {"reasoning_tokens": reasoning}});
+    }
     let (p, c, cached, reasoning) = OPENAI_USAGE;
     json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
            "prompt_tokens_details": {"cached_tokens": cached},
            "completion_tokens_details": {"reasoning_tokens": reasoning}})
+}
+
+/// `v` as Python's `json.dumps(v)` writes it: `", "` between items, `": "` after keys.
+fn python_dumps(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let items: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), python_dumps(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Array(a) => {
+            let items: Vec<String> = a.iter().map(python_dumps).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Rewrites every JSON `data:` line of an event in Python's spacing.
+fn spaced(event: String) -> String {
+    let mut out = String::with_capacity(event.len() + 32);
+    for line in event.split_inclusive('\n') {
+        match line
+            .strip_prefix("data: ")
+            .and_then(|d| serde_json::from_str::<Value>(d.trim_end()).ok())
+        {
+            Some(v) => {
+                out.push_str("data: ");
+                out.push_str(&python_dumps(&v));
+                out.push('\n');
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 fn response_model(model: &str) -> String {
@@ -232,8 +282,18 @@ fn tail(mode: &str, mut events: Vec<Step>) -> Vec<Step> {
             events.truncate(2);
             events.push(Step::Reset);
         }
-        "stall" => {
-            events.truncate(2);
+        "linger" => events.push(Step::Stall),
+        "spaced" => {
+            events = events
+                .into_iter()
+                .map(|e| match e {
+                    Step::Data(s) => Step::Data(spaced(s)),
+                    other => other,
+                })
+                .collect();
+        }
+        m if m.starts_with("stall") => {
+            events.truncate(m["stall".len()..].parse().unwrap_or(2));
             events.push(Step::Stall);
         }
         _ => {}
@@ -336,7 +396,7 @@ async fn handle(
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
                 "model": response_model(&model),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": openai_usage()}))
+                "usage": openai_usage(&mode)}))
         } else {
             // With include_usage, OpenAI adds "usage":null to every chunk and a final
             // usage-only chunk; without it, neither.
@@ -360,7 +420,7 @@ async fn handle(
             events.push(Step::Data(chunk(json!({}), json!("stop"))));
             if include_usage {
                 events.push(Step::Data(data(json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                    "created": 1700000000, "model": response_model(&model), "choices": [], "usage": openai_usage()}))));
+                    "created": 1700000000, "model": response_model(&model), "choices": [], "usage": openai_usage(&mode)}))));
             }
             events.push(Step::Data("data: [DONE]\n\n".into()));
             sse(tail(&mode, events), interval)

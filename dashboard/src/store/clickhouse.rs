@@ -24,7 +24,7 @@ fn columns(with_bodies: bool) -> String {
          cache_write_tokens, reasoning_tokens, total_tokens, tokens_estimated, cost_usd, user_id,
          session_id, session_path, session_name, properties, cache_status, error, request_bytes,
          response_bytes, api_key_hint, provider_request_id, {bodies}, request_body_truncated,
-         response_body_truncated, router, attempts, parent_request_id, cost_saved_usd"
+         response_body_truncated, router, attempts, parent_request_id, cost_saved_usd, refusal"
     )
 }
 
@@ -121,7 +121,7 @@ impl ClickHouseReader {
         let mut sql = format!(
             "SELECT {key} AS k,
                     count() AS requests,
-                    countIf(status = 0 OR status >= 400 OR error IS NOT NULL) AS errors,
+                    countIf({is_error}) AS errors,
                     sum(ifNull(cost_usd, 0)) AS cost,
                     sum(ifNull(prompt_tokens, 0)) AS prompt,
                     sum(ifNull(completion_tokens, 0)) AS completion,
@@ -137,7 +137,8 @@ impl ClickHouseReader {
                     toUnixTimestamp64Milli(max(ts)) AS last,
                     max(toUnixTimestamp64Milli(ts) + toInt64(latency_ms)) AS last_end
              FROM {} WHERE 1{not_null}",
-            self.table
+            self.table,
+            is_error = tally_ingest::IS_ERROR_SQL,
         );
         if let GroupBy::Property(k) = group {
             sql.push_str(" AND mapContains(properties, ?)");

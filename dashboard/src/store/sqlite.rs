@@ -17,7 +17,7 @@ const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, r
     cache_write_tokens, reasoning_tokens, tokens_estimated, cost_usd, user_id, session_id,
     session_path, session_name, properties, cache_status, error, request_bytes, response_bytes,
     api_key_hint, provider_request_id, request_body_truncated, response_body_truncated, router,
-    attempts, parent_request_id, cost_saved_usd";
+    attempts, parent_request_id, cost_saved_usd, refusal";
 
 /// Reads one SQLite store file. Each call opens a short-lived read-only connection, so readers
 /// never hold the database between requests (and never block the writer in WAL mode).
@@ -458,7 +458,8 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
             .get::<_, Option<String>>(33)?
             .and_then(|s| uuid::Uuid::parse_str(&s).ok()),
         cost_saved_usd: row.get(34)?,
-        request_body: row.get(35)?,
-        response_body: row.get(36)?,
+        refusal: row.get(35)?,
+        request_body: row.get(36)?,
+        response_body: row.get(37)?,
     })
 }

@@ -2,8 +2,9 @@
 //!
 //! Both stores must return the same numbers for the same records, so the definitions live
 //! here once and each store's query follows them:
-//! - an **error** is `status = 0 OR status >= 400 OR error IS NOT NULL` (the rollup uses the
-//!   same rule);
+//! - an **error** is [`tally_ingest::IS_ERROR_SQL`]: no upstream answer (status 0, which
+//!   includes every request Tally refused), an HTTP error, or an error text. The rollup, the
+//!   pages and the budgets' rules use the same definition;
 //! - **unpriced** means tokens are known but `cost_usd` is NULL (an unknown model);
 //! - a **quantile** at level `q` over `n` values is the value at 0-based index
 //!   `floor(q * n)` of the sorted values (capped at `n - 1`), which is what ClickHouse's
@@ -281,7 +282,7 @@ impl Accumulator {
             st.last_end_ts = s.ts + s.latency_ms as i64;
         }
         st.requests += 1;
-        st.errors += u64::from(s.status == 0 || s.status >= 400 || s.has_error);
+        st.errors += u64::from(tally_ingest::is_error(s.status, s.has_error));
         st.cost_usd += s.cost_usd.unwrap_or(0.0);
         st.prompt_tokens += s.prompt_tokens.unwrap_or(0);
         st.completion_tokens += s.completion_tokens.unwrap_or(0);

@@ -32,7 +32,8 @@ pub fn render_statements(s: &ClickHouseSettings, template: &str) -> Vec<String> 
         .replace("{agg_engine}", agg_engine)
         .replace("{table_ttl}", &ttl(s.retention_days, "ts"))
         .replace("{rollup_ttl}", &ttl(s.retention_days, "hour"))
-        .replace("{body_ttl}", &ttl(s.body_ttl_days, "ts"));
+        .replace("{body_ttl}", &ttl(s.body_ttl_days, "ts"))
+        .replace("{is_error}", crate::IS_ERROR_SQL);
     let mut out = Vec::new();
     let mut current = String::new();
     for line in rendered.lines() {

@@ -49,6 +49,7 @@ pub struct RequestRow {
     #[serde(with = "clickhouse::serde::uuid::option")]
     parent_request_id: Option<Uuid>,
     cost_saved_usd: Option<f64>,
+    refusal: Option<String>,
 }
 
 impl From<&Record> for RequestRow {
@@ -97,6 +98,7 @@ impl From<&Record> for RequestRow {
             attempts: r.attempts,
             parent_request_id: r.parent_request_id,
             cost_saved_usd: r.cost_saved_usd,
+            refusal: r.refusal.clone(),
         }
     }
 }
@@ -144,6 +146,7 @@ impl From<RequestRow> for Record {
             attempts: r.attempts,
             parent_request_id: r.parent_request_id,
             cost_saved_usd: r.cost_saved_usd,
+            refusal: r.refusal,
         }
     }
 }

@@ -6,32 +6,35 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::BoxError;
+use crate::formats::WireFormat;
 
 /// If no event boundary shows up within this many bytes, the stream is not the SSE we expect;
 /// stop rewriting and pass the rest through untouched.
 const MAX_PENDING: usize = 1024 * 1024;
 
 pin_project! {
-    /// Undoes, for the client, what injecting `stream_options.include_usage` changed in an
-    /// OpenAI-format stream: drops the usage-only event (`"choices":[]` with a usage object) and
-    /// removes the `"usage":null` member the upstream then adds to every other chunk. Everything
-    /// else passes through byte for byte.
+    /// Undoes, for the client, what asking for stream usage changed in a stream: each whole
+    /// event goes through the format's [`strip_event`](crate::formats) (for OpenAI: the
+    /// usage-only chunk is dropped and the `usage: null` member the upstream then adds to every
+    /// other chunk is cut). Everything else passes through byte for byte.
     ///
     /// It works on whole events, so it holds back at most one partial event; OpenAI sends an
     /// event per write, so in practice nothing is held back.
     pub struct StripUsage<B> {
         #[pin]
         inner: B,
+        format: WireFormat,
         pending: BytesMut,
         passthrough: bool,
     }
 }
 
 impl<B> StripUsage<B> {
-    /// Wraps an injected stream.
-    pub fn new(inner: B) -> Self {
+    /// Wraps a stream Tally asked `format`'s upstream to add usage to.
+    pub fn new(inner: B, format: WireFormat) -> Self {
         Self {
             inner,
+            format,
             pending: BytesMut::new(),
             passthrough: false,
         }
@@ -45,28 +48,6 @@ fn event_end(buf: &[u8]) -> Option<usize> {
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
-}
-
-/// Appends `event` to `out` with the injection's traces removed.
-fn rewrite_event(event: &[u8], out: &mut BytesMut) {
-    let usage_only = memchr::memmem::find(event, b"\"choices\":[]").is_some()
-        && crate::usage::has_usage_object(event);
-    if usage_only {
-        return;
-    }
-    let mut rest = event;
-    loop {
-        if let Some(i) = memchr::memmem::find(rest, b",\"usage\":null") {
-            out.extend_from_slice(&rest[..i]);
-            rest = &rest[i + 13..];
-        } else if let Some(i) = memchr::memmem::find(rest, b"\"usage\":null,") {
-            out.extend_from_slice(&rest[..i]);
-            rest = &rest[i + 13..];
-        } else {
-            out.extend_from_slice(rest);
-            return;
-        }
     }
 }
 
@@ -94,9 +75,10 @@ where
                     }
                     this.pending.extend_from_slice(&data);
                     let mut out = BytesMut::with_capacity(this.pending.len());
+                    let adapter = this.format.adapter();
                     while let Some(end) = event_end(this.pending) {
                         let event = this.pending.split_to(end);
-                        rewrite_event(&event, &mut out);
+                        adapter.strip_event(&event, &mut out);
                     }
                     if this.pending.len() > MAX_PENDING {
                         *this.passthrough = true;
@@ -146,7 +128,10 @@ data: [DONE]\n\n";
         let frames = chunks
             .into_iter()
             .map(|c| Ok::<_, BoxError>(Frame::data(Bytes::from(c))));
-        let body = StripUsage::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let body = StripUsage::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            WireFormat::OpenAi,
+        );
         body.collect().await.expect("ok").to_bytes().to_vec()
     }
 

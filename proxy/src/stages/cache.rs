@@ -15,12 +15,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tally_ingest::{CacheStatus, Record};
 
 use super::redis::{Redis, RedisError};
 use super::{Backend, StageError};
+use crate::exchange::{Exchange, ResponseHead, StageHook};
+use crate::headers::Attribution;
+use crate::metrics::ResultLabels;
+use crate::phases::send::Forward;
+use crate::phases::Ctx;
+use crate::ProxyMetrics;
 
 /// Provider headers that change what the API does, and so belong in the key.
 const VARY: &[&str] = &[
@@ -361,7 +368,7 @@ pub(crate) fn key(
 }
 
 /// Headers of a replayed answer, and whether its stream carries injected usage to strip.
-pub(crate) fn replay_headers(entry: &Entry) -> (HeaderMap, bool) {
+fn replay_headers(entry: &Entry) -> (HeaderMap, bool) {
     let mut h = HeaderMap::new();
     for (n, v) in &entry.headers {
         if let (Ok(n), Ok(v)) = (
@@ -373,6 +380,160 @@ pub(crate) fn replay_headers(entry: &Entry) -> (HeaderMap, bool) {
     }
     let injected = h.remove(INJECTED).is_some();
     (h, injected)
+}
+
+/// Response header of the cache stage: `HIT` or `MISS`.
+pub const CACHE_HEADER: &str = "tally-cache";
+
+/// The cache phase: a stored answer for this request, or `None` (then, when the request uses
+/// the cache, the answer is collected to be stored). Only whole request bodies are cached,
+/// and a failing backend is a miss.
+pub(crate) async fn lookup(
+    ctx: &mut Ctx,
+    destination: &str,
+    tags: &Attribution,
+    forward: &Forward,
+) -> Option<Arc<Entry>> {
+    let cache = ctx.shared.stages.cache.clone()?;
+    let req = CacheRequest {
+        enabled: tags.cache,
+        ttl_secs: tags.cache_ttl_secs,
+        namespace: tags.cache_namespace.as_deref(),
+    };
+    if !(forward.head.complete() && cache.wanted(destination, &req)) {
+        return None;
+    }
+    let parts = &forward.parts;
+    let pq = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", forward.path),
+        None => forward.path.clone(),
+    };
+    let key = key(
+        destination,
+        &parts.method,
+        &pq,
+        req.namespace,
+        &parts.headers,
+        &forward.head.bytes,
+    );
+    let found = cache.get(&key).await.unwrap_or_else(|e| {
+        ctx.shared.metrics.stage_error("cache");
+        tracing::warn!(error = %e, "cache lookup failed; treating it as a miss");
+        None
+    });
+    let (result, header) = if found.is_some() {
+        ("hit", "HIT")
+    } else {
+        ("miss", "MISS")
+    };
+    ctx.shared
+        .metrics
+        .cache_lookups
+        .get_or_create(&ResultLabels { result })
+        .inc();
+    ctx.response_headers.insert(
+        HeaderName::from_static(CACHE_HEADER),
+        HeaderValue::from_static(header),
+    );
+    if found.is_none() {
+        let ttl = cache.ttl(&req, &parts.headers);
+        ctx.record().cache_status = CacheStatus::Miss;
+        ctx.exchange.hook(Box::new(Fill {
+            cache,
+            key,
+            ttl,
+            headers: HeaderMap::new(),
+            chunks: Vec::new(),
+            len: 0,
+            too_big: false,
+        }));
+    }
+    found
+}
+
+/// A hit, ready to go through the same tee as a live answer: the stored bytes, so the record
+/// gets the same usage (and its cost becomes the saving).
+pub(crate) fn replay(
+    exchange: &mut Exchange,
+    entry: &Entry,
+) -> (StatusCode, HeaderMap, http_body_util::Full<Bytes>) {
+    let (headers, injected) = replay_headers(entry);
+    let s = exchange.state();
+    s.record.cache_status = CacheStatus::Hit;
+    s.injected = injected;
+    let status = StatusCode::from_u16(entry.status).unwrap_or(StatusCode::OK);
+    (
+        status,
+        headers,
+        http_body_util::Full::new(entry.body.clone()),
+    )
+}
+
+/// A miss collecting its answer for the cache: clones of the chunks (reference-counted, not
+/// copied) until the answer ends or outgrows the entry limit.
+struct Fill {
+    cache: Arc<ResponseCache>,
+    key: Key,
+    ttl: Duration,
+    headers: HeaderMap,
+    chunks: Vec<Bytes>,
+    len: usize,
+    too_big: bool,
+}
+
+impl StageHook for Fill {
+    fn on_head(&mut self, head: &ResponseHead<'_>) {
+        for h in [http::header::CONTENT_TYPE, http::header::CONTENT_ENCODING] {
+            if let Some(v) = head.headers.get(&h) {
+                self.headers.insert(h, v.clone());
+            }
+        }
+        if head.injected {
+            self.headers.insert(
+                HeaderName::from_static(INJECTED),
+                HeaderValue::from_static("1"),
+            );
+        }
+    }
+
+    fn on_data(&mut self, chunk: &Bytes) {
+        if self.too_big {
+            return;
+        }
+        self.len += chunk.len();
+        if self.len > self.cache.max_entry_bytes() {
+            self.too_big = true;
+            self.chunks = Vec::new();
+        } else {
+            self.chunks.push(chunk.clone());
+        }
+    }
+
+    fn on_finish(self: Box<Self>, record: &Record, complete: bool, metrics: &ProxyMetrics) {
+        let ok = complete && (200..300).contains(&record.status) && record.error.is_none();
+        if !ok || self.too_big {
+            return;
+        }
+        let mut body = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            body.extend_from_slice(c);
+        }
+        let errors = metrics.clone();
+        let stored = self.cache.put(
+            self.key,
+            record.status,
+            &self.headers,
+            body.into(),
+            self.ttl,
+            move |e| {
+                errors.stage_error("cache");
+                tracing::warn!(error = %e, "could not store a response in the cache");
+            },
+        );
+        if stored {
+            metrics.cache_stores.inc();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
-//! Optional stages on the request path: the response cache, routers (retries, fallbacks,
-//! load balancing) and rate limits. Budget enforcement is the fourth; its engine lives in
-//! `tally-budgets`.
+//! Optional stages on the request path: budget enforcement, rate limits, the response cache
+//! and routers (retries, fallbacks, load balancing). Each stage is one module holding both its
+//! engine and its request-path glue: the phase function `phases::run` calls, and the
+//! `StageHook` through which it sees the response and the finished record. Budgets' engine is
+//! in `tally-budgets`; only its phase is here.
 //!
 //! Each stage is built from its config table once at start and kept in [`Stages`]. A stage a
 //! request does not use costs it one branch: the cache is consulted only when the request or
 //! the provider asks for it, rate limits only when a policy exists or the request names one,
 //! routers only for `/router/<name>/…`, `Tally-Router` or an aliased model.
 
+pub(crate) mod budget;
 pub mod cache;
 pub mod ratelimit;
 mod redis;

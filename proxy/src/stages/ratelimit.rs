@@ -12,10 +12,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use http::StatusCode;
 use serde::Deserialize;
+use serde_json::json;
+use tally_ingest::Record;
 
 use super::redis::{Redis, RedisError};
 use super::{Backend, StageError};
+use crate::exchange::StageHook;
+use crate::headers::Attribution;
+use crate::metrics::PolicyLabels;
+use crate::phases::{Ctx, Refusal};
+use crate::ProxyMetrics;
 
 /// `[rate_limits]` as written in the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -475,6 +484,160 @@ impl RateLimiter {
                 let num = |s: &str| s.parse::<f64>().unwrap_or(0.0);
                 Ok((ok == 1, num(&before), num(&after)))
             }
+        }
+    }
+}
+
+/// The rate-limit phase: checks the configured policies for this destination and the request's
+/// own (`Tally-RateLimit-Policy`); the first refusal is a 429 with `Retry-After`. The tightest
+/// admitted policy's figures go into the `RateLimit-*` headers, and cost policies are charged
+/// once the record is priced.
+pub(crate) async fn admit(
+    ctx: &mut Ctx,
+    destination: &str,
+    tags: &Attribution,
+    headers: &HeaderMap,
+) -> Result<(), Refusal> {
+    let Some(limiter) = ctx.shared.stages.rate_limits.clone() else {
+        return Ok(());
+    };
+    let header_policy = tags.rate_limit.clone().map(Arc::new);
+    if !limiter.has_policies() && header_policy.is_none() {
+        return Ok(());
+    }
+    let policies: Vec<Arc<Policy>> = limiter
+        .policies_for(destination)
+        .cloned()
+        .chain(header_policy)
+        .collect();
+    let key_id = policies
+        .iter()
+        .any(|p| matches!(p.scope, Scope::Key))
+        .then(|| key_id(headers))
+        .flatten();
+    let mut tightest: Option<(Arc<Policy>, Decision)> = None;
+    let mut charges = Vec::new();
+    for policy in policies {
+        let key = {
+            let r = &ctx.exchange.state().record;
+            counter_key(
+                &policy,
+                &Subject {
+                    user_id: r.user_id.as_deref(),
+                    key_id: key_id.as_deref(),
+                    properties: &r.properties,
+                },
+            )
+        };
+        let decision = match limiter.check(&policy, &key).await {
+            Ok(d) => d,
+            Err(e) => {
+                // Fail open: a Redis outage must not take the API down with it.
+                ctx.shared.metrics.stage_error("rate_limit");
+                tracing::warn!(policy = %policy.name, error = %e, "rate limit check failed; admitting the request");
+                continue;
+            }
+        };
+        if !decision.allowed {
+            return Err(refuse(ctx, &policy, &decision));
+        }
+        if policy.is_cost() {
+            charges.push((policy.clone(), key));
+        }
+        if tightest
+            .as_ref()
+            .is_none_or(|(_, d)| decision.remaining < d.remaining)
+        {
+            tightest = Some((policy, decision));
+        }
+    }
+    if let Some((p, d)) = &tightest {
+        rate_limit_headers(&mut ctx.response_headers, p, d);
+    }
+    if !charges.is_empty() {
+        ctx.exchange.hook(Box::new(Charge { limiter, charges }));
+    }
+    Ok(())
+}
+
+fn refuse(ctx: &mut Ctx, policy: &Policy, decision: &Decision) -> Refusal {
+    let label = if policy.name.starts_with("header:") {
+        "header".to_owned()
+    } else {
+        policy.name.clone()
+    };
+    ctx.shared
+        .metrics
+        .rate_limited
+        .get_or_create(&PolicyLabels { policy: label })
+        .inc();
+    let what = if policy.is_cost() {
+        "spend"
+    } else {
+        "requests"
+    };
+    let retry_secs = decision.retry_after_ms.div_ceil(1000);
+    let message = format!(
+        "rate limit {:?} reached: {} {what} per {} s; retry in {retry_secs} s",
+        policy.name,
+        policy.quota,
+        policy.window_ms / 1000.0,
+    );
+    rate_limit_headers(&mut ctx.response_headers, policy, decision);
+    Refusal::new(StatusCode::TOO_MANY_REQUESTS, "tally_rate_limited", message)
+        .details(json!({
+            "policy": policy.name,
+            "limit": policy.quota,
+            "window_secs": policy.window_ms / 1000.0,
+            "retry_after_ms": decision.retry_after_ms,
+        }))
+        .header(RETRY_AFTER, HeaderValue::from(retry_secs.max(1)))
+}
+
+/// `RateLimit-*` headers (IETF draft) for the tightest policy a request was checked against.
+fn rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision) {
+    let secs = |ms: u64| HeaderValue::from(ms.div_ceil(1000));
+    headers.insert(
+        HeaderName::from_static("ratelimit-limit"),
+        HeaderValue::from(d.limit.floor() as u64),
+    );
+    headers.insert(
+        HeaderName::from_static("ratelimit-remaining"),
+        HeaderValue::from(d.remaining),
+    );
+    headers.insert(HeaderName::from_static("ratelimit-reset"), secs(d.reset_ms));
+    if let Ok(v) = HeaderValue::from_str(&policy.describe()) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), v);
+    }
+}
+
+/// A hex digest of the caller's key, so the `key` rate-limit scope can tell keys apart
+/// without the key itself reaching memory dumps of the limiter or Redis.
+fn key_id(headers: &HeaderMap) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let v = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+        .iter()
+        .find_map(|h| headers.get(*h))?;
+    let d = Sha256::digest(v.as_bytes());
+    Some(d[..12].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Charges cost policies once the request's cost is known.
+struct Charge {
+    limiter: Arc<RateLimiter>,
+    charges: Vec<(Arc<Policy>, String)>,
+}
+
+impl StageHook for Charge {
+    fn on_finish(self: Box<Self>, record: &Record, _complete: bool, metrics: &ProxyMetrics) {
+        let cost = record.cost_usd.unwrap_or(0.0);
+        for (policy, key) in self.charges {
+            let cells = policy.cells_for(cost);
+            let metrics = metrics.clone();
+            self.limiter.charge(policy, key, cells, move |e| {
+                metrics.stage_error("rate_limit");
+                tracing::warn!(error = %e, "could not charge a cost rate limit");
+            });
         }
     }
 }

@@ -1,19 +1,28 @@
 //! Routers: one client-facing name over several provider targets, with retries, fallbacks,
 //! cool-downs and three ways to pick the first target.
 //!
-//! A router only decides *which target next and when*; `service` sends the attempts. The
-//! rule that matters most lives there too: an attempt is judged on its response head, before
-//! any body byte is forwarded, so nothing is ever retried once the client has seen a byte.
+//! A router decides *which target next and when*; [`send`], the send phase of a routed
+//! request, makes the attempts. The rule that matters most: an attempt is judged on its
+//! response head, before any body byte is forwarded, so nothing is ever retried once the client
+//! has seen a byte.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use http::{HeaderMap, Response, StatusCode};
+use hyper::body::Incoming;
 use serde::Deserialize;
+use tally_ingest::CacheStatus;
+use uuid::Uuid;
 
 use super::StageError;
+use crate::formats::{json, WireFormat};
+use crate::metrics::AttemptLabels;
+use crate::phases::request_body::BodyHead;
+use crate::phases::send::{full, send_upstream, wants_injection, Outbound};
+use crate::phases::{now_ms, Ctx, Refusal};
 use crate::providers::{Provider, Providers};
 
 /// How a router picks the first target of a request.
@@ -167,6 +176,11 @@ pub(crate) enum Next {
 }
 
 impl Router {
+    /// The wire format its targets speak (all the same; checked when it is built).
+    pub(crate) fn format(&self) -> WireFormat {
+        self.targets[0].provider.format
+    }
+
     /// Status codes that are worth another attempt.
     pub(crate) fn retryable(outcome: Outcome) -> bool {
         match outcome {
@@ -449,14 +463,168 @@ impl Routers {
     }
 }
 
-/// The request body with its top-level `model` replaced. Other fields keep their order and
-/// their exact bytes; `None` when the body is not a JSON object.
+/// The request body with its top-level `model` replaced (the last one, which is the one the
+/// upstream reads), every other byte as it was; `None` when the body is not a JSON object.
 pub(crate) fn with_model(body: &[u8], model: &str) -> Option<bytes::Bytes> {
-    let mut obj: indexmap::IndexMap<String, Box<serde_json::value::RawValue>> =
-        serde_json::from_slice(body).ok()?;
-    let m = serde_json::value::to_raw_value(model).ok()?;
-    obj.insert("model".to_owned(), m);
-    serde_json::to_vec(&obj).ok().map(Into::into)
+    let members = json::members(body)?;
+    let value = serde_json::to_vec(model).ok()?;
+    let mut out = Vec::with_capacity(body.len() + value.len() + 10);
+    match members.iter().rposition(|m| m.key == "model") {
+        Some(i) => {
+            let at = members[i].value.clone();
+            out.extend_from_slice(&body[..at.start]);
+            out.extend_from_slice(&value);
+            out.extend_from_slice(&body[at.end..]);
+        }
+        None => {
+            let open = body.iter().position(|b| *b == b'{')? + 1;
+            out.extend_from_slice(&body[..open]);
+            out.extend_from_slice(b"\"model\":");
+            out.extend_from_slice(&value);
+            if !members.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(&body[open..]);
+        }
+    }
+    Some(out.into())
+}
+
+/// What every attempt of a routed request sends.
+pub(crate) struct Attempt<'a> {
+    pub(crate) method: &'a http::Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) head: &'a BodyHead,
+}
+
+/// The send phase of a routed request: targets in the router's order, retries with backoff on
+/// one target, then the next. Each attempt is judged on its response head alone, so once a
+/// response is returned (and its first byte can reach the client) nothing is retried. Every
+/// failed attempt leaves its own record, linked by `parent_request_id`.
+pub(crate) async fn send(
+    ctx: &mut Ctx,
+    router: &Router,
+    a: Attempt<'_>,
+) -> Result<Response<Incoming>, Refusal> {
+    let order = router.order(now_ms());
+    let mut attempts = 0u32;
+    let mut last_failure = None;
+    for (pos, &ti) in order.iter().enumerate() {
+        let target = &router.targets[ti];
+        let body = match &target.model {
+            Some(m) => with_model(&a.head.bytes, m).unwrap_or_else(|| a.head.bytes.clone()),
+            None => a.head.bytes.clone(),
+        };
+        let injected = wants_injection(&target.provider, a.path, a.head)
+            .then(|| target.provider.format.adapter().inject(&body))
+            .flatten();
+        let is_injected = injected.is_some();
+        let body = injected.unwrap_or(body);
+        let more_targets = pos + 1 < order.len();
+        let mut retry = 0u32;
+        loop {
+            attempts += 1;
+            let attempt_ts = now_ms();
+            let t0 = Instant::now();
+            router.started(ti);
+            let out = Outbound {
+                method: a.method,
+                path: a.path,
+                query: a.query,
+                headers: a.headers.clone(),
+                body: full(body.clone()),
+            };
+            let sent = send_upstream(&ctx.shared, &ctx.client, &target.provider, out).await;
+            let outcome = match &sent {
+                Ok(r) => Outcome::Status(r.status().as_u16()),
+                Err(_) => Outcome::NoResponse,
+            };
+            router.finished(ti, outcome, t0.elapsed(), now_ms());
+            let next = router.next(
+                outcome,
+                sent.as_ref().ok().map(Response::headers),
+                retry,
+                more_targets,
+            );
+            let result = match next {
+                Next::Deliver if Router::retryable(outcome) => "failed",
+                Next::Deliver => "ok",
+                Next::Retry(_) => "retry",
+                Next::Fallback => "fallback",
+            };
+            ctx.shared
+                .metrics
+                .route_attempts
+                .get_or_create(&AttemptLabels {
+                    router: router.name.clone(),
+                    target: target.provider.name.clone(),
+                    result,
+                })
+                .inc();
+            if next == Next::Deliver {
+                let s = ctx.exchange.state();
+                s.record.provider = target.provider.name.clone();
+                s.record.attempts = attempts;
+                s.injected = is_injected;
+                if let Some(m) = &target.model {
+                    s.record.model = Some(m.clone());
+                }
+                return sent;
+            }
+            let (status, why) = match &sent {
+                Ok(r) => (
+                    r.status().as_u16(),
+                    format!("upstream answered HTTP {}", r.status().as_u16()),
+                ),
+                Err(f) => (0, f.message.clone()),
+            };
+            let then = match next {
+                Next::Retry(d) => format!("retrying after {} ms", d.as_millis()),
+                _ => "falling back to the next target".to_owned(),
+            };
+            let mut failed = ctx.record().clone();
+            failed.parent_request_id = Some(failed.request_id);
+            failed.request_id = Uuid::now_v7();
+            failed.cache_status = CacheStatus::None;
+            failed.ts = attempt_ts;
+            failed.provider = target.provider.name.clone();
+            if let Some(m) = &target.model {
+                failed.model = Some(m.clone());
+            }
+            failed.status = status;
+            failed.latency_ms = t0.elapsed().as_millis() as u64;
+            failed.attempts = attempts;
+            failed.refusal = sent.as_ref().err().map(|f| f.code.to_owned());
+            failed.error = Some(format!(
+                "attempt {attempts} via {}: {why}; {then}",
+                target.provider.name
+            ));
+            ctx.shared.sender.send(failed);
+            // Drop the failed response (and its connection) before waiting.
+            drop(sent);
+            last_failure = Some(why);
+            match next {
+                Next::Retry(d) => {
+                    tokio::time::sleep(d).await;
+                    retry += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+    // Unreachable in practice (the last target delivers), kept as an honest error.
+    Err(Refusal::new(
+        StatusCode::BAD_GATEWAY,
+        "tally_all_targets_failed",
+        format!(
+            "router {:?}: all {} attempts failed; last: {}",
+            router.name,
+            attempts,
+            last_failure.unwrap_or_default()
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -601,5 +769,18 @@ mod tests {
             br#"{"messages":[{"role":"user","content":"hi  there"}],"model":"gpt-4o-mini","stream":true}"#
         );
         assert!(with_model(b"[1]", "m").is_none());
+        assert_eq!(
+            &with_model(br#"{"model":"a","x":1,"model":"fast"}"#, "m").expect("dup")[..],
+            br#"{"model":"a","x":1,"model":"m"}"#,
+            "the last duplicate is the one the upstream reads"
+        );
+        assert_eq!(
+            &with_model(b"{ }", "m").expect("empty")[..],
+            br#"{"model":"m" }"#
+        );
+        assert_eq!(
+            &with_model(br#"{"x":1}"#, "m").expect("absent")[..],
+            br#"{"model":"m","x":1}"#
+        );
     }
 }

@@ -169,6 +169,7 @@ fn garbage_yields_nothing() {
 
 #[test]
 fn usage_object_detection() {
+    use super::openai::has_usage_object;
     assert!(has_usage_object(br#"{"usage" : {"a":1}}"#));
     assert!(!has_usage_object(br#"{"usage":null}"#));
     assert!(!has_usage_object(br#"{"x":"usage"}"#));
@@ -186,4 +187,61 @@ fn truncated_json_recovers_model_id_and_usage() {
     // A tail cut inside the usage object yields no usage rather than a wrong one.
     let o = from_truncated_json(WireFormat::OpenAi, head, &body[body.len() - 20..]);
     assert_eq!(o.tokens, None);
+}
+
+#[test]
+fn each_format_marks_the_end_of_its_stream() {
+    for (format, text) in [
+        (
+            WireFormat::OpenAi,
+            "data: {\"choices\":[]}\n\ndata: [DONE]\n\n",
+        ),
+        (
+            WireFormat::OpenAi,
+            "event: response.completed\ndata: {\"response\":{\"usage\":null}}\n\n",
+        ),
+        (
+            WireFormat::OpenAi,
+            "event: response.incomplete\ndata: {\"response\":{}}\n\n",
+        ),
+        (
+            WireFormat::OpenAi,
+            "event: response.failed\ndata: {\"response\":{}}\n\n",
+        ),
+        (
+            WireFormat::Anthropic,
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        ),
+    ] {
+        assert!(stream(format, text).ended, "{text}");
+    }
+    for (format, text) in [
+        (WireFormat::OpenAi, "data: {\"choices\":[]}\n\n"),
+        (
+            WireFormat::OpenAi,
+            "event: response.in_progress\ndata: {\"response\":{}}\n\n",
+        ),
+        (
+            WireFormat::Anthropic,
+            "event: message_delta\ndata: {\"usage\":{\"output_tokens\":3}}\n\n",
+        ),
+        // `[DONE]` means nothing to Anthropic, and is not an end inside a JSON string.
+        (WireFormat::Anthropic, "data: [DONE]\n\n"),
+        (WireFormat::OpenAi, "data: \"[DONE]\"\n\n"),
+    ] {
+        assert!(!stream(format, text).ended, "{text}");
+    }
+}
+
+#[test]
+fn anthropic_message_start_usage_is_not_final() {
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"model\":\"claude-haiku-4-5\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n";
+    let o = stream(WireFormat::Anthropic, start);
+    assert_eq!(o.tokens, tokens(12, 1, 0, 0, 0));
+    assert!(!o.usage_final, "output_tokens 1 is a placeholder");
+    let delta = "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n";
+    let o = stream(WireFormat::Anthropic, &format!("{start}{delta}"));
+    assert_eq!(o.tokens, tokens(12, 42, 0, 0, 0));
+    assert!(o.usage_final);
+    assert!(from_json(WireFormat::OpenAi, br#"{"usage":{"prompt_tokens":1}}"#).usage_final);
 }

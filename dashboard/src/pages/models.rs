@@ -1,0 +1,42 @@
+//! Models and providers side by side.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::{Query, State};
+
+use super::{render, Nav, PageResult};
+use crate::format::now_ms;
+use crate::query::ViewQuery;
+use crate::views::{self, GroupView};
+use crate::AppState;
+
+#[derive(Template)]
+#[template(path = "models.html")]
+struct ModelsPage {
+    nav: Nav,
+    models: Vec<(GroupView, String)>,
+    providers: Vec<(GroupView, String)>,
+}
+
+/// `GET /models`.
+pub async fn models(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> PageResult {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    let m = views::models(&state.reader, &v).await?;
+    let linked = |rows: Vec<GroupView>, param: &str| {
+        rows.into_iter()
+            .map(|r| {
+                let href = v.link("/requests", &[(param, Some(&r.key))]);
+                (r, href)
+            })
+            .collect()
+    };
+    Ok(render(&ModelsPage {
+        nav: Nav::new("models", "/models", Some(&v)),
+        models: linked(m.models, "model"),
+        providers: linked(m.providers, "provider"),
+    }))
+}

@@ -1,0 +1,304 @@
+//! Wire formats: everything Tally knows about the shape of one provider API, one module each.
+//!
+//! A format answers the questions the request path asks, and nothing else does:
+//! - where the model, the stream flag and the end user are in a request ([`Format::request`]);
+//! - which headers carry the caller's key ([`Format::key_headers`]);
+//! - how usage, the response model and errors are read from a JSON body ([`Format::read_json`])
+//!   and from its event stream ([`Format::on_event`]), including what marks the stream's end and
+//!   whether a usage report is final;
+//! - how the provider's usage fields map to the priced token classes (inside those readers:
+//!   Anthropic's `input_tokens` exclude cache reads, xAI's reasoning is outside
+//!   `completion_tokens`, …);
+//! - whether usage can be requested for a stream that did not ask for it, and how the client is
+//!   then shown exactly the stream it would have had ([`Format::inject`], [`Format::strip_event`]);
+//! - how an error Tally answers itself is shaped, so the client's SDK raises its usual exception
+//!   ([`Format::error_body`]);
+//! - where generated text is, for token estimates ([`Format::response_text`]).
+//!
+//! A new provider API is one new module implementing [`Format`], one [`WireFormat`] variant and
+//! its line in [`WireFormat::adapter`]; no phase of the request path changes.
+
+mod anthropic;
+pub mod json;
+mod openai;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tally_ingest::Tokens;
+
+use crate::sse::{Event, SseParser};
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// OpenAI and every OpenAI-compatible API.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl WireFormat {
+    /// The module that knows this format.
+    pub(crate) fn adapter(self) -> &'static dyn Format {
+        match self {
+            WireFormat::OpenAi => &openai::OpenAi,
+            WireFormat::Anthropic => &anthropic::Anthropic,
+        }
+    }
+}
+
+/// What a request says about itself, read the way its upstream will read it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestFacts {
+    /// The requested model.
+    pub model: Option<String>,
+    /// The client asked for a stream.
+    pub stream: bool,
+    /// The end user named in the body (OpenAI `user`, Anthropic `metadata.user_id`).
+    pub user: Option<String>,
+    /// The client set the stream options itself; Tally then leaves them alone.
+    pub stream_options: bool,
+    /// The body is a JSON object (possibly after reading it leniently); false for anything
+    /// Tally could not read, whose cost it therefore cannot foresee.
+    pub json: bool,
+}
+
+/// What the response told us.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// Token counts, if the provider reported any.
+    pub tokens: Option<Tokens>,
+    /// `tokens` are the provider's count for the whole response, not a report made while the
+    /// answer was still being generated (Anthropic's `message_start` says `output_tokens: 1`).
+    pub usage_final: bool,
+    /// The model the provider says answered.
+    pub response_model: Option<String>,
+    /// The id in the body (`chatcmpl-…`, `msg_…`, `resp_…`).
+    pub body_id: Option<String>,
+    /// An error message the provider put in the body or stream.
+    pub error: Option<String>,
+    /// The format's end-of-stream event went by (`[DONE]`, `message_stop`,
+    /// `response.completed`, …): the answer is complete even if the connection is not.
+    pub ended: bool,
+}
+
+impl Observed {
+    /// Records a usage report that is the final count.
+    fn final_tokens(&mut self, t: Tokens) {
+        self.tokens = Some(t);
+        self.usage_final = true;
+    }
+}
+
+/// One provider API's shape; see the module docs. Implementations are unit structs, reached
+/// through [`WireFormat::adapter`].
+pub(crate) trait Format: Sync {
+    /// Headers that may carry the caller's provider key, in the order they are tried.
+    fn key_headers(&self) -> &'static [&'static str];
+
+    /// Reads the request's model, stream flag and user from its body head (and path, for APIs
+    /// that name the model there).
+    fn request(&self, path: &str, body: &[u8]) -> RequestFacts;
+
+    /// Reads a complete (non-streamed) JSON response body. Anything unparseable yields nothing.
+    fn read_json(&self, body: &[u8]) -> Observed;
+
+    /// Reads one event of the response stream.
+    fn on_event(&self, observed: &mut Observed, event: Event<'_>);
+
+    /// Whether Tally can ask this endpoint for stream usage the client did not request.
+    fn can_inject(&self, _path: &str) -> bool {
+        false
+    }
+
+    /// The request body asking for stream usage, every other byte unchanged; `None` when the
+    /// body is not something the request can be added to.
+    fn inject(&self, _body: &[u8]) -> Option<bytes::Bytes> {
+        None
+    }
+
+    /// Appends one event of an injected stream to `out` as the client would have received it
+    /// without the injection (possibly nothing). Only called when [`Format::inject`] was used.
+    fn strip_event(&self, event: &[u8], out: &mut bytes::BytesMut) {
+        out.extend_from_slice(event);
+    }
+
+    /// The error body of an answer Tally gives itself: `code` is Tally's code, `details` extra
+    /// fields for the error object.
+    fn error_body(&self, code: &str, message: &str, details: Option<Value>) -> Value;
+
+    /// Appends the generated text of a complete JSON response to `out`.
+    fn response_text(&self, body: &Value, out: &mut String);
+
+    /// Appends the generated text one stream event carries to `out`.
+    fn delta_text(&self, event: &str, data: &Value, out: &mut String);
+}
+
+/// Merges `details` (an object) into `error`.
+fn with_details(mut error: Value, details: Option<Value>) -> Value {
+    if let (Some(Value::Object(extra)), Some(obj)) = (details, error.as_object_mut()) {
+        obj.extend(extra);
+    }
+    error
+}
+
+/// Reads a complete (non-streamed) JSON response body. Anything unparseable yields nothing.
+pub fn from_json(format: WireFormat, body: &[u8]) -> Observed {
+    format.adapter().read_json(body)
+}
+
+/// Reads a request body head the way `format`'s upstream will.
+pub fn request_facts(format: WireFormat, path: &str, body: &[u8]) -> RequestFacts {
+    format.adapter().request(path, body)
+}
+
+/// Reads usage from a JSON body too large to capture whole: `model` and `id` from the first
+/// bytes (where every provider puts them) and `usage` from the last ones (likewise).
+pub fn from_truncated_json(format: WireFormat, head: &[u8], tail: &[u8]) -> Observed {
+    let mut partial = serde_json::Map::new();
+    for (key, bytes, last) in [
+        ("model", head, false),
+        ("id", head, false),
+        ("usage", tail, true),
+    ] {
+        if let Some(v) = value_after_key(bytes, key, last) {
+            partial.insert(key.to_owned(), v);
+        }
+    }
+    if partial.is_empty() {
+        return Observed::default();
+    }
+    let rebuilt = Value::Object(partial).to_string();
+    from_json(format, rebuilt.as_bytes())
+}
+
+/// The JSON value following the first (or last) `"key":` in `bytes`, if it parses.
+fn value_after_key(bytes: &[u8], key: &str, last: bool) -> Option<Value> {
+    let needle = format!("\"{key}\"");
+    let finder = memchr::memmem::Finder::new(needle.as_bytes());
+    let positions: Vec<usize> = finder.find_iter(bytes).collect();
+    let candidates: Box<dyn Iterator<Item = &usize>> = if last {
+        Box::new(positions.iter().rev())
+    } else {
+        Box::new(positions.iter())
+    };
+    for &i in candidates {
+        let rest = &bytes[i + needle.len()..];
+        let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        if rest[start] != b':' {
+            continue;
+        }
+        let value = &rest[start + 1..];
+        let mut de = serde_json::Deserializer::from_slice(value).into_iter::<Value>();
+        if let Some(Ok(v)) = de.next() {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// Follows an event stream chunk by chunk, parsing only the few events that carry usage,
+/// model, errors or the end, so a long stream costs a substring check per event and little else.
+#[derive(Debug)]
+pub struct StreamObserver {
+    format: WireFormat,
+    parser: SseParser,
+    observed: Observed,
+    events: u64,
+}
+
+impl StreamObserver {
+    /// A fresh observer for one stream.
+    pub fn new(format: WireFormat) -> Self {
+        Self {
+            format,
+            parser: SseParser::new(),
+            observed: Observed::default(),
+            events: 0,
+        }
+    }
+
+    /// Feeds the next chunk of the stream, exactly as received.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let Self {
+            format,
+            parser,
+            observed,
+            events,
+        } = self;
+        let adapter = format.adapter();
+        parser.feed(chunk, |event| {
+            *events += 1;
+            adapter.on_event(observed, event);
+        });
+    }
+
+    /// Number of events seen so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Whether the format's end-of-stream event has gone by.
+    pub fn ended(&self) -> bool {
+        self.observed.ended
+    }
+
+    /// What the stream told us.
+    pub fn finish(self) -> Observed {
+        self.observed
+    }
+}
+
+/// Substring searchers are built once: `memmem::find` builds one per call, which cost more
+/// than the search itself on every event of a stream (seen in a profile of the streaming load).
+pub(crate) type Needle = std::sync::LazyLock<memchr::memmem::Finder<'static>>;
+
+/// An error message from `{"error": {"message": …}}` or `{"error": "…"}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ErrorField {
+    Object {
+        message: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    },
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+impl ErrorField {
+    fn message(self) -> Option<String> {
+        match self {
+            ErrorField::Object { message, kind } => message.or(kind),
+            ErrorField::Text(s) => Some(s),
+            ErrorField::Other(_) => None,
+        }
+    }
+}
+
+/// Every string under `v`, skipping structural fields that are not read as text.
+pub(crate) fn collect_strings(v: &Value, out: &mut String) {
+    match v {
+        Value::String(s) => {
+            out.push_str(s);
+            out.push('\n');
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                if !matches!(
+                    k.as_str(),
+                    "role" | "type" | "id" | "image_url" | "url" | "cache_control" | "source"
+                ) {
+                    collect_strings(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+//! The send phase: the upstream request, and its wait for a response head.
+//!
+//! Headers leave without the hop-by-hop ones and without Tally's own; the body is the head
+//! already read, then the untouched rest. When the client's stream did not ask for usage and
+//! the format can, the head is the one place Tally changes a request (it asks for usage, and
+//! `StripUsage` hides the answer again). A request to a router goes through the routing stage,
+//! which sends attempts through [`send_upstream`] too.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::request_body::BodyHead;
+use super::route::Destination;
+use super::{Ctx, Refusal};
+use crate::body::{PrefixedBody, ResponseBody};
+use crate::client::UpstreamClient;
+use crate::headers;
+use crate::providers::{Provider, StreamUsage};
+use crate::stages;
+use crate::Shared;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+/// What the client sent, ready to forward.
+pub(crate) struct Forward {
+    pub(crate) parts: Parts,
+    /// The path to forward, the route's prefix removed.
+    pub(crate) path: String,
+    pub(crate) head: BodyHead,
+}
+
+/// A request as it leaves for a provider, before its URL is resolved against the provider's.
+pub(crate) struct Outbound<'a> {
+    pub(crate) method: &'a http::Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: ResponseBody,
+}
+
+pub(crate) fn full(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Whether Tally asks `provider` for the stream usage this request did not ask for.
+pub(crate) fn wants_injection(provider: &Provider, path: &str, head: &BodyHead) -> bool {
+    head.complete()
+        && head.facts.stream
+        && !head.facts.stream_options
+        && provider.stream_usage == StreamUsage::Inject
+        && provider.format.adapter().can_inject(path)
+}
+
+/// The send phase: to the provider, or through the router's attempts.
+pub(crate) async fn send(
+    ctx: &mut Ctx,
+    destination: Destination,
+    forward: Forward,
+) -> Result<Response<Incoming>, Refusal> {
+    let Forward { parts, path, head } = forward;
+    let Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    // hyper already answered any `Expect: 100-continue` when the body head was read; the
+    // upstream gets the body right away.
+    headers.remove(header::EXPECT);
+    let tally: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| headers::is_tally_header(k.as_str()))
+        .cloned()
+        .collect();
+    for k in tally {
+        headers.remove(k);
+    }
+    let original_length = headers.remove(header::CONTENT_LENGTH);
+    let query = uri.query();
+    match destination {
+        Destination::Provider(provider) => {
+            let injected = wants_injection(&provider, &path, &head)
+                .then(|| provider.format.adapter().inject(&head.bytes))
+                .flatten();
+            ctx.exchange.state().injected = injected.is_some();
+            let body = match (injected, head.rest) {
+                (Some(b), _) => full(b),
+                (None, None) => full(head.bytes),
+                (None, Some(rest)) => {
+                    let counted = Arc::new(AtomicU64::new(0));
+                    ctx.exchange.state().request_rest_bytes = Some(counted.clone());
+                    if let Some(len) = original_length {
+                        headers.insert(header::CONTENT_LENGTH, len);
+                    }
+                    PrefixedBody::new(head.bytes, rest, counted).boxed_unsync()
+                }
+            };
+            let out = Outbound {
+                method: &method,
+                path: &path,
+                query,
+                headers,
+                body,
+            };
+            send_upstream(&ctx.shared, &ctx.client, &provider, out).await
+        }
+        Destination::Router(router) => {
+            if !head.complete() {
+                let limit = ctx.shared.settings.max_body_bytes;
+                return Err(Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "tally_request_body",
+                    format!(
+                        "a routed request body must fit in proxy.max_body_bytes ({limit} bytes): it is kept to be sent again on a retry"
+                    ),
+                ));
+            }
+            let attempt = stages::routing::Attempt {
+                method: &method,
+                path: &path,
+                query,
+                headers: &headers,
+                head: &head,
+            };
+            stages::routing::send(ctx, &router, attempt).await
+        }
+    }
+}
+
+/// Sends one request upstream and waits (bounded) for its response head.
+pub(crate) async fn send_upstream(
+    shared: &Shared,
+    client: &UpstreamClient,
+    provider: &Provider,
+    out: Outbound<'_>,
+) -> Result<Response<Incoming>, Refusal> {
+    let uri = provider.upstream_uri(out.path, out.query).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "tally_bad_path",
+            format!("invalid upstream URL: {e}"),
+        )
+    })?;
+    let mut upstream_req = Request::new(out.body);
+    *upstream_req.method_mut() = out.method.clone();
+    *upstream_req.uri_mut() = uri;
+    *upstream_req.headers_mut() = out.headers;
+    let timeout = shared.settings.upstream_timeout;
+    match tokio::time::timeout(timeout, client.request(upstream_req)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            let detail = crate::body::error_chain(&e);
+            shared.metrics.upstream_error(&provider.name, "connect");
+            tracing::warn!(provider = %provider.name, error = %detail, "upstream request failed");
+            Err(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "tally_upstream_unreachable",
+                format!("upstream {} unreachable: {detail}", provider.origin()),
+            ))
+        }
+        Err(_) => {
+            shared.metrics.upstream_error(&provider.name, "timeout");
+            Err(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "tally_upstream_timeout",
+                format!(
+                    "upstream {} did not answer within {} ms",
+                    provider.origin(),
+                    timeout.as_millis()
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("authorization", HeaderValue::from_static("Bearer k"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("authorization"));
+    }
+}
