@@ -71,7 +71,24 @@ pub struct DashboardConfig {
     pub auth_username: Option<String>,
     /// The basic-auth password for `auth_username`.
     pub auth_password: Option<String>,
+    /// A connection that has sent no complete request this long after connecting is closed,
+    /// milliseconds; 10,000 when unset.
+    pub header_read_timeout_ms: u64,
+    /// A connection idle this long after its last request is closed, milliseconds; 60,000
+    /// when unset.
+    pub keep_alive_timeout_ms: u64,
+    /// Most connections open at once; past it a new one gets a 503 and is closed. 1,024 when
+    /// unset.
+    pub max_connections: usize,
+    /// Time in-flight dashboard requests get to finish at shutdown, milliseconds; 5,000 when
+    /// unset. Connections left after it are closed, so shutdown never waits on a client.
+    pub shutdown_grace_ms: u64,
 }
+
+/// The dashboard's header timeout when unset.
+pub const DEFAULT_DASHBOARD_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// The dashboard's connection cap when unset.
+pub const DEFAULT_DASHBOARD_MAX_CONNECTIONS: usize = 1024;
 
 impl Default for DashboardConfig {
     fn default() -> Self {
@@ -81,6 +98,10 @@ impl Default for DashboardConfig {
             auth_token: None,
             auth_username: None,
             auth_password: None,
+            header_read_timeout_ms: DEFAULT_DASHBOARD_HEADER_READ_TIMEOUT_MS,
+            keep_alive_timeout_ms: 60_000,
+            max_connections: DEFAULT_DASHBOARD_MAX_CONNECTIONS,
+            shutdown_grace_ms: 5_000,
         }
     }
 }
@@ -214,6 +235,10 @@ pub struct Validated {
     pub dashboard_listen: SocketAddr,
     /// The dashboard's credential, when one is configured.
     pub dashboard_auth: Option<tally_dashboard::Auth>,
+    /// The dashboard port's connection limits.
+    pub dashboard_limits: tally_net::Limits,
+    /// Time dashboard requests get to finish at shutdown.
+    pub dashboard_grace: Duration,
     /// The store.
     pub store: Store,
     /// The spool directory and its limit in bytes.
@@ -353,6 +378,12 @@ impl Config {
             pricing,
             dashboard_listen,
             dashboard_auth,
+            dashboard_limits: tally_net::Limits {
+                header_read_timeout: Duration::from_millis(d.header_read_timeout_ms.max(1)),
+                keep_alive_timeout: Duration::from_millis(d.keep_alive_timeout_ms.max(1)),
+                max_connections: d.max_connections.max(1),
+            },
+            dashboard_grace: Duration::from_millis(d.shutdown_grace_ms),
             store,
             spool: (self.store.spool_dir.clone(), self.store.spool_max_bytes),
             channel_capacity: self.ingest.channel_capacity,

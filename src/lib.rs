@@ -5,7 +5,7 @@
 
 pub mod config;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -63,6 +63,12 @@ async fn start_alerts(
 impl Server {
     /// Binds both ports (port 0 picks a free one; see [`Server::proxy_addr`]).
     pub async fn bind(config: Validated) -> anyhow::Result<Self> {
+        // The connection caps, not `accept` failing for lack of descriptors, should bound how
+        // many clients Tally holds: take every descriptor the hard limit allows.
+        match tally_net::raise_fd_limit() {
+            Ok(limit) => tracing::debug!(limit, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
         let proxy_listener = TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("cannot listen on {} (proxy)", config.proxy.listen))?;
@@ -121,7 +127,11 @@ impl Server {
                     start_alerts(&config, AlertStore::Sqlite(path.clone()), &mut registry).await?;
                 let worker = IngestWorker::spawn_observed(
                     rx,
-                    sqlite::SqliteWriter::new(conn),
+                    sqlite::SqliteWriter::watching(
+                        conn,
+                        path,
+                        ingest_metrics.store_reopened.clone(),
+                    ),
                     config.batch.clone(),
                     ingest_metrics.clone(),
                     spool,
@@ -182,9 +192,15 @@ impl Server {
             dashboard = %dashboard_listener.local_addr()?,
             "tally is listening"
         );
-        let dashboard = axum::serve(dashboard_listener, tally_dashboard::app(state))
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future();
+        let dashboard = tally_net::serve(
+            dashboard_listener,
+            hyper_util::service::TowerToHyperService::new(tally_dashboard::app(state)),
+            config.dashboard_limits,
+            config.dashboard_grace,
+            "dashboard",
+            proxy.metrics().conns.clone(),
+            stopped(stop_rx.clone()),
+        );
         let proxy_run = proxy.serve(proxy_listener, stopped(stop_rx));
 
         let signal = async move {
@@ -192,9 +208,8 @@ impl Server {
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
         };
-        let (proxy_result, dashboard_result, ()) = tokio::join!(proxy_run, dashboard, signal);
+        let (proxy_result, (), ()) = tokio::join!(proxy_run, dashboard, signal);
         proxy_result.context("proxy server failed")?;
-        dashboard_result.context("dashboard server failed")?;
 
         // Every connection task has ended, so no new record can be produced except by token
         // estimates still running on blocking threads; give those a moment.

@@ -10,6 +10,14 @@ use tally::{Config, Server, Store};
 use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
 
+/// jemalloc rather than glibc's allocator: after a burst of 2,000 connections glibc kept
+/// ~60 MiB more resident, freed but fragmented across its arenas, and never returned it.
+/// jemalloc, configured in `.cargo/config.toml` to purge freed pages within a second, came
+/// back to within ~20 MiB of idle plus the SQLite page cache (BENCHMARKS.md, "Memory after a
+/// burst").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tally",
@@ -37,6 +45,23 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = SqlFormat::Tsv)]
         format: SqlFormat,
+    },
+    /// Inspect the spool, or put quarantined segments back to be replayed.
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Print the segments waiting, their bytes, and those in quarantine.
+    Status,
+    /// Move quarantined segments back into the spool; the next `tally serve` replays them.
+    /// Refused while a Tally process holds the spool.
+    Requeue {
+        /// Also requeue segments whose checksum fails but whose records still parse
+        /// (rewritten with a fresh checksum).
+        #[arg(long)]
+        ignore_checksum: bool,
     },
 }
 
@@ -102,7 +127,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Spool(command) => spool(&config, command),
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn spool(config: &tally::Validated, command: SpoolCommand) -> anyhow::Result<()> {
+    let (dir, max_bytes) = &config.spool;
+    let mut spool = tally_ingest::spool::Spool::open(dir, *max_bytes)?;
+    match command {
+        SpoolCommand::Status => {
+            println!("spool\t{}", dir.display());
+            println!("segments\t{}", spool.len());
+            println!("bytes\t{}", spool.bytes());
+            println!("quarantined\t{}", spool.quarantined());
+        }
+        SpoolCommand::Requeue { ignore_checksum } => {
+            let done = spool.requeue(ignore_checksum)?;
+            println!(
+                "requeued {} segments ({} records)",
+                done.segments, done.records
+            );
+            for path in &done.left {
+                println!("left in quarantine (unreadable): {path}");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]
@@ -146,7 +197,9 @@ fn print_result(
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP. SIGHUP drains like SIGTERM: left unhandled it
+/// would kill the process at once and lose the records in flight (a closed terminal or an
+/// init system's reload sends it). Tally has no config reload; restart it to apply changes.
 async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
@@ -156,14 +209,21 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+                tracing::error!(error = %e, signal = name, "cannot listen for the signal");
+                None
             }
+        };
+        let (mut term, mut hup) = (
+            listen(SignalKind::terminate(), "SIGTERM"),
+            listen(SignalKind::hangup(), "SIGHUP"),
+        );
+        tokio::select! {
+            () = wait(&mut term) => tracing::info!("SIGTERM: draining"),
+            () = wait(&mut hup) => tracing::info!("SIGHUP: draining, as for SIGTERM"),
         }
     };
     #[cfg(not(unix))]
@@ -171,5 +231,16 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+/// The next delivery of a signal, or never when it could not be listened for.
+#[cfg(unix)]
+async fn wait(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }

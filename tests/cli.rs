@@ -154,7 +154,7 @@ async fn serve_drains_in_flight_streams_on_sigterm_then_sql_reads_the_store() {
     let out = tally(&["--config", cfg_s, "sql", "DELETE FROM requests"]);
     assert!(!out.status.success(), "sql must be read-only");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("readonly"),
+        String::from_utf8_lossy(&out.stderr).contains("only reads"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -258,4 +258,126 @@ async fn migrate_and_sql_work_against_clickhouse_via_environment() {
         "sql must be read-only on ClickHouse too"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("readonly"));
+}
+
+/// #25, item 16: `tally sql` reads; it creates nothing, not even when asked to copy the store.
+#[test]
+fn sql_creates_nothing_on_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _, _) = write_config(dir.path(), "http://127.0.0.1:9");
+    let cfg = cfg.to_str().expect("utf8");
+    let out = tally(&["--config", cfg, "migrate"]);
+    assert!(out.status.success());
+    let listing = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listing();
+    assert!(!before.iter().any(|n| n.ends_with("-wal")), "{before:?}");
+    let out = tally(&["--config", cfg, "sql", "SELECT count(*) FROM requests"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listing(), before, "a read created files");
+    let copy = dir.path().join("copy.db");
+    let vacuum = format!("VACUUM INTO '{}'", copy.display());
+    let out = tally(&["--config", cfg, "sql", &vacuum]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only reads"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!copy.exists(), "VACUUM INTO left a file behind");
+    assert_eq!(listing(), before);
+}
+
+/// #25, item 1: `tally spool` shows what waits and puts quarantined segments back; a segment
+/// whose checksum fails but whose records still parse comes back only when asked.
+#[test]
+fn spool_status_and_requeue_put_quarantined_segments_back() {
+    use tally_ingest::spool::Spool;
+    use tally_ingest::Record;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cfg, _, _) = write_config(dir.path(), "http://127.0.0.1:9");
+    let cfg = cfg.to_str().expect("utf8");
+    let spool_dir = dir.path().join("spool");
+    let id = uuid::Uuid::new_v4();
+    let quarantined = {
+        let mut spool = Spool::open(&spool_dir, 1 << 20).expect("open");
+        let mut record = Record::new(id, 1_700_000_000_000);
+        record.model = Some("gpt-4o-mini".into());
+        spool.append(&[record]).expect("append");
+        let segment = spool.oldest().expect("one segment");
+        let held = Spool::open(&spool_dir, 1 << 20);
+        assert!(held.is_err(), "the spool is locked while open");
+        let out = tally(&["--config", cfg, "spool", "status"]);
+        assert!(!out.status.success(), "status ran beside a holder");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("in use by another Tally process"),
+            "{stderr}"
+        );
+        spool.quarantine(&segment).expect("quarantine")
+    };
+    // One bit flipped inside the model name: the checksum fails, the JSON still parses.
+    let mut bytes = std::fs::read(&quarantined).expect("read");
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"gpt-4o-mini")
+        .expect("model in segment");
+    bytes[at] ^= 0x20;
+    std::fs::write(&quarantined, &bytes).expect("write");
+
+    let status = |want: &str| {
+        let out = tally(&["--config", cfg, "spool", "status"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains(want), "want {want:?} in {text}");
+    };
+    status("segments\t0\n");
+    status("quarantined\t1\n");
+    let out = tally(&["--config", cfg, "spool", "requeue"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requeued 0 segments"), "{text}");
+    assert!(text.contains("left in quarantine"), "{text}");
+    status("quarantined\t1\n");
+
+    let out = tally(&["--config", cfg, "spool", "requeue", "--ignore-checksum"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("requeued 1 segments (1 records)"), "{text}");
+    status("segments\t1\n");
+    status("quarantined\t0\n");
+    let spool = Spool::open(&spool_dir, 1 << 20).expect("open");
+    let batch = spool
+        .read(&spool.oldest().expect("requeued"))
+        .expect("reads with its new checksum");
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].request_id, id);
+    assert_eq!(
+        batch[0].model.as_deref(),
+        Some("Gpt-4o-mini"),
+        "the flipped bit stays flipped"
+    );
 }

@@ -3,7 +3,7 @@
 //! leave at every point of a stream, and thousands of idle connections. Memory is read from
 //! `/proc` of the real binary, so these run Tally as a subprocess where memory matters.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,104 +17,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::bin::Bin;
 use crate::support::*;
-
-/// The real binary on free ports with its own SQLite store.
-struct Bin {
-    child: Option<Child>,
-    proxy: u16,
-    dash: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Bin {
-    async fn start(upstream: &str) -> Self {
-        Self::start_in(upstream, tempfile::tempdir().expect("tempdir")).await
-    }
-
-    async fn start_in(upstream: &str, dir: tempfile::TempDir) -> Self {
-        let (proxy, dash) = (free_port(), free_port());
-        let cfg = dir.path().join("tally.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\n[dashboard]\nlisten = \"127.0.0.1:{dash}\"\n\
-                 [store]\npath = \"{db}\"\nspool_dir = \"{spool}\"\n\
-                 [providers.openai]\nbase_url = \"{upstream}\"\n",
-                db = dir.path().join("tally.db").display(),
-                spool = dir.path().join("spool").display(),
-            ),
-        )
-        .expect("config");
-        let child = Command::new(TALLY_BIN)
-            .args(["--config", cfg.to_str().expect("utf8")])
-            .env_remove("TALLY_CLICKHOUSE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tally");
-        wait_healthy(dash, Duration::from_secs(20)).await;
-        Self {
-            child: Some(child),
-            proxy,
-            dash,
-            dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.proxy)
-    }
-
-    /// (current, peak) resident memory in MiB, from /proc.
-    fn rss_mib(&self) -> (f64, f64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
-
-    async fn wait(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .expect("join")
-            .expect("wait")
-    }
-
-    fn rows(&self, sql: &str) -> i64 {
-        let conn = rusqlite::Connection::open(self.dir.path().join("tally.db")).expect("open");
-        conn.query_row(sql, [], |r| r.get(0)).expect("query")
-    }
-}
-
-impl Drop for Bin {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()

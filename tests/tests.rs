@@ -9,6 +9,7 @@ mod clickhouse_store;
 mod dashboard;
 mod errors;
 mod faults;
+mod hardening;
 mod hostile;
 mod load;
 mod passthrough;

@@ -303,11 +303,18 @@ impl<W: BatchWriter> FlushLoop<W> {
                 }
             }
             Err(retriable) => {
-                self.store_down = retriable;
-                if retriable && self.spool.is_some() {
+                self.store_down = true;
+                // Even an error the store calls permanent is spooled, not dropped: "bad
+                // credentials" and "unknown table" are what a password rotation or a migration
+                // in progress look like, and both pass. The spool retries with backoff.
+                if self.spool.is_some() {
                     self.spool_batch(&batch);
                 } else {
-                    tracing::error!(rows = batch.len(), "giving up on batch; records dropped");
+                    tracing::error!(
+                        rows = batch.len(),
+                        retriable,
+                        "giving up on batch; records dropped"
+                    );
                     self.drop_records("store_error", batch.len());
                 }
             }
@@ -378,48 +385,96 @@ impl<W: BatchWriter> FlushLoop<W> {
     }
 
     /// Replays spooled segments, oldest first, until one fails or the spool is empty.
+    ///
+    /// A failure never repeats at once: either the segment leaves the queue (replayed,
+    /// quarantined, or gone from disk) or the replay backs off. Only what is proven bad is
+    /// quarantined: a segment that fails its checksum or does not decode, or one the store
+    /// refuses for good while it accepts the segment after it. A store that refuses
+    /// everything is down, whatever its error says, and is waited for.
     fn replay(&mut self) {
         self.replay_at = None;
-        loop {
-            let Some(segment) = self.spool.as_ref().and_then(Spool::oldest) else {
-                self.replay_backoff = REPLAY_BACKOFF_MIN;
+        // A segment the store refused permanently, waiting for the next one to tell whether
+        // the batch or the store is at fault.
+        let mut suspect: Option<crate::spool::Segment> = None;
+        while let Some(spool) = self.spool.as_ref() {
+            let next = match &suspect {
+                Some(s) => spool.after(s),
+                None => spool.oldest(),
+            };
+            let Some(segment) = next else {
+                if suspect.is_none() {
+                    self.replay_backoff = REPLAY_BACKOFF_MIN;
+                } else {
+                    self.back_off();
+                }
                 break;
             };
-            let read = self.spool.as_ref().map(|s| s.read(&segment));
-            match read {
-                Some(Ok(records)) => match self.write(&records, 1) {
+            match spool.read(&segment) {
+                Ok(records) => match self.write(&records, 1) {
                     Ok(()) => {
-                        if let Some(s) = self.spool.as_mut() {
-                            if let Err(e) = s.remove(&segment) {
-                                // Replaying it again later is harmless: the batch token makes
-                                // the store drop the duplicate.
-                                tracing::error!(error = %e, "cannot delete a replayed segment");
-                                break;
-                            }
+                        if let Some(bad) = suspect.take() {
+                            tracing::error!(
+                                "the store refused one spooled batch for good and took the next"
+                            );
+                            self.quarantine(&bad);
                         }
-                        self.update_spool_gauges();
-                        self.metrics.replayed.inc_by(records.len() as u64);
-                        self.store_down = false;
+                        self.replayed(&segment, records.len());
                     }
-                    Err(retriable) => {
-                        if !retriable {
-                            self.quarantine(&segment);
-                            continue;
-                        }
-                        self.store_down = true;
-                        self.replay_at = Some(Instant::now() + self.replay_backoff);
-                        self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_BACKOFF_MAX);
+                    Err(false) if suspect.is_none() => suspect = Some(segment),
+                    Err(_) => {
+                        self.back_off();
                         break;
                     }
                 },
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "spool segment unreadable");
+                Err(SpoolError::Corrupt(_)) => {
+                    tracing::error!(path = %segment.path().display(), "spool segment unreadable");
                     self.quarantine(&segment);
                 }
-                None => break,
+                Err(e @ SpoolError::Missing(_)) => {
+                    tracing::error!(error = %e, "a spooled batch is gone from disk; its records are lost");
+                    self.lost(&segment);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the spool; retrying later");
+                    self.back_off();
+                    break;
+                }
             }
         }
         self.update_spool_gauges();
+    }
+
+    /// The store took a replayed segment: delete it.
+    fn replayed(&mut self, segment: &crate::spool::Segment, rows: usize) {
+        self.store_down = false;
+        if let Some(s) = self.spool.as_mut() {
+            if let Err(e) = s.remove(segment) {
+                // Its batch is in the store; replaying it again would be harmless (the batch
+                // token and the primary key make the store drop the duplicate), but trying to
+                // delete it forever would stall the replay.
+                tracing::error!(error = %e, "cannot delete a replayed segment; leaving it");
+                s.forget(segment);
+            }
+        }
+        self.update_spool_gauges();
+        self.metrics.replayed.inc_by(rows as u64);
+    }
+
+    fn back_off(&mut self) {
+        self.store_down = true;
+        self.replay_at = Some(Instant::now() + self.replay_backoff);
+        self.replay_backoff = (self.replay_backoff * 2).min(REPLAY_BACKOFF_MAX);
+    }
+
+    /// A segment that is gone: counted as lost (by its rows when its name says them).
+    fn lost(&mut self, segment: &crate::spool::Segment) {
+        if let Some(s) = self.spool.as_mut() {
+            s.forget(segment);
+        }
+        self.metrics.spool_segments_lost.inc();
+        if let Some(rows) = segment.rows {
+            self.drop_records("spool_lost", rows as usize);
+        }
     }
 
     fn quarantine(&mut self, segment: &crate::spool::Segment) {
@@ -427,9 +482,12 @@ impl<W: BatchWriter> FlushLoop<W> {
             match s.quarantine(segment) {
                 Ok(path) => {
                     self.metrics.spool_quarantined.inc();
-                    tracing::error!(path = %path.display(), "spool segment quarantined");
+                    tracing::error!(path = %path.display(), "spool segment quarantined; `tally spool requeue` puts it back");
                 }
-                Err(e) => tracing::error!(error = %e, "cannot quarantine a spool segment"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot quarantine a spool segment; leaving it");
+                    self.lost(segment);
+                }
             }
         }
     }
@@ -442,6 +500,11 @@ impl<W: BatchWriter> FlushLoop<W> {
     }
 
     fn update_spool_gauges(&self) {
+        if let Some(s) = &self.spool {
+            self.metrics
+                .spool_quarantined_segments
+                .set(s.quarantined() as i64);
+        }
         if let Some(s) = &self.spool {
             self.metrics.spool_bytes.set(s.bytes() as i64);
             self.metrics.spool_segments.set(s.len() as i64);

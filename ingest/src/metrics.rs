@@ -39,16 +39,23 @@ pub struct IngestMetrics {
     pub spool_segments: Gauge,
     /// Corrupt spool segments moved aside.
     pub spool_quarantined: Counter,
+    /// Segments waiting in `quarantine/` right now (`tally spool requeue` puts them back).
+    pub spool_quarantined_segments: Gauge,
+    /// Spool segments that disappeared from disk before they were replayed.
+    pub spool_segments_lost: Counter,
+    /// Times the store's file was found deleted or replaced and opened again.
+    pub store_reopened: Counter,
 }
 
 /// Every drop reason, so each series exists (at 0) before the first drop and alerts can
 /// watch it.
-pub const DROP_REASONS: [&str; 5] = [
+pub const DROP_REASONS: [&str; 6] = [
     "channel_full",
     "channel_closed",
     "store_error",
     "spool_full",
     "spool_error",
+    "spool_lost",
 ];
 
 impl Default for IngestMetrics {
@@ -69,6 +76,9 @@ impl Default for IngestMetrics {
             spool_bytes: Gauge::default(),
             spool_segments: Gauge::default(),
             spool_quarantined: Counter::default(),
+            spool_quarantined_segments: Gauge::default(),
+            spool_segments_lost: Counter::default(),
+            store_reopened: Counter::default(),
         }
     }
 }
@@ -123,8 +133,23 @@ impl IngestMetrics {
         );
         registry.register(
             "spool_quarantined",
-            "Corrupt spool segments moved to quarantine",
+            "Spool segments moved to quarantine (corrupt, or refused while later batches were accepted)",
             self.spool_quarantined.clone(),
+        );
+        registry.register(
+            "spool_quarantined_segments",
+            "Spool segments waiting in quarantine/; `tally spool requeue` replays them",
+            self.spool_quarantined_segments.clone(),
+        );
+        registry.register(
+            "spool_segments_lost",
+            "Spool segments that disappeared from disk before replay (their records count as dropped, spool_lost)",
+            self.spool_segments_lost.clone(),
+        );
+        registry.register(
+            "store_reopened",
+            "Times the SQLite file was found deleted or replaced and opened afresh",
+            self.store_reopened.clone(),
         );
         registry.register(
             "batch_write_seconds",

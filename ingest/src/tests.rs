@@ -256,42 +256,167 @@ fn records_spooled_at_shutdown_are_replayed_by_the_next_run() {
     assert_eq!(up.batches.lock().expect("lock").clone(), vec![7]);
 }
 
-/// A writer whose every error is permanent.
-struct Refuses;
+/// A writer whose every error the store calls permanent: it refuses batches holding a
+/// poisoned record always, and every batch while `refuse_all` is set.
+#[derive(Clone, Default)]
+struct Refuses {
+    refuse_all: Arc<std::sync::atomic::AtomicBool>,
+    poison: Option<Uuid>,
+    attempts: Arc<std::sync::atomic::AtomicU64>,
+    written: Arc<Mutex<Vec<Uuid>>>,
+}
 
 impl BatchWriter for Refuses {
     type Error = ProbeError;
-    fn write_batch(&mut self, _: &[Record]) -> Result<(), ProbeError> {
-        Err(ProbeError)
+    fn write_batch(&mut self, batch: &[Record]) -> Result<(), ProbeError> {
+        self.attempts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let poisoned = batch.iter().any(|r| Some(r.request_id) == self.poison);
+        if poisoned || self.refuse_all.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ProbeError);
+        }
+        self.written
+            .lock()
+            .expect("lock")
+            .extend(batch.iter().map(|r| r.request_id));
+        Ok(())
     }
     fn retriable(_: &ProbeError) -> bool {
         false
     }
 }
 
+fn spool_at(dir: &std::path::Path) -> spool::Spool {
+    spool::Spool::open(dir, spool::DEFAULT_MAX_BYTES).expect("spool")
+}
+
+fn dropped(metrics: &IngestMetrics, reason: &'static str) -> u64 {
+    metrics.dropped.get_or_create(&DropLabels { reason }).get()
+}
+
 #[test]
-fn permanent_errors_are_not_retried_or_spooled() {
+fn a_permanent_error_is_not_retried_but_spooled_not_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = IngestMetrics::default();
     let (tx, rx) = channel(100, metrics.clone());
     tx.send(record(1));
-    let spool = spool::Spool::open(dir.path(), spool::DEFAULT_MAX_BYTES).expect("spool");
-    IngestWorker::spawn_with_spool(rx, Refuses, fast_config(), metrics.clone(), Some(spool))
-        .expect("spawn")
-        .shutdown();
+    let w = Refuses::default();
+    w.refuse_all
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    IngestWorker::spawn_with_spool(
+        rx,
+        w,
+        fast_config(),
+        metrics.clone(),
+        Some(spool_at(dir.path())),
+    )
+    .expect("spawn")
+    .shutdown();
     assert_eq!(
         metrics.write_errors.get(),
         1,
         "no retry of a permanent error"
     );
-    assert_eq!(metrics.spooled.get(), 0);
-    let dropped = metrics
-        .dropped
-        .get_or_create(&DropLabels {
-            reason: "store_error",
-        })
-        .get();
-    assert_eq!(dropped, 1);
+    assert_eq!((metrics.spooled.get(), metrics.dropped_total()), (1, 0));
+}
+
+#[test]
+fn a_store_that_refuses_everything_is_waited_for_and_nothing_is_quarantined() {
+    // Code 516 (authentication failed) while a password rotates: permanent for the store's
+    // classification, transient in fact.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    let w = Refuses::default();
+    w.refuse_all
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let config = BatchConfig {
+        flush_interval: Duration::from_millis(5),
+        ..fast_config()
+    };
+    let worker = IngestWorker::spawn_with_spool(
+        rx,
+        w.clone(),
+        config,
+        metrics.clone(),
+        Some(spool_at(dir.path())),
+    )
+    .expect("spawn");
+    for i in 0..10 {
+        tx.send(record(i));
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    wait_until("spooled", || metrics.spooled.get() == 10);
+    // Let the replay fail and back off a few times.
+    std::thread::sleep(Duration::from_millis(1800));
+    assert_eq!(metrics.spool_quarantined.get(), 0);
+    let tries = w.attempts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        tries < 40,
+        "{tries} attempts: the replay must back off, not spin"
+    );
+    w.refuse_all
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until("replayed once the store takes writes", || {
+        metrics.replayed.get() == 10
+    });
+    worker.shutdown();
+    assert_eq!(w.written.lock().expect("lock").len(), 10);
+    assert_eq!(metrics.dropped_total(), 0);
+}
+
+#[test]
+fn a_batch_refused_while_the_next_is_taken_is_quarantined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = record(0);
+    let mut sp = spool_at(dir.path());
+    sp.append(std::slice::from_ref(&bad))
+        .expect("spool the bad batch");
+    sp.append(&[record(1), record(2)])
+        .expect("spool a good one");
+    let metrics = IngestMetrics::default();
+    let (_tx, rx) = channel(100, metrics.clone());
+    let w = Refuses {
+        poison: Some(bad.request_id),
+        ..Default::default()
+    };
+    let worker =
+        IngestWorker::spawn_with_spool(rx, w.clone(), fast_config(), metrics.clone(), Some(sp))
+            .expect("spawn");
+    wait_until("the good batch replayed", || metrics.replayed.get() == 2);
+    wait_until("the bad one quarantined", || {
+        metrics.spool_quarantined.get() == 1
+    });
+    worker.shutdown();
+    assert_eq!(metrics.spool_quarantined_segments.get(), 1);
+    assert_eq!(metrics.dropped_total(), 0);
+}
+
+#[test]
+fn a_vanished_segment_is_counted_lost_and_the_replay_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sp = spool_at(dir.path());
+    sp.append(&[record(0), record(1), record(2)])
+        .expect("first");
+    sp.append(&[record(3)]).expect("second");
+    let gone = sp.oldest().expect("segment");
+    std::fs::remove_file(gone.path()).expect("the segment vanishes");
+    let metrics = IngestMetrics::default();
+    let (_tx, rx) = channel(100, metrics.clone());
+    let probe = Probe::default();
+    let worker =
+        IngestWorker::spawn_with_spool(rx, probe.clone(), fast_config(), metrics.clone(), Some(sp))
+            .expect("spawn");
+    wait_until("the other segment replayed", || metrics.replayed.get() == 1);
+    worker.shutdown();
+    assert_eq!(metrics.spool_segments_lost.get(), 1);
+    assert_eq!(
+        dropped(&metrics, "spool_lost"),
+        3,
+        "its rows are counted as dropped"
+    );
+    assert_eq!(metrics.spool_segments.get(), 0);
+    assert_eq!(metrics.write_errors.get(), 0);
 }
 
 /// The ingest thread runs at a lower priority than the proxy's workers (Linux).

@@ -20,6 +20,13 @@ pub type Connector = HttpsConnector<HttpConnector>;
 /// Idle pooled connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Idle connections each event loop keeps per upstream host. A burst of N concurrent requests
+/// opens N upstream connections; unbounded, all N stay pooled (with their buffers, tens of KiB
+/// each) until the idle timeout: 2,000 concurrent requests left ~130 MiB of RSS behind
+/// (BENCHMARKS.md, "Memory after a burst"). Past this many, a finished connection is closed
+/// instead of pooled.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
 /// Builds the connector. Fails only if the TLS provider cannot be set up.
 pub fn connector(connect_timeout: Duration) -> Result<Connector, rustls::Error> {
     let mut http = HttpConnector::new();
@@ -44,5 +51,6 @@ pub fn build(connector: Connector) -> UpstreamClient {
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .build(connector)
 }

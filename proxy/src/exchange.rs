@@ -6,8 +6,6 @@
 //! the handler on an early error, or by its own `Drop` when the client disconnects before the
 //! upstream answers. Whatever happens, one record is sent.
 
-use std::borrow::Cow;
-use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,140 +15,12 @@ use http::HeaderMap;
 use tally_ingest::{CacheStatus, Record, Tokens};
 
 use crate::body::{BodyObserver, StreamEnd};
+pub(crate) use crate::capture::Encoding;
+use crate::capture::{Capture, Decoder};
 use crate::formats::{self, StreamObserver, WireFormat};
 use crate::metrics::RequestLabels;
 use crate::phases::Refusal;
 use crate::{ProxyMetrics, Shared};
-
-/// How the upstream encoded the response body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Encoding {
-    Identity,
-    Gzip,
-    Deflate,
-    Brotli,
-    /// Something we cannot decode (zstd, …): logged raw, usage not read.
-    Other,
-}
-
-impl Encoding {
-    pub(crate) fn from_header(value: Option<&str>) -> Self {
-        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-            None | Some("") | Some("identity") => Encoding::Identity,
-            Some("gzip") | Some("x-gzip") => Encoding::Gzip,
-            Some("deflate") => Encoding::Deflate,
-            Some("br") => Encoding::Brotli,
-            Some(_) => Encoding::Other,
-        }
-    }
-}
-
-/// Bytes kept from the end of a body that outgrew its capture, enough for a usage object.
-const TAIL_BYTES: usize = 16 * 1024;
-
-/// A bounded copy of a body: clones of the chunks (cheap, reference-counted) up to a limit,
-/// and once past it, the last [`TAIL_BYTES`] (where JSON bodies keep their usage).
-#[derive(Debug)]
-struct Capture {
-    chunks: Vec<Bytes>,
-    len: usize,
-    limit: usize,
-    truncated: bool,
-    tail: std::collections::VecDeque<Bytes>,
-    tail_len: usize,
-}
-
-impl Capture {
-    fn new(limit: usize) -> Self {
-        Self {
-            chunks: Vec::new(),
-            len: 0,
-            limit,
-            truncated: false,
-            tail: std::collections::VecDeque::new(),
-            tail_len: 0,
-        }
-    }
-
-    fn push(&mut self, chunk: &Bytes) {
-        let room = self.limit - self.len;
-        if chunk.len() <= room {
-            self.chunks.push(chunk.clone());
-            self.len += chunk.len();
-            return;
-        }
-        if room > 0 {
-            self.chunks.push(chunk.slice(..room));
-            self.len += room;
-        }
-        self.truncated = true;
-        self.tail.push_back(chunk.clone());
-        self.tail_len += chunk.len();
-        while self.tail.len() > 1
-            && self.tail_len - self.tail.front().map_or(0, Bytes::len) >= TAIL_BYTES
-        {
-            if let Some(old) = self.tail.pop_front() {
-                self.tail_len -= old.len();
-            }
-        }
-    }
-
-    /// The last bytes seen past the limit (at most one chunk more than [`TAIL_BYTES`]).
-    fn tail(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.tail_len);
-        for c in &self.tail {
-            v.extend_from_slice(c);
-        }
-        v
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut v = Vec::with_capacity(self.len);
-                for c in &self.chunks {
-                    v.extend_from_slice(c);
-                }
-                v.into()
-            }
-        }
-    }
-}
-
-/// Decodes a (possibly truncated) compressed capture, reading at most `limit` bytes of output so
-/// a compression bomb cannot blow up memory. A truncated input decodes as far as it goes.
-fn decode(encoding: Encoding, raw: &Bytes, limit: usize) -> Cow<'_, [u8]> {
-    let mut out = Vec::new();
-    let limit = limit as u64;
-    let result = match encoding {
-        Encoding::Identity | Encoding::Other => return Cow::Borrowed(&raw[..]),
-        Encoding::Gzip => flate2::read::MultiGzDecoder::new(&raw[..])
-            .take(limit)
-            .read_to_end(&mut out),
-        Encoding::Deflate => {
-            // "deflate" is zlib-wrapped per the RFC, but raw deflate is common in the wild.
-            let r = flate2::read::ZlibDecoder::new(&raw[..])
-                .take(limit)
-                .read_to_end(&mut out);
-            if r.is_err() && out.is_empty() {
-                flate2::read::DeflateDecoder::new(&raw[..])
-                    .take(limit)
-                    .read_to_end(&mut out)
-            } else {
-                r
-            }
-        }
-        Encoding::Brotli => brotli_decompressor::Decompressor::new(&raw[..], 4096)
-            .take(limit)
-            .read_to_end(&mut out),
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "could not fully decode captured response body");
-    }
-    Cow::Owned(out)
-}
 
 /// Everything about the request that is known before the response body.
 pub(crate) struct ExchangeState {
@@ -167,10 +37,15 @@ pub(crate) struct ExchangeState {
     pub(crate) omit_response_body: bool,
     /// Tally asked the upstream for stream usage the client did not request.
     pub(crate) injected: bool,
+    /// The keys the request presented, masked in everything stored.
+    pub(crate) presented: crate::secrets::Presented,
     /// The response head arrived (status and headers).
     pub(crate) responded: bool,
     pub(crate) encoding: Encoding,
+    /// The bounded copy of the body, decoded when it is compressed.
     capture: Capture,
+    /// Decodes a compressed body as it passes.
+    decoder: Option<Decoder>,
     observer: Option<StreamObserver>,
     /// The stages that let this request through and want to see how it ends.
     hooks: Vec<Box<dyn StageHook>>,
@@ -216,9 +91,11 @@ impl Exchange {
                 omit_request_body: false,
                 omit_response_body: false,
                 injected: false,
+                presented: Default::default(),
                 responded: false,
                 encoding: Encoding::Identity,
                 capture: Capture::new(limit),
+                decoder: None,
                 observer: None,
                 hooks: Vec::new(),
             })),
@@ -249,7 +126,9 @@ impl Exchange {
         s.record.status = status;
         s.record.stream = stream;
         s.encoding = encoding;
-        if stream && encoding == Encoding::Identity {
+        s.decoder = Decoder::new(encoding, s.shared.settings.max_body_bytes);
+        let readable = encoding == Encoding::Identity || s.decoder.is_some();
+        if stream && readable {
             if let Some(format) = s.format {
                 s.observer = Some(StreamObserver::new(format));
             }
@@ -293,9 +172,22 @@ impl BodyObserver for Exchange {
             s.record.ttft_ms = Some(s.started.elapsed().as_millis() as u64);
         }
         s.record.response_bytes += chunk.len() as u64;
-        s.capture.push(chunk);
-        if let Some(o) = s.observer.as_mut() {
-            o.feed(chunk);
+        match s.decoder.as_mut() {
+            None => {
+                s.capture.push(chunk);
+                if let Some(o) = s.observer.as_mut() {
+                    o.feed(chunk);
+                }
+            }
+            Some(d) => {
+                let (capture, observer) = (&mut s.capture, &mut s.observer);
+                d.feed(chunk, |decoded| {
+                    capture.push_slice(decoded);
+                    if let Some(o) = observer.as_mut() {
+                        o.feed(decoded);
+                    }
+                });
+            }
         }
         for h in &mut s.hooks {
             h.on_data(chunk);
@@ -365,38 +257,34 @@ impl ExchangeState {
         } else {
             Vec::new()
         };
-        let raw = captured.into_bytes();
+        // Decoded already when it was compressed; raw bytes when Tally cannot decode them.
+        let body = captured.into_bytes();
+        if let Some(why) = self.decoder.take().and_then(|d| d.stopped) {
+            tracing::warn!(provider = %r.provider, reason = why, "stopped decoding a compressed response; usage past that point is not read");
+        }
         let format = self.format;
         let (encoding, responded, stream) = (self.encoding, self.responded, r.stream);
         let observer = self.observer.take();
-        let max = shared.settings.max_body_bytes;
         let parsed = guarded(&shared.metrics, "reading usage", || {
-            let decoded = decode(encoding, &raw, max);
-            let observed = match (format, observer) {
+            match (format, observer) {
                 (_, Some(o)) => o.finish(),
                 (Some(f), None) if responded && encoding != Encoding::Other => {
                     if stream {
                         let mut o = StreamObserver::new(f);
-                        o.feed(&decoded);
+                        o.feed(&body);
                         o.finish()
-                    } else if response_truncated && encoding == Encoding::Identity {
-                        formats::from_truncated_json(f, &decoded, &tail)
+                    } else if response_truncated {
+                        formats::from_truncated_json(f, &body, &tail)
                     } else {
-                        formats::from_json(f, &decoded)
+                        formats::from_json(f, &body)
                     }
                 }
                 _ => formats::Observed::default(),
-            };
-            (decoded, observed)
+            }
         });
-        let (decoded, observed) = parsed.unwrap_or_else(|| {
-            (
-                Cow::Borrowed(&raw[..]),
-                formats::Observed {
-                    error: Some(INTERNAL_ERROR.to_owned()),
-                    ..Default::default()
-                },
-            )
+        let observed = parsed.unwrap_or_else(|| formats::Observed {
+            error: Some(INTERNAL_ERROR.to_owned()),
+            ..Default::default()
         });
         r.response_model = observed.response_model;
         if r.provider_request_id.is_none() {
@@ -417,14 +305,30 @@ impl ExchangeState {
         // A report made while the answer was still being generated (Anthropic's
         // `message_start`) has exact input counts but a placeholder output: keep the input,
         // estimate the output from what was forwarded.
-        let partial = observed.tokens.filter(|_| !observed.usage_final);
-        r.tokens = observed.tokens.filter(|_| observed.usage_final);
+        let implausible = observed.tokens.filter(|t| !formats::plausible(t));
+        if let Some(t) = implausible {
+            shared.metrics.implausible_usage.inc();
+            tracing::warn!(provider = %r.provider, tokens = ?t, "the provider reported implausible usage; not recorded");
+            r.error.get_or_insert_with(|| {
+                format!(
+                    "the provider reported implausible usage (prompt {}, completion {}, cache read {}, cache write {}, reasoning {}); tokens and cost are not recorded",
+                    t.prompt, t.completion, t.cache_read, t.cache_write, t.reasoning
+                )
+            });
+        }
+        let usable = observed.tokens.filter(|_| implausible.is_none());
+        let partial = usable.filter(|_| !observed.usage_final);
+        r.tokens = usable.filter(|_| observed.usage_final);
         r.response_body_truncated = response_truncated;
         r.request_body_truncated = self.request_truncated;
         r.request_body = (!self.omit_request_body && !self.request_head.is_empty())
             .then(|| String::from_utf8_lossy(&self.request_head).into_owned());
-        r.response_body = (!self.omit_response_body && !decoded.is_empty())
-            .then(|| String::from_utf8_lossy(&decoded).into_owned());
+        r.response_body = (!self.omit_response_body && !body.is_empty())
+            .then(|| String::from_utf8_lossy(&body).into_owned());
+        // An upstream may echo the key it was sent; the record must not keep it.
+        for field in [&mut r.error, &mut r.response_body, &mut r.request_body] {
+            self.presented.mask(field);
+        }
 
         shared
             .metrics
@@ -437,6 +341,7 @@ impl ExchangeState {
 
         let hooks = std::mem::take(&mut self.hooks);
         let needs_estimate = r.tokens.is_none()
+            && implausible.is_none()
             && (200..300).contains(&r.status)
             && r.model.is_some()
             && format.is_some();
@@ -446,10 +351,7 @@ impl ExchangeState {
         }
         // Tokenizing can take milliseconds for long texts: keep it off the runtime's workers.
         let request = self.request_head.clone();
-        let response: Bytes = match decoded {
-            Cow::Borrowed(_) => raw,
-            Cow::Owned(v) => v.into(),
-        };
+        let response = body;
         let record = self.record;
         shared.pending_estimates.fetch_add(1, Ordering::AcqRel);
         let job = move || {
@@ -594,39 +496,4 @@ mod tests {
     }
 
     use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn capture_is_bounded_and_flags_truncation() {
-        let mut c = Capture::new(5);
-        c.push(&Bytes::from_static(b"abc"));
-        c.push(&Bytes::from_static(b"defg"));
-        c.push(&Bytes::from_static(b"h"));
-        assert!(c.truncated);
-        assert_eq!(c.tail(), b"defgh");
-        assert_eq!(&c.into_bytes()[..], b"abcde");
-    }
-
-    #[test]
-    fn gzip_capture_decodes_within_limit() {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(&vec![b'a'; 10_000]).expect("write");
-        let raw = Bytes::from(enc.finish().expect("finish"));
-        assert_eq!(decode(Encoding::Gzip, &raw, 100_000).len(), 10_000);
-        assert_eq!(
-            decode(Encoding::Gzip, &raw, 1_000).len(),
-            1_000,
-            "bomb guard"
-        );
-        let cut = raw.slice(..raw.len() / 2);
-        assert!(decode(Encoding::Gzip, &cut, 100_000).len() < 10_000);
-    }
-
-    #[test]
-    fn content_encoding_names() {
-        assert_eq!(Encoding::from_header(None), Encoding::Identity);
-        assert_eq!(Encoding::from_header(Some("GZIP")), Encoding::Gzip);
-        assert_eq!(Encoding::from_header(Some("br")), Encoding::Brotli);
-        assert_eq!(Encoding::from_header(Some("zstd")), Encoding::Other);
-    }
 }

@@ -97,26 +97,36 @@ pub fn parse(headers: &HeaderMap) -> Result<Attribution, HeaderError> {
             .strip_prefix("tally-")
             .or_else(|| lower.strip_prefix("helicone-"))
             .unwrap_or(&lower);
-        let text = || -> Result<Option<String>, HeaderError> {
+        // A tag sent twice (or as a Tally and a Helicone header) with two values has no one
+        // meaning: which one wins would be an accident of header order.
+        let set = |slot: &mut Option<String>| -> Result<(), HeaderError> {
             if value.is_empty() {
-                Err(err(name, "value is empty"))
-            } else {
-                Ok(Some(value.to_owned()))
+                return Err(err(name, "value is empty"));
+            }
+            match slot {
+                Some(old) if old != value => Err(err(
+                    name,
+                    format!("sent twice with different values ({old:?} and {value:?})"),
+                )),
+                _ => {
+                    *slot = Some(value.to_owned());
+                    Ok(())
+                }
             }
         };
         match key {
-            "user-id" => a.user_id = text()?,
-            "session-id" => a.session_id = text()?,
-            "session-name" => a.session_name = text()?,
+            "user-id" => set(&mut a.user_id)?,
+            "session-id" => set(&mut a.session_id)?,
+            "session-name" => set(&mut a.session_name)?,
             "session-path" => {
                 if !value.starts_with('/') {
                     return Err(err(name, "must start with '/', e.g. /plan/step-1"));
                 }
-                a.session_path = text()?;
+                set(&mut a.session_path)?;
             }
             "cache" | "cache-enabled" => a.cache = Some(parse_bool(name, value)?),
-            "cache-namespace" | "cache-seed" => a.cache_namespace = text()?,
-            "router" => a.router = text()?,
+            "cache-namespace" | "cache-seed" => set(&mut a.cache_namespace)?,
+            "router" => set(&mut a.router)?,
             "ratelimit-policy" | "rate-limit-policy" => {
                 a.rate_limit = Some(
                     crate::stages::ratelimit::Policy::parse_header(value)
@@ -140,6 +150,12 @@ pub fn parse(headers: &HeaderMap) -> Result<Attribution, HeaderError> {
                 if let Some(prop) = key.strip_prefix("property-") {
                     if prop.is_empty() {
                         return Err(err(name, "property name is empty"));
+                    }
+                    if let Some(old) = a.properties.get(prop).filter(|old| *old != value) {
+                        return Err(err(
+                            name,
+                            format!("sent twice with different values ({old:?} and {value:?})"),
+                        ));
                     }
                     if a.properties.len() >= MAX_PROPERTIES && !a.properties.contains_key(prop) {
                         return Err(err(name, format!("more than {MAX_PROPERTIES} properties")));
@@ -268,6 +284,29 @@ mod tests {
         assert!(parse(&h).expect_err("latin-1").reason.contains("UTF-8"));
         let long = "x".repeat(MAX_HEADER_VALUE_LEN + 1);
         assert!(parse(&headers(&[("Tally-User-Id", &long)])).is_err());
+    }
+
+    #[test]
+    fn a_tag_with_two_values_is_refused_naming_it() {
+        for pairs in [
+            &[("Tally-User-Id", "alice"), ("Tally-User-Id", "bob")][..],
+            &[("Tally-User-Id", "alice"), ("Helicone-User-Id", "bob")],
+            &[
+                ("Tally-Property-Env", "prod"),
+                ("tally-property-env", "dev"),
+            ],
+            &[("Tally-Session-Id", "a"), ("Helicone-Session-Id", "b")],
+        ] {
+            let e = parse(&headers(pairs)).expect_err("two values");
+            assert!(e.reason.contains("different values"), "{e}");
+        }
+        // The same value twice is one value.
+        let a = parse(&headers(&[
+            ("Tally-User-Id", "alice"),
+            ("Helicone-User-Id", "alice"),
+        ]))
+        .expect("same value");
+        assert_eq!(a.user_id.as_deref(), Some("alice"));
     }
 
     #[test]

@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 pub mod body;
+mod capture;
 mod client;
 pub mod estimate;
 mod exchange;
@@ -35,6 +36,7 @@ mod metrics;
 mod phases;
 pub mod pricing;
 pub mod providers;
+mod secrets;
 mod settings;
 pub mod sse;
 pub mod stages;
@@ -53,6 +55,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tally_ingest::RecordSender;
+use tally_net::{Activity, Gate, Limits, Ticket, Tracked, WatchedIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -126,13 +129,17 @@ impl Proxy {
                 h.spawn_blocking(estimate::warm_up);
             }
         }
+        let mut metrics = ProxyMetrics::default();
+        if let Some(limiter) = &stages.rate_limits {
+            metrics.rate_limit_evictions = limiter.evictions.clone();
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
                 providers,
                 pricing,
                 sender,
-                metrics: ProxyMetrics::default(),
+                metrics,
                 connector,
                 pending_estimates: AtomicUsize::new(0),
                 stages,
@@ -176,6 +183,12 @@ impl Proxy {
         let threads = self.shared.settings.threads;
         let mut finished = Vec::with_capacity(threads);
         let (loops, handoffs) = Loops::new(threads, &self.shared.metrics);
+        let max_connections = match self.shared.settings.max_connections {
+            0 => tally_net::connections_for(tally_net::fd_limit(), 2.0 / 3.0),
+            n => n,
+        };
+        tracing::info!(max_connections, "proxy connection cap");
+        let gate = Gate::new(max_connections);
         for (i, handoff) in handoffs.into_iter().enumerate() {
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -185,6 +198,7 @@ impl Proxy {
                 index: i,
                 loops: loops.clone(),
                 handoff,
+                gate: gate.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("tally-proxy-{i}"))
@@ -231,8 +245,8 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A connection accepted by one loop for another to serve.
-type Handoff = (std::net::TcpStream, SocketAddr);
+/// A connection accepted (and admitted) by one loop for another to serve.
+type Handoff = (std::net::TcpStream, SocketAddr, Ticket);
 
 /// The event loops' open-connection counts, and the queue each takes handed-over connections
 /// from. A connection's count is raised by the loop that picks its server and lowered when it
@@ -272,37 +286,46 @@ impl Loops {
     }
 }
 
+/// A connection to serve, with its place under the connection cap.
+type Accepted = (TcpStream, SocketAddr, Ticket);
+
 /// One loop's place among the others.
 struct LoopSeat {
     index: usize,
     loops: Arc<Loops>,
     handoff: mpsc::UnboundedReceiver<Handoff>,
+    /// The connection cap, shared by every loop.
+    gate: Arc<Gate>,
 }
 
 impl LoopSeat {
+    fn gate_max(&self) -> usize {
+        self.gate.max()
+    }
+
     /// Decides which loop serves a connection this one accepted: returns it if this one does,
     /// or hands it over and returns `None`.
-    fn place(&self, stream: TcpStream, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+    fn place(&self, stream: TcpStream, peer: SocketAddr, ticket: Ticket) -> Option<Accepted> {
         let (me, loops) = (self.index, &self.loops);
         let to = loops.assign(me);
         if to == me {
-            return Some((stream, peer));
+            return Some((stream, peer, ticket));
         }
         // `into_std` takes it out of this loop's driver; the other loop registers it.
         let handed = stream
             .into_std()
             .map_err(|e| tracing::warn!(%peer, error = %e, "could not hand a connection over"))
             .ok()
-            .map(|s| loops.queues[to].send((s, peer)));
+            .map(|s| loops.queues[to].send((s, peer, ticket)));
         match handed {
             Some(Ok(())) => None,
             // That loop has stopped already: serve it here.
-            Some(Err(mpsc::error::SendError((s, peer)))) => {
+            Some(Err(mpsc::error::SendError((s, peer, ticket)))) => {
                 loops.open[to].dec();
                 match TcpStream::from_std(s) {
                     Ok(s) => {
                         loops.open[me].inc();
-                        Some((s, peer))
+                        Some((s, peer, ticket))
                     }
                     Err(_) => None,
                 }
@@ -377,18 +400,28 @@ async fn accept_loop(
         .timer(TokioTimer::new())
         .header_read_timeout(shared.settings.header_read_timeout)
         .keep_alive(true);
+    let limits = Limits {
+        header_read_timeout: shared.settings.header_read_timeout,
+        keep_alive_timeout: shared.settings.keep_alive_timeout,
+        max_connections: seat.gate_max(),
+    };
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         // Reap finished connection tasks so the set does not grow.
         while connections.try_join_next().is_some() {}
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, ticket) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match seat.place(stream, peer) {
-                    Some(here) => here,
-                    None => continue,
-                },
+                Ok((stream, peer)) => {
+                    let Some((stream, ticket)) = seat.gate.admit(stream, &shared.metrics.conns, "proxy") else {
+                        continue;
+                    };
+                    match seat.place(stream, peer, ticket) {
+                        Some(here) => here,
+                        None => continue,
+                    }
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -396,8 +429,8 @@ async fn accept_loop(
                     continue;
                 }
             },
-            Some((s, peer)) = seat.handoff.recv() => match TcpStream::from_std(s) {
-                Ok(s) => (s, peer),
+            Some((s, peer, ticket)) = seat.handoff.recv() => match TcpStream::from_std(s) {
+                Ok(s) => (s, peer, ticket),
                 Err(e) => {
                     seat.loops.open[seat.index].dec();
                     tracing::warn!(%peer, error = %e, "could not take a handed-over connection");
@@ -408,19 +441,29 @@ async fn accept_loop(
         };
         let open = OpenConnection(seat.loops.open[seat.index].clone());
         let _ = stream.set_nodelay(true);
-        let (shared, client) = (shared.clone(), client.clone());
+        let activity = Activity::new();
+        let metrics = shared.metrics.conns.clone();
+        let (shared, client, watch) = (shared.clone(), client.clone(), activity.clone());
         let svc = service_fn(move |req| {
             let (shared, client) = (shared.clone(), client.clone());
-            async move { Ok::<_, Infallible>(phases::handle(shared, client, req).await) }
+            let open = watch.open_request();
+            async move {
+                let resp = phases::handle(shared, client, req).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, open)))
+            }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
+        let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
+        let conn = builder.serve_connection(io, svc).into_owned();
         let conn = graceful.watch(conn);
         connections.spawn(async move {
-            let _open = open;
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let (_open, _ticket) = (open, ticket);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                // Nothing in flight and nothing moving: a client that never sent a request,
+                // sent half an HTTP/2 preface, or kept an idle connection past the limit.
+                () = activity.idle(&limits) => metrics.idle("proxy"),
             }
         });
     }

@@ -59,8 +59,16 @@ pub struct ProxyMetrics {
     pub route_attempts: Family<AttemptLabels, Counter>,
     /// A stage's backend (Redis) failed; the request went on without it.
     pub stage_errors: Family<StageLabels, Counter>,
+    /// Rate-limit counters the memory backend evicted to stay within `rate_limits.max_keys`.
+    pub rate_limit_evictions: Counter,
+    /// Responses whose usage report was implausible (more than a billion tokens, negative, a
+    /// float); their tokens and cost are not recorded.
+    pub implausible_usage: Counter,
     /// Requests Tally answered itself, by its error code (a fixed set, see `phases::Refusal`).
     pub refusals: Family<RefusalLabels, Counter>,
+    /// Connections refused at the cap and closed for idling, per port; the dashboard's serve
+    /// shares this (registered once, here).
+    pub conns: tally_net::ConnMetrics,
 }
 
 /// Labels of a refusal.
@@ -187,6 +195,17 @@ impl ProxyMetrics {
             "Stage backend failures (Redis); the request went on without the stage",
             self.stage_errors.clone(),
         );
+        registry.register(
+            "rate_limit_evictions",
+            "Rate-limit counters evicted to stay within rate_limits.max_keys; each starts afresh",
+            self.rate_limit_evictions.clone(),
+        );
+        registry.register(
+            "implausible_usage",
+            "Responses whose usage report could not be believed; recorded without tokens or cost",
+            self.implausible_usage.clone(),
+        );
+        self.conns.register(registry);
         registry.register(
             "refusals",
             "Requests Tally answered itself instead of the upstream, by error code",

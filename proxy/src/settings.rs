@@ -20,8 +20,11 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
 pub const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 60_000;
 /// Time in-flight requests get to finish at shutdown when unset.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
-/// Time a client has to send its request headers when unset (slowloris guard).
+/// Time a client has to send its request headers when unset (slowloris guard). It also bounds
+/// a connection that sends nothing, or half an HTTP/2 preface.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
+/// How long a kept-alive connection may sit idle between requests when unset.
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_MS: u64 = 60_000;
 
 /// `[proxy]` as written in the config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,8 +43,16 @@ pub struct ProxyConfig {
     pub idle_timeout_ms: u64,
     /// Time a client has to send its request body, milliseconds.
     pub request_body_timeout_ms: u64,
-    /// Time a client has to send its request headers, milliseconds.
+    /// Time a client has to send its request headers, milliseconds. A connection that has
+    /// sent no complete request this long after connecting is closed.
     pub header_read_timeout_ms: u64,
+    /// A connection with nothing in flight that has moved no byte this long since its last
+    /// request is closed, milliseconds.
+    pub keep_alive_timeout_ms: u64,
+    /// Most client connections open at once; past it, a new connection gets a 503 and is
+    /// closed (counted in `tally_connections_refused_total`). 0 (default): what the open-file
+    /// limit allows, two descriptors per connection.
+    pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown, milliseconds.
     pub shutdown_grace_ms: u64,
     /// Load the token-estimate tokenizers at start instead of at the first estimate; false
@@ -64,6 +75,8 @@ impl Default for ProxyConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             request_body_timeout_ms: DEFAULT_REQUEST_BODY_TIMEOUT_MS,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            keep_alive_timeout_ms: DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
+            max_connections: 0,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             preload_tokenizers: false,
             threads: 0,
@@ -100,6 +113,10 @@ pub struct Settings {
     pub request_body_timeout: Duration,
     /// Time to receive the request headers.
     pub header_read_timeout: Duration,
+    /// Idle time allowed between requests on a connection.
+    pub keep_alive_timeout: Duration,
+    /// Most client connections; 0 means what the open-file limit allows, decided at serve.
+    pub max_connections: usize,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Load the tokenizers at start.
@@ -133,6 +150,8 @@ impl ProxyConfig {
             idle_timeout: ms("idle_timeout_ms", self.idle_timeout_ms)?,
             request_body_timeout: ms("request_body_timeout_ms", self.request_body_timeout_ms)?,
             header_read_timeout: ms("header_read_timeout_ms", self.header_read_timeout_ms)?,
+            keep_alive_timeout: ms("keep_alive_timeout_ms", self.keep_alive_timeout_ms)?,
+            max_connections: self.max_connections,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             preload_tokenizers: self.preload_tokenizers,
             threads: match self.threads {

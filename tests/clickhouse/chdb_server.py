@@ -10,7 +10,8 @@ run no ClickHouse server. It implements the pieces Tally and the official `click
 - `/ping` and `GET /` answer `Ok.`;
 - errors as `Code: N. DB::Exception: ...` with the `X-ClickHouse-Exception-Code` header;
 - credentials from `X-ClickHouse-User`/`X-ClickHouse-Key`, basic auth, or `user`/`password`
-  parameters, checked when CHDB_SERVER_USER is set.
+  parameters, checked when CHDB_SERVER_USER is set (the password from CHDB_SERVER_PASSWORD, or
+  read afresh per request from the file CHDB_SERVER_PASSWORD_FILE, so a test can rotate it).
 
 Compression is not implemented: a request that asks for it (`compress=1`, `decompress=1`,
 `enable_http_compression=1`) gets an error, so clients must switch it off for this server.
@@ -34,6 +35,14 @@ PORT = int(sys.argv[1])
 DATA_DIR = sys.argv[2]
 USER = os.environ.get("CHDB_SERVER_USER")
 PASSWORD = os.environ.get("CHDB_SERVER_PASSWORD", "")
+PASSWORD_FILE = os.environ.get("CHDB_SERVER_PASSWORD_FILE")
+
+
+def password():
+    if PASSWORD_FILE:
+        with open(PASSWORD_FILE) as f:
+            return f.read().strip()
+    return PASSWORD
 
 os.makedirs(os.path.join(DATA_DIR, "tmp"), exist_ok=True)
 SESSION = session.Session(os.path.join(DATA_DIR, "db"))
@@ -142,7 +151,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         if auth.lower().startswith("basic "):
             user, _, key = base64.b64decode(auth[6:]).decode().partition(":")
-        return user == USER and (key or "") == PASSWORD
+        return user == USER and (key or "") == password()
 
     def handle_query(self, body):
         url = urllib.parse.urlsplit(self.path)

@@ -33,6 +33,8 @@ pub struct ClickHouse {
     pub compression: Compression,
     /// Credentials the engine requires (local engine only).
     pub credentials: Option<(String, String)>,
+    /// A file the engine reads its password from on every request, so a test can rotate it.
+    pub password_file: Option<PathBuf>,
     child: Option<Child>,
     data: Option<tempfile::TempDir>,
 }
@@ -55,6 +57,7 @@ impl ClickHouse {
                 database: unique_database(),
                 compression: Compression::Lz4,
                 credentials: None,
+                password_file: None,
                 child: None,
                 data: None,
             };
@@ -74,6 +77,32 @@ impl ClickHouse {
         Self::local(Some((user.to_owned(), password.to_owned())))
     }
 
+    /// A local engine that requires `user` and the password [`ClickHouse::set_password`] set
+    /// last (`password` at first), read on every request.
+    pub fn start_rotatable(user: &str, password: &str) -> Self {
+        let data = tempfile::tempdir().expect("tempdir");
+        let file = data.path().join("password");
+        std::fs::write(&file, password).expect("password file");
+        let mut ch = Self {
+            url: String::new(),
+            database: "tally".into(),
+            compression: Compression::None,
+            credentials: Some((user.to_owned(), password.to_owned())),
+            password_file: Some(file),
+            child: None,
+            data: Some(data),
+        };
+        ch.spawn(0);
+        ch
+    }
+
+    /// Changes the password the engine requires (a rotation), for engines started with
+    /// [`ClickHouse::start_rotatable`].
+    pub fn set_password(&self, password: &str) {
+        let file = self.password_file.as_ref().expect("a rotatable engine");
+        std::fs::write(file, password).expect("password file");
+    }
+
     fn local(credentials: Option<(String, String)>) -> Self {
         let data = tempfile::tempdir().expect("tempdir");
         let mut ch = Self {
@@ -81,6 +110,7 @@ impl ClickHouse {
             database: "tally".into(),
             compression: Compression::None,
             credentials,
+            password_file: None,
             child: None,
             data: Some(data),
         };
@@ -100,6 +130,9 @@ impl ClickHouse {
         if let Some((user, password)) = &self.credentials {
             cmd.env("CHDB_SERVER_USER", user)
                 .env("CHDB_SERVER_PASSWORD", password);
+        }
+        if let Some(file) = &self.password_file {
+            cmd.env("CHDB_SERVER_PASSWORD_FILE", file);
         }
         let mut child = cmd
             .stdout(Stdio::piped())

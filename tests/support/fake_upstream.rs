@@ -14,7 +14,15 @@
 //!   as Python-based upstreams and proxies do;
 //! - `xai`: chat usage as xAI reports a reasoning model's, reasoning outside
 //!   `completion_tokens` ([`XAI_USAGE`]);
-//! - `gzip`: a gzip-compressed JSON body;
+//! - `gzip`: the answer gzip-compressed, JSON or event stream (every event written, then the
+//!   whole body compressed, as one gzip member sent in 4 KiB pieces);
+//! - `gzip-big`: an embeddings answer of [`BIG_EMBEDDINGS`] vectors (about 3.4 MB decoded),
+//!   usage at the end, gzip-compressed;
+//! - `echo-key`: a 401 whose message quotes the `Authorization` header and the `key` query
+//!   parameter, as some upstreams do;
+//! - `echo-key-stream`: a 200 stream whose error event quotes them;
+//! - `empty204`, `empty200`: a 204, or a 200 with `Content-Length: 0`;
+//! - `absurd`: chat usage of `u64::MAX` prompt tokens;
 //! - `binary`: a non-JSON binary body;
 //! - `big`: an event stream of `x-fake-bytes` bytes, generated as it is read.
 //!
@@ -51,6 +59,8 @@ pub const RESPONSES_USAGE: (u64, u64, u64, u64) = (30, 9, 10, 3);
 pub const ANTHROPIC_USAGE: (u64, u64, u64, u64) = (12, 100, 200, 9);
 /// Chat usage in `xai` mode: prompt, completion, reasoning, total (a grok-3-mini answer).
 pub const XAI_USAGE: (u64, u64, u64, u64) = (12, 1, 290, 303);
+/// Vectors in a `gzip-big` embeddings answer (1,536 floats each).
+pub const BIG_EMBEDDINGS: usize = 200;
 /// Prompt tokens the fake reports for embeddings.
 pub const EMBEDDING_TOKENS: u64 = 8;
 
@@ -223,6 +233,9 @@ fn event(name: &str, v: Value) -> String {
 }
 
 fn openai_usage(mode: &str) -> Value {
+    if mode == "absurd" {
+        return json!({"prompt_tokens": u64::MAX, "completion_tokens": 5, "total_tokens": u64::MAX});
+    }
     if mode == "xai" {
         let (p, c, reasoning, total) = XAI_USAGE;
         return json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": total,
@@ -368,6 +381,41 @@ async fn handle(
                 Bytes::from_static(b"\x00\xff\xfe binary \x89PNG"),
             )
         }
+        "echo-key" | "echo-key-stream" => {
+            let quoted = format!(
+                "Incorrect API key provided: {} (key param {:?})",
+                header("authorization"),
+                parts.uri.query().unwrap_or("")
+            );
+            let v = json!({"error": {"message": quoted, "type": "invalid_request_error", "code": "invalid_api_key"}});
+            if mode == "echo-key" {
+                return full(StatusCode::UNAUTHORIZED, "application/json", v.to_string());
+            }
+            return sse(
+                vec![Step::Data(data(v)), Step::Data("data: [DONE]\n\n".into())],
+                Duration::ZERO,
+            );
+        }
+        "empty204" => return full(StatusCode::NO_CONTENT, "application/json", Bytes::new()),
+        "empty200" => return full(StatusCode::OK, "application/json", Bytes::new()),
+        "gzip-big" => {
+            let vector: Vec<f64> = (0..1536).map(|i| f64::from(i) * 0.000_731 - 0.5).collect();
+            let data: Vec<Value> = (0..BIG_EMBEDDINGS)
+                .map(|i| json!({"object": "embedding", "index": i, "embedding": vector}))
+                .collect();
+            let v = json!({"object": "list", "data": data, "model": "text-embedding-3-small",
+                "usage": {"prompt_tokens": EMBEDDING_TOKENS * 1000, "total_tokens": EMBEDDING_TOKENS * 1000}});
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(v.to_string().as_bytes()).expect("gzip");
+            let mut r = full(
+                StatusCode::OK,
+                "application/json",
+                enc.finish().expect("gzip"),
+            );
+            r.headers_mut()
+                .insert("content-encoding", "gzip".parse().expect("ce"));
+            return r;
+        }
         _ => {}
     }
 
@@ -494,7 +542,12 @@ async fn handle(
         )
     };
 
-    if mode == "gzip" && !stream {
+    if mode == "gzip" {
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .cloned()
+            .unwrap_or_else(|| "application/json".parse().expect("ct"));
         let plain = resp
             .into_body()
             .collect()
@@ -503,11 +556,18 @@ async fn handle(
             .unwrap_or_default();
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&plain).expect("gzip");
-        resp = full(
-            StatusCode::OK,
-            "application/json",
-            enc.finish().expect("gzip"),
+        let gz = Bytes::from(enc.finish().expect("gzip"));
+        let pieces: Vec<Bytes> = (0..gz.len())
+            .step_by(4096)
+            .map(|i| gz.slice(i..(i + 4096).min(gz.len())))
+            .collect();
+        let stream = futures_util::stream::iter(
+            pieces
+                .into_iter()
+                .map(|b| Ok::<_, std::io::Error>(Frame::data(b))),
         );
+        resp = Response::new(StreamBody::new(stream).boxed_unsync());
+        resp.headers_mut().insert("content-type", content_type);
         resp.headers_mut()
             .insert("content-encoding", "gzip".parse().expect("ce"));
     }

@@ -1,6 +1,7 @@
 //! Fixtures the suite starts itself: the fake upstream and an in-process Tally on free ports
 //! with its own SQLite file.
 
+pub mod bin;
 pub mod clickhouse;
 pub mod fake_upstream;
 pub mod redis;

@@ -271,4 +271,7 @@ pub enum StoreError {
     /// The blocking task running the query was lost.
     #[error("query task failed: {0}")]
     Task(String),
+    /// A statement that would write, given to a read-only entry point.
+    #[error("{0}")]
+    ReadOnly(String),
 }

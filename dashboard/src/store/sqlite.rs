@@ -278,6 +278,11 @@ impl SqliteReader {
     /// `query_only`, so SQLite itself refuses writes. Returns column names and rows as JSON.
     pub fn query(&self, sql: &str) -> Result<QueryResult, StoreError> {
         let conn = self.conn()?;
+        if !tally_ingest::sqlite::reads_only(&conn, sql)? {
+            return Err(StoreError::ReadOnly(
+                "tally sql only reads, and this statement would write (VACUUM, INSERT, …)".into(),
+            ));
+        }
         let mut stmt = conn.prepare(sql)?;
         let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
         let n = columns.len();

@@ -25,4 +25,7 @@ pub enum ClickHouseError {
     /// The writer's runtime could not be started.
     #[error("ClickHouse writer runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    /// ClickHouse answered an insert with success, but the rows are not in the table.
+    #[error("{0}")]
+    NotStored(String),
 }

@@ -61,6 +61,8 @@ pub struct ClickHouseWriter {
     runtime: tokio::runtime::Runtime,
     client: clickhouse::Client,
     table: &'static str,
+    /// Read the batch back after the INSERT (see [`ClickHouseWriter::verify`]).
+    verify: bool,
 }
 
 impl ClickHouseWriter {
@@ -73,7 +75,52 @@ impl ClickHouseWriter {
             runtime,
             client: settings.client(),
             table: settings.requests_table(),
+            // A Distributed table forwards inserts asynchronously: its rows are not readable
+            // at once, so a read-back would fail batches that are on their way.
+            verify: settings.cluster.is_none(),
         })
+    }
+
+    /// Checks that the batch's first and last records are in the table. An INSERT is
+    /// acknowledged by a 200, but some proxies in front of ClickHouse answer 200 with an error
+    /// in the body (and the client crate reads an error there only in ClickHouse's own
+    /// format), and then nothing was stored. Reading two rows back by their time (the sort
+    /// key's leading column) costs one small query per batch and makes the acknowledgement
+    /// mean what it says. A batch that was deduplicated (a replay) finds its first insert.
+    async fn verify(&self, batch: &[Record]) -> Result<(), ClickHouseError> {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(());
+        };
+        let expected: u64 = if first.request_id == last.request_id {
+            1
+        } else {
+            2
+        };
+        let (lo, hi) = (first.ts.min(last.ts), first.ts.max(last.ts));
+        let sql = format!(
+            "SELECT uniqExact(request_id) FROM {} \
+             WHERE ts >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+               AND ts <= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+               AND request_id IN (toUUID(?), toUUID(?))",
+            self.table
+        );
+        let found: u64 = self
+            .client
+            .query(&sql)
+            .bind(lo)
+            .bind(hi)
+            .bind(first.request_id.to_string())
+            .bind(last.request_id.to_string())
+            .fetch_one()
+            .await?;
+        if found == expected {
+            Ok(())
+        } else {
+            Err(ClickHouseError::NotStored(format!(
+                "ClickHouse acknowledged an insert of {} rows, but {found} of the {expected} checked are in the table",
+                batch.len()
+            )))
+        }
     }
 
     async fn insert(&self, batch: &[Record]) -> Result<(), ClickHouseError> {
@@ -90,6 +137,9 @@ impl ClickHouseWriter {
             insert.write(&RequestRow::from(r)).await?;
         }
         insert.end().await?;
+        if self.verify {
+            self.verify(batch).await?;
+        }
         Ok(())
     }
 }

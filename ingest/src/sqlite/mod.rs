@@ -91,17 +91,50 @@ pub fn open_writer(path: &Path) -> Result<Connection, SqliteError> {
 }
 
 /// Opens the store for reading only; SQLite itself refuses any write on this connection.
+///
+/// A read must create nothing on disk. In WAL mode, a reader that finds no `-wal`/`-shm` files
+/// (no writer has the store open: Tally is stopped) would create them; then the file is opened
+/// `immutable`, which reads it as it is without those files or locks. While Tally runs they
+/// exist, and the reader shares them as WAL readers do.
 pub fn open_ro(path: &Path) -> Result<Connection, SqliteError> {
     let err = |source| SqliteError::Open {
         path: path.to_owned(),
         source,
     };
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let side = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p).exists()
+    };
+    let conn = if path.exists() && !side("-wal") && !side("-shm") {
+        let uri = format!("file:{}?immutable=1", uri_path(path));
+        Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+    } else {
+        Connection::open_with_flags(path, flags)
+    }
     .map_err(err)?;
     conn.pragma_update(None, "query_only", true).map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     Ok(conn)
+}
+
+/// `path` as the path part of an SQLite `file:` URI (RFC 3986; `?`, `#` and `%` escaped).
+fn uri_path(path: &Path) -> String {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = String::new();
+    for c in abs.to_string_lossy().chars() {
+        match c {
+            '?' | '#' | '%' => out.push_str(&format!("%{:02X}", c as u32)),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether `sql` only reads: SQLite's own verdict on the prepared statement. A read-only
+/// connection already refuses writes to the store, but `VACUUM INTO '/any/path'` fails only
+/// after creating its target file.
+pub fn reads_only(conn: &Connection, sql: &str) -> Result<bool, rusqlite::Error> {
+    Ok(conn.prepare(sql)?.readonly())
 }

@@ -1,3 +1,6 @@
+use std::path::{Path, PathBuf};
+
+use prometheus_client::metrics::counter::Counter;
 use rusqlite::{params, Connection};
 
 use super::SqliteError;
@@ -20,12 +23,64 @@ const INSERT: &str = "INSERT OR IGNORE INTO requests (
 /// succeeded but whose acknowledgement was lost cannot produce duplicate rows.
 pub struct SqliteWriter {
     conn: Connection,
+    watch: Option<Watch>,
+}
+
+/// The store's file as the writer opened it. A file deleted (or replaced) under a running
+/// writer keeps taking writes into the orphaned inode, which vanish with the process: so
+/// before each batch the writer checks that its path still names the file it holds, and
+/// opens the path afresh (creating and migrating a new store) when it does not.
+struct Watch {
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    reopened: Counter,
+}
+
+/// Device and inode of `path`, or `None` when it does not exist.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl SqliteWriter {
     /// Wraps a connection that has already been migrated.
     pub fn new(conn: Connection) -> Self {
-        Self { conn }
+        Self { conn, watch: None }
+    }
+
+    /// As [`SqliteWriter::new`], for the store at `path`: if the file is deleted or replaced
+    /// while Tally runs, the next batch goes to a new store at `path` (logged as an error and
+    /// counted in `reopened`) instead of the orphaned file.
+    pub fn watching(conn: Connection, path: &Path, reopened: Counter) -> Self {
+        Self {
+            conn,
+            watch: Some(Watch {
+                path: path.to_owned(),
+                identity: identity(path),
+                reopened,
+            }),
+        }
+    }
+
+    fn check_file(&mut self) -> Result<(), SqliteError> {
+        let Some(w) = self.watch.as_mut() else {
+            return Ok(());
+        };
+        let now = identity(&w.path);
+        if now.is_some() && now == w.identity {
+            return Ok(());
+        }
+        tracing::error!(
+            path = %w.path.display(),
+            gone = now.is_none(),
+            "the SQLite store was deleted or replaced under Tally; opening it afresh (rows written before are in the old file, if it still exists)"
+        );
+        let mut conn = super::open_writer(&w.path)?;
+        super::migrate(&mut conn)?;
+        self.conn = conn;
+        w.identity = identity(&w.path);
+        w.reopened.inc();
+        Ok(())
     }
 }
 
@@ -33,6 +88,7 @@ impl BatchWriter for SqliteWriter {
     type Error = SqliteError;
 
     fn write_batch(&mut self, batch: &[Record]) -> Result<(), SqliteError> {
+        self.check_file()?;
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(INSERT)?;

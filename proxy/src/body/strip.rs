@@ -75,10 +75,9 @@ where
                     }
                     this.pending.extend_from_slice(&data);
                     let mut out = BytesMut::with_capacity(this.pending.len());
-                    let adapter = this.format.adapter();
                     while let Some(end) = event_end(this.pending) {
                         let event = this.pending.split_to(end);
-                        adapter.strip_event(&event, &mut out);
+                        this.format.strip_event(&event, &mut out);
                     }
                     if this.pending.len() > MAX_PENDING {
                         *this.passthrough = true;

@@ -57,14 +57,22 @@ pin_project! {
     }
 }
 
-impl<B, O: BodyObserver> TeeBody<B, O> {
+impl<B: Body, O: BodyObserver> TeeBody<B, O> {
     /// Wraps `inner`. Must be created inside a Tokio runtime (the idle timer needs one).
+    ///
+    /// A body that is empty from the start (a 204, a `Content-Length: 0`) is complete at once:
+    /// hyper never polls such a body, it only drops it, which would otherwise read as a client
+    /// that went away.
     pub fn new(inner: B, observer: O, idle_timeout: Duration) -> Self {
+        let mut observer = Some(observer);
+        if inner.is_end_stream() {
+            finish(&mut observer, StreamEnd::Complete);
+        }
         Self {
             inner,
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
-            observer: Some(observer),
+            observer,
         }
     }
 }
@@ -215,6 +223,18 @@ mod tests {
         assert_eq!(first.into_data().expect("data"), Bytes::from_static(b"ab"));
         drop(body);
         assert_eq!(log.0.lock().expect("lock").1, vec![StreamEnd::Cancelled]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_complete_without_being_polled() {
+        let log = Log::default();
+        let body = TeeBody::new(
+            http_body_util::Empty::<Bytes>::new(),
+            log.clone(),
+            Duration::from_secs(5),
+        );
+        drop(body);
+        assert_eq!(log.0.lock().expect("lock").1, vec![StreamEnd::Complete]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,9 +14,13 @@ pub(super) struct Anthropic;
 
 #[derive(Debug, Default, Deserialize)]
 struct Usage {
+    #[serde(default, deserialize_with = "super::count")]
     input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "super::count")]
     output_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "super::count")]
     cache_creation_input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "super::count")]
     cache_read_input_tokens: Option<u64>,
 }
 

@@ -16,7 +16,8 @@
 //! - where generated text is, for token estimates ([`Format::response_text`]).
 //!
 //! A new provider API is one new module implementing [`Format`], one [`WireFormat`] variant and
-//! its line in [`WireFormat::adapter`]; no phase of the request path changes.
+//! its arm in each `match self` of `impl WireFormat` (the adapter, and the two per-event calls
+//! dispatched statically); no phase of the request path changes.
 
 mod anthropic;
 pub mod json;
@@ -45,6 +46,23 @@ impl WireFormat {
         match self {
             WireFormat::OpenAi => &openai::OpenAi,
             WireFormat::Anthropic => &anthropic::Anthropic,
+        }
+    }
+
+    /// [`Format::on_event`], dispatched statically: it runs on every event of every stream,
+    /// where a virtual call cost measurably more than the event's own check (BENCHMARKS.md).
+    fn on_event(self, observed: &mut Observed, event: Event<'_>) {
+        match self {
+            WireFormat::OpenAi => openai::OpenAi.on_event(observed, event),
+            WireFormat::Anthropic => anthropic::Anthropic.on_event(observed, event),
+        }
+    }
+
+    /// [`Format::strip_event`], dispatched statically for the same reason.
+    pub(crate) fn strip_event(self, event: &[u8], out: &mut bytes::BytesMut) {
+        match self {
+            WireFormat::OpenAi => openai::OpenAi.strip_event(event, out),
+            WireFormat::Anthropic => anthropic::Anthropic.strip_event(event, out),
         }
     }
 }
@@ -228,10 +246,10 @@ impl StreamObserver {
             observed,
             events,
         } = self;
-        let adapter = format.adapter();
+        let format = *format;
         parser.feed(chunk, |event| {
             *events += 1;
-            adapter.on_event(observed, event);
+            format.on_event(observed, event);
         });
     }
 
@@ -249,6 +267,32 @@ impl StreamObserver {
     pub fn finish(self) -> Observed {
         self.observed
     }
+}
+
+/// More tokens than any request can have: no model reads or writes a billion tokens in one
+/// call. A provider reporting more (a `u64::MAX` from an overflow, a `1e30` from a float, a
+/// negative count) has a bug, and its number is not recorded.
+pub const MAX_PLAUSIBLE_TOKENS: u64 = 1_000_000_000;
+
+/// Whether a usage report can be believed; see [`MAX_PLAUSIBLE_TOKENS`].
+pub fn plausible(t: &Tokens) -> bool {
+    [
+        t.prompt,
+        t.completion,
+        t.cache_read,
+        t.cache_write,
+        t.reasoning,
+    ]
+    .iter()
+    .all(|n| *n <= MAX_PLAUSIBLE_TOKENS)
+}
+
+/// A token count as providers write it: any JSON number. Counts that are not whole
+/// non-negative numbers (`-5`, `1e30`, `2.5`) read as `u64::MAX`, so [`plausible`] rejects the
+/// report instead of the whole body failing to parse (and the usage being estimated).
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let n: Option<serde_json::Number> = Deserialize::deserialize(d)?;
+    Ok(n.map(|n| n.as_u64().unwrap_or(u64::MAX)))
 }
 
 /// Substring searchers are built once: `memmem::find` builds one per call, which cost more

@@ -28,24 +28,32 @@ pub(super) struct OpenAi;
 
 #[derive(Debug, Default, Deserialize)]
 struct Details {
+    #[serde(default, deserialize_with = "super::count")]
     cached_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "super::count")]
     reasoning_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 struct Usage {
     // Chat, completions, embeddings.
+    #[serde(default, deserialize_with = "super::count")]
     prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "super::count")]
     completion_tokens: Option<u64>,
     prompt_tokens_details: Option<Details>,
     completion_tokens_details: Option<Details>,
     // Responses API (here `input_tokens` includes cached tokens, unlike Anthropic).
+    #[serde(default, deserialize_with = "super::count")]
     input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "super::count")]
     output_tokens: Option<u64>,
     input_tokens_details: Option<Details>,
     output_tokens_details: Option<Details>,
+    #[serde(default, deserialize_with = "super::count")]
     total_tokens: Option<u64>,
     // DeepSeek reports cache hits outside the details object.
+    #[serde(default, deserialize_with = "super::count")]
     prompt_cache_hit_tokens: Option<u64>,
 }
 
@@ -248,6 +256,20 @@ impl Format for OpenAi {
         let edited = data_line(event).and_then(|data| {
             let text = &event[data.clone()];
             USAGE_KEY.find(text)?;
+            // OpenAI writes compact JSON with `usage` last. In a JSON object, a text ending in
+            // `,"usage":null}` can only be its last member, so that is cut without a parse (it
+            // is every chunk of an injected stream); anything else is decided on the parse.
+            const COMPACT_TAIL: &[u8] = b",\"usage\":null}";
+            let end = text.len()
+                - text
+                    .iter()
+                    .rev()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+            if text[..end].ends_with(COMPACT_TAIL) {
+                let at = data.start + end - COMPACT_TAIL.len();
+                return Some(Some(at..at + COMPACT_TAIL.len() - 1));
+            }
             let members = json::members(text)?;
             let i = members.iter().rposition(|m| m.key == "usage")?;
             let usage = &text[members[i].value.clone()];

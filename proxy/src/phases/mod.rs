@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | route | [`route::route`] | the API the client speaks: a provider or router by path, its wire format, the path to forward |
 //! | tags | [`tags`] | who and what the request is for (`Tally-*` headers) |
-//! | body head | [`request_body::read`] | the bounded body head; model, stream flag, user, read as the upstream will |
+//! | body head | [`request_body::read`] | the bounded body head; model, stream flag, user, read as the upstream will; an unreadable JSON body is refused where budgets or limits apply |
 //! | destination | [`route::destination`] | who serves it: the path's provider, or a router (`Tally-Router`, a model alias) |
 //! | authenticate | [`authenticate::authenticate`] | whether the caller may use Tally (open for now) |
 //! | budgets | [`crate::stages::budget::enforce`] | an exhausted enforcing budget refuses |
@@ -124,6 +124,7 @@ async fn run(ctx: &mut Ctx, parts: Parts, body: Incoming) -> Result<Answer, Refu
     let route = route::route(ctx, &parts)?;
     let tags = tags(ctx, &parts.headers)?;
     let head = request_body::read(ctx, body, &tags).await?;
+    request_body::readable_when_metered(ctx, &head, &tags, &parts.headers)?;
     let destination = route::destination(ctx, route.destination, &tags, &head.facts)?;
     authenticate::authenticate(ctx, &parts.headers)?;
     stages::budget::enforce(ctx)?;

@@ -82,3 +82,37 @@ pub(crate) async fn read(
         facts,
     })
 }
+
+/// A JSON body Tally cannot read is a request it cannot price: its model is unknown, so no
+/// usage is asked for and no estimate made. Where an enforcing budget or a rate limit is in
+/// force, such a body is refused rather than let through for free. (Bodies that are not JSON,
+/// like audio uploads, and bodies too large to read whole are not judged here.)
+pub(crate) fn readable_when_metered(
+    ctx: &Ctx,
+    head: &BodyHead,
+    tags: &Attribution,
+    headers: &http::HeaderMap,
+) -> Result<(), Refusal> {
+    let stages = &ctx.shared.stages;
+    let metered = stages.budgets.as_ref().is_some_and(|b| b.enforcing())
+        || stages
+            .rate_limits
+            .as_ref()
+            .is_some_and(|l| l.has_policies() || tags.rate_limit.is_some());
+    let claims_json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !metered || !claims_json || !head.complete() || head.bytes.is_empty() || head.facts.json {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "tally_unreadable_body",
+        "the request body is not a JSON object, so its cost cannot be known; budgets and rate limits apply here, so it is refused",
+    ))
+}

@@ -53,6 +53,7 @@ pub(crate) struct Route {
 /// hint, and the format the client speaks.
 pub(crate) fn route(ctx: &mut Ctx, parts: &Parts) -> Result<Route, Refusal> {
     let path = parts.uri.path();
+    no_dot_segments(path)?;
     let (destination, forward_path) = match path.strip_prefix("/router/") {
         Some(rest) => {
             let (name, fwd) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -85,7 +86,10 @@ pub(crate) fn route(ctx: &mut Ctx, parts: &Parts) -> Result<Route, Refusal> {
         Destination::Router(r) => r.targets[0].provider.name.clone(),
     };
     s.record.endpoint = forward_path.to_owned();
-    s.record.api_key_hint = headers::key_hint(&parts.headers, format.adapter().key_headers());
+    let key_headers = format.adapter().key_headers();
+    s.record.api_key_hint = headers::key_hint(&parts.headers, key_headers);
+    s.presented =
+        crate::secrets::Presented::from_request(&parts.headers, key_headers, parts.uri.query());
     Ok(Route {
         destination,
         forward_path: forward_path.to_owned(),
@@ -137,6 +141,24 @@ fn with_router_name(ctx: &mut Ctx, d: Destination) -> Destination {
     d
 }
 
+/// Refuses a path with `.` or `..` segments, spelled out or percent-encoded (`%2e%2e`, and
+/// `%2f` or a backslash as separators): an upstream that normalises them would resolve
+/// `/tenant-a/../tenant-b` outside the provider's `base_url` prefix. No SDK sends such a path.
+fn no_dot_segments(path: &str) -> Result<(), Refusal> {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let dotted = decoded
+        .split(['/', '\\'])
+        .any(|segment| segment == "." || segment == "..");
+    if !dotted {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "tally_bad_path",
+        format!("the path {path:?} has a '.' or '..' segment; send the path it stands for"),
+    ))
+}
+
 /// The configured router `name`, or a 404 listing the configured ones.
 fn router(ctx: &Ctx, name: &str) -> Result<Arc<Router>, Refusal> {
     let routers = ctx.shared.stages.routers.as_ref();
@@ -154,4 +176,32 @@ fn router(ctx: &Ctx, name: &str) -> Result<Arc<Router>, Refusal> {
         "tally_unknown_router",
         message,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_are_refused_however_spelled() {
+        for bad in [
+            "/tenant-a/../tenant-b/v1/chat/completions",
+            "/v1/./chat/completions",
+            "/openai/%2e%2e/admin",
+            "/openai/%2E%2e/admin",
+            "/openai/x%2f..%2fadmin",
+            "/openai/x\\..\\admin",
+            "/..",
+        ] {
+            assert!(no_dot_segments(bad).is_err(), "{bad}");
+        }
+        for good in [
+            "/v1/chat/completions",
+            "/openai/v1/files/a..b",
+            "/x/.well-known",
+            "/",
+        ] {
+            assert!(no_dot_segments(good).is_ok(), "{good}");
+        }
+    }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use http::StatusCode;
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use serde_json::json;
 use tally_ingest::Record;
@@ -39,7 +40,17 @@ pub struct RateLimitsConfig {
     pub redis_timeout_ms: Option<u64>,
     /// The policies every request is checked against.
     pub policies: Vec<PolicyConfig>,
+    /// Honour a request's own `Tally-RateLimit-Policy` / `Helicone-RateLimit-Policy` header;
+    /// true when unset (Helicone's behaviour). False ignores the header (it is still stripped).
+    pub header_policies: Option<bool>,
+    /// Memory backend: most counters kept ([`DEFAULT_MAX_KEYS`] when unset). Past it, expired
+    /// counters go first, then a tenth of the rest, counted in
+    /// `tally_rate_limit_evictions_total`: an evicted counter starts afresh.
+    pub max_keys: Option<usize>,
 }
+
+/// Counters the memory backend keeps when `rate_limits.max_keys` is unset: about 15 MB.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
 /// One `[[rate_limits.policies]]` entry.
 #[derive(Debug, Clone, Deserialize)]
@@ -323,6 +334,31 @@ enum Store {
 struct MemoryCounters {
     tat: HashMap<String, f64>,
     since_sweep: usize,
+    max_keys: usize,
+    /// Counters evicted to stay within `max_keys`.
+    evicted: Counter,
+}
+
+impl MemoryCounters {
+    /// Makes room for one more counter: expired ones first (they are the same as absent), then,
+    /// if a flood of new keys (a user id per request under a year-long header policy, say) still
+    /// fills the map, an arbitrary tenth, so the cost stays amortised O(1) per request.
+    fn make_room(&mut self, now: f64) {
+        if self.tat.len() < self.max_keys {
+            return;
+        }
+        self.tat.retain(|_, t| *t > now);
+        self.since_sweep = 0;
+        if self.tat.len() < self.max_keys {
+            return;
+        }
+        let n = (self.max_keys / 10).max(1);
+        let victims: Vec<String> = self.tat.keys().take(n).cloned().collect();
+        for k in &victims {
+            self.tat.remove(k);
+        }
+        self.evicted.inc_by(victims.len() as u64);
+    }
 }
 
 /// The stage, built once from [`RateLimitsConfig`].
@@ -330,6 +366,9 @@ pub struct RateLimiter {
     policies: Vec<Arc<Policy>>,
     store: Store,
     epoch: tokio::time::Instant,
+    header_policies: bool,
+    /// Counters the memory backend evicted to stay within `max_keys`.
+    pub(crate) evictions: Counter,
 }
 
 impl RateLimiter {
@@ -351,10 +390,13 @@ impl RateLimiter {
                 )));
             }
         }
+        let evictions = Counter::default();
         let store = match c.backend {
             Backend::Memory => Store::Memory(Mutex::new(MemoryCounters {
                 tat: HashMap::new(),
                 since_sweep: 0,
+                max_keys: c.max_keys.unwrap_or(DEFAULT_MAX_KEYS).max(1),
+                evicted: evictions.clone(),
             })),
             Backend::Redis => {
                 let url = c.redis_url.as_deref().ok_or_else(|| {
@@ -376,6 +418,8 @@ impl RateLimiter {
             policies,
             store,
             epoch: tokio::time::Instant::now(),
+            header_policies: c.header_policies.unwrap_or(true),
+            evictions,
         })
     }
 
@@ -457,7 +501,13 @@ impl RateLimiter {
             return (false, before, before);
         }
         if cells > 0.0 {
-            m.tat.insert(key.to_owned(), now + after);
+            match m.tat.get_mut(key) {
+                Some(t) => *t = now + after,
+                None => {
+                    m.make_room(now);
+                    m.tat.insert(key.to_owned(), now + after);
+                }
+            }
         }
         (true, before, after)
     }
@@ -501,7 +551,11 @@ pub(crate) async fn admit(
     let Some(limiter) = ctx.shared.stages.rate_limits.clone() else {
         return Ok(());
     };
-    let header_policy = tags.rate_limit.clone().map(Arc::new);
+    let header_policy = tags
+        .rate_limit
+        .clone()
+        .filter(|_| limiter.header_policies)
+        .map(Arc::new);
     if !limiter.has_policies() && header_policy.is_none() {
         return Ok(());
     }
@@ -743,6 +797,40 @@ mod tests {
         assert!(Policy::from_config(&c)
             .expect_err("scope")
             .contains("property:<name>"));
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded_whatever_the_keys() {
+        let limiter = RateLimiter::build(&RateLimitsConfig {
+            max_keys: Some(1000),
+            ..Default::default()
+        })
+        .expect("limiter");
+        // A year-long header policy and a new user per request: nothing ever expires.
+        let p = Policy::parse_header("5;w=31536000;s=user").expect("policy");
+        for i in 0..5000 {
+            let d = limiter
+                .check(&p, &format!("user-{i}"))
+                .await
+                .expect("check");
+            assert!(d.allowed);
+        }
+        let Store::Memory(m) = &limiter.store else {
+            unreachable!("memory backend")
+        };
+        let kept = m.lock().expect("lock").tat.len();
+        assert!(kept <= 1000, "{kept} counters kept");
+        assert!(
+            limiter.evictions.get() >= 4000,
+            "{}",
+            limiter.evictions.get()
+        );
+        // A key still kept is still limited.
+        let last = "user-4999";
+        for _ in 0..4 {
+            assert!(limiter.check(&p, last).await.expect("check").allowed);
+        }
+        assert!(!limiter.check(&p, last).await.expect("check").allowed);
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! The real `tally` binary as a subprocess on free ports, for tests where the process itself
+//! matters: memory from `/proc`, signals, descriptor limits, `kill -9`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, wait_healthy, TALLY_BIN};
+
+/// Extra config and process settings for [`Bin::start_with`].
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Lines for `[proxy]`.
+    pub proxy: String,
+    /// Lines for `[dashboard]`.
+    pub dashboard: String,
+    /// Further tables, after `[providers.openai]`.
+    pub rest: String,
+    /// A spool directory other than `<dir>/spool` (to share one).
+    pub spool_dir: Option<std::path::PathBuf>,
+    /// Start under this soft open-file limit (the hard limit stays).
+    pub soft_nofile: Option<u32>,
+}
+
+/// The real binary on free ports with its own SQLite store.
+pub struct Bin {
+    child: Option<Child>,
+    pub proxy: u16,
+    pub dash: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Bin {
+    pub async fn start(upstream: &str) -> Self {
+        Self::start_in(upstream, tempfile::tempdir().expect("tempdir")).await
+    }
+
+    pub async fn start_in(upstream: &str, dir: tempfile::TempDir) -> Self {
+        Self::start_with(upstream, dir, &Options::default()).await
+    }
+
+    /// Starts the binary with `options`: extra config (TOML lines, each under its `[table]`),
+    /// and a soft open-file limit to start under. Its log goes to `tally.log` in `dir`.
+    pub async fn start_with(upstream: &str, dir: tempfile::TempDir, options: &Options) -> Self {
+        let (proxy, dash) = (free_port(), free_port());
+        let cfg = dir.path().join("tally.toml");
+        let spool = options
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("spool"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\n{proxy_extra}\n\
+                 [dashboard]\nlisten = \"127.0.0.1:{dash}\"\n{dashboard_extra}\n\
+                 [store]\npath = \"{db}\"\nspool_dir = \"{spool}\"\n\
+                 [providers.openai]\nbase_url = \"{upstream}\"\n{rest}\n",
+                proxy_extra = options.proxy,
+                dashboard_extra = options.dashboard,
+                rest = options.rest,
+                db = dir.path().join("tally.db").display(),
+                spool = spool.display(),
+            ),
+        )
+        .expect("config");
+        let log = std::fs::File::create(dir.path().join("tally.log")).expect("log file");
+        let mut cmd = match options.soft_nofile {
+            // The shell lowers the soft limit only, as a login session's default does.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -Sn {n} && exec \"$0\" \"$@\"")])
+                    .arg(TALLY_BIN);
+                c
+            }
+            None => Command::new(TALLY_BIN),
+        };
+        let child = cmd
+            .args(["--config", cfg.to_str().expect("utf8")])
+            .env_remove("TALLY_CLICKHOUSE_URL")
+            .env("TALLY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tally");
+        wait_healthy(dash, Duration::from_secs(20)).await;
+        Self {
+            child: Some(child),
+            proxy,
+            dash,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.proxy)
+    }
+
+    /// (current, peak) resident memory in MiB, from /proc.
+    pub fn rss_mib(&self) -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    pub async fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait")
+    }
+
+    /// What the binary logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tally.log")).unwrap_or_default()
+    }
+
+    pub fn dashboard_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.dash)
+    }
+
+    pub fn rows(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.dir.path().join("tally.db")).expect("open");
+        conn.query_row(sql, [], |r| r.get(0)).expect("query")
+    }
+}
+
+impl Drop for Bin {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
