@@ -38,6 +38,24 @@ fn anthropic_stream() -> Vec<Bytes> {
     v
 }
 
+/// A Gemini `alt=sse` stream: 200 chunks, each repeating `usageMetadata` with the counts so far
+/// (as Gemini does), the last with `finishReason` and the final counts.
+fn gemini_stream() -> Vec<Bytes> {
+    let mut v = Vec::new();
+    for i in 0..201 {
+        let finish = if i == 200 {
+            ",\"finishReason\":\"STOP\""
+        } else {
+            ""
+        };
+        v.push(Bytes::from(format!(
+            "data: {{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\" token{i}\"}}],\"role\":\"model\"}}{finish},\"index\":0}}],\"usageMetadata\":{{\"promptTokenCount\":20,\"candidatesTokenCount\":{i},\"totalTokenCount\":{}}},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r-1\"}}\r\n\r\n",
+            20 + i
+        )));
+    }
+    v
+}
+
 fn observers(c: &mut Criterion) {
     for (name, format, chunks) in [
         (
@@ -49,6 +67,11 @@ fn observers(c: &mut Criterion) {
             "anthropic_stream_202_events",
             WireFormat::Anthropic,
             anthropic_stream(),
+        ),
+        (
+            "gemini_stream_201_events",
+            WireFormat::Gemini,
+            gemini_stream(),
         ),
     ] {
         let bytes: usize = chunks.iter().map(Bytes::len).sum();

@@ -9,6 +9,7 @@ mod clickhouse_store;
 mod dashboard;
 mod errors;
 mod faults;
+mod gemini;
 mod hardening;
 mod hostile;
 mod load;

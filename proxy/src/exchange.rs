@@ -269,7 +269,9 @@ impl ExchangeState {
             match (format, observer) {
                 (_, Some(o)) => o.finish(),
                 (Some(f), None) if responded && encoding != Encoding::Other => {
-                    if stream {
+                    // A stream that came back as JSON (Gemini without `alt=sse` sends one
+                    // array) is read as the JSON it is.
+                    if stream && !looks_like_json(&body) {
                         let mut o = StreamObserver::new(f);
                         o.feed(&body);
                         o.finish()
@@ -481,6 +483,13 @@ fn status_class(status: u16) -> &'static str {
         500..=599 => "5xx",
         _ => "none",
     }
+}
+
+/// Whether a captured body opens like a JSON document rather than an event stream.
+fn looks_like_json(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'[' | b'{'))
 }
 
 #[cfg(test)]

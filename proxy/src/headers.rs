@@ -183,6 +183,11 @@ pub fn key_hint(headers: &HeaderMap, key_headers: &[&str]) -> Option<String> {
                 .unwrap_or(v)
                 .trim()
         })?;
+    hint_of(raw)
+}
+
+/// The hint of one key: its short prefix (`sk-`) and last four characters; `None` when empty.
+pub fn hint_of(raw: &str) -> Option<String> {
     if raw.is_empty() {
         return None;
     }

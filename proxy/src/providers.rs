@@ -72,19 +72,106 @@ const PRESETS: &[Preset] = &[
         "https://generativelanguage.googleapis.com/v1beta/openai",
     ),
     preset("ollama", WireFormat::OpenAi, "http://127.0.0.1:11434"),
+    preset(
+        "google",
+        WireFormat::Gemini,
+        "https://generativelanguage.googleapis.com",
+    ),
 ];
+
+/// Where a secret Tally holds comes from: `{ env = "VAR" }` or `{ file = "path" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretSource {
+    /// An environment variable, read at start.
+    Env(String),
+    /// A file holding the secret alone (surrounding whitespace ignored), read at start.
+    File(std::path::PathBuf),
+}
+
+/// A provider key Tally holds. Its `Debug` shows only a hint, so config dumps and logs never
+/// carry it.
+#[derive(Clone)]
+pub enum HeldKey {
+    /// Ready: the header value to send.
+    Ready(http::HeaderValue),
+    /// Configured but not available; the text names the provider and the setting, and is
+    /// what a request that needed it is told.
+    Missing(String),
+}
+
+impl std::fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeldKey::Ready(_) => f.write_str("HeldKey(…)"),
+            HeldKey::Missing(why) => write!(f, "HeldKey::Missing({why:?})"),
+        }
+    }
+}
+
+impl HeldKey {
+    fn resolve(provider: &str, format: WireFormat, source: &SecretSource) -> Self {
+        let setting = format!("providers.{provider}.api_key");
+        let raw = match source {
+            SecretSource::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => v,
+                _ => {
+                    return HeldKey::Missing(format!(
+                        "provider {provider}: no API key in the request, and the one Tally holds \
+                         ({setting}, environment variable {var}) is not set"
+                    ))
+                }
+            },
+            SecretSource::File(path) => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => v,
+                Ok(_) => {
+                    return HeldKey::Missing(format!(
+                        "provider {provider}: no API key in the request, and the file Tally \
+                         holds it in ({setting}, {}) is empty",
+                        path.display()
+                    ))
+                }
+                Err(e) => {
+                    return HeldKey::Missing(format!(
+                        "provider {provider}: no API key in the request, and the file Tally \
+                         holds it in ({setting}, {}) cannot be read: {e}",
+                        path.display()
+                    ))
+                }
+            },
+        };
+        let key = raw.trim();
+        let (_, bearer) = format.adapter().held_key_header();
+        let value = if bearer {
+            format!("Bearer {key}")
+        } else {
+            key.to_owned()
+        };
+        match http::HeaderValue::from_str(&value) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                HeldKey::Ready(v)
+            }
+            Err(_) => HeldKey::Missing(format!(
+                "provider {provider}: the key Tally holds ({setting}) is not a valid header value"
+            )),
+        }
+    }
+}
 
 /// One `[providers.<name>]` table. Every field is optional for a built-in provider (unset
 /// fields keep the preset); a new provider needs `base_url`, and `kind` defaults to `openai`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// Wire format: `openai` or `anthropic`.
+    /// Wire format: `openai`, `anthropic` or `gemini`.
     pub kind: Option<WireFormat>,
     /// Scheme, host and optional path prefix, e.g. `https://api.groq.com`.
     pub base_url: Option<String>,
     /// `inject` or `passthrough`; only meaningful for the `openai` wire format.
     pub stream_usage: Option<StreamUsage>,
+    /// A key Tally sends when a request carries none.
+    pub api_key: Option<SecretSource>,
 }
 
 /// A provider ready to receive requests.
@@ -96,6 +183,8 @@ pub struct Provider {
     pub format: WireFormat,
     /// Stream-usage policy.
     pub stream_usage: StreamUsage,
+    /// The key Tally sends when a request carries none.
+    pub held_key: Option<HeldKey>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -166,12 +255,16 @@ impl Providers {
         let mut by_name = HashMap::new();
         for p in PRESETS {
             let c = config.get(p.name).cloned().unwrap_or_default();
-            let provider = build(
+            let mut provider = build(
                 p.name,
                 c.kind.unwrap_or(p.format),
                 c.base_url.as_deref().unwrap_or(p.base_url),
                 c.stream_usage.unwrap_or(p.stream_usage),
             )?;
+            provider.held_key = c
+                .api_key
+                .as_ref()
+                .map(|s| HeldKey::resolve(p.name, provider.format, s));
             by_name.insert(p.name.to_owned(), Arc::new(provider));
         }
         for (name, c) in config {
@@ -182,12 +275,16 @@ impl Providers {
                 .base_url
                 .as_deref()
                 .ok_or_else(|| ProviderError::MissingBaseUrl(name.clone()))?;
-            let provider = build(
+            let mut provider = build(
                 name,
                 c.kind.unwrap_or(WireFormat::OpenAi),
                 url,
                 c.stream_usage.unwrap_or(StreamUsage::Passthrough),
             )?;
+            provider.held_key = c
+                .api_key
+                .as_ref()
+                .map(|s| HeldKey::resolve(name, provider.format, s));
             by_name.insert(name.clone(), Arc::new(provider));
         }
         Ok(Self { by_name })
@@ -267,6 +364,7 @@ fn build(
         name: name.to_owned(),
         format,
         stream_usage,
+        held_key: None,
         scheme,
         authority,
         base_path,
@@ -330,7 +428,7 @@ mod tests {
             ProviderConfig {
                 kind: Some(WireFormat::Anthropic),
                 base_url: Some("https://llm.corp.example/anthropic".into()),
-                stream_usage: None,
+                ..Default::default()
             },
         );
         let p = Providers::new(&c).expect("valid");

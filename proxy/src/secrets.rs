@@ -44,6 +44,21 @@ impl Presented {
         p
     }
 
+    /// The hint of a `?key=` query parameter, for requests that carry their key only there.
+    pub(crate) fn query_hint(&self) -> Option<String> {
+        self.query_key.as_deref().and_then(crate::headers::hint_of)
+    }
+
+    /// Whether the request carried no key at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.query_key.is_none()
+    }
+
+    /// Adds a key Tally sends on the request's behalf, so an echo of it is masked too.
+    pub(crate) fn hold(&mut self, value: HeaderValue) {
+        self.headers.push(value);
+    }
+
     /// Each secret as text: a header's value without its `Bearer ` scheme, and the query key.
     fn secrets(&self) -> impl Iterator<Item = &str> {
         self.headers

@@ -1,6 +1,8 @@
 //! A fake LLM provider on a real socket: OpenAI (chat completions, Responses, legacy
 //! completions, embeddings) and Anthropic Messages, streaming and not, with deterministic
-//! output and usage. The only faked component of the suite.
+//! output and usage, and Google's Gemini API (`generateContent`, `streamGenerateContent` as SSE
+//! with `alt=sse` and as a streamed JSON array without, `countTokens`), shaped as
+//! ai.google.dev/api/generate-content documents it. The only faked component of the suite.
 //!
 //! Modes, chosen per request with the `x-fake-mode` header:
 //! - `error<status>` (`error500`, `error429`, `error503`…), optionally `-ra<secs>` for a
@@ -53,6 +55,8 @@ pub const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " upstream."];
 
 /// Usage the fake reports for OpenAI chat and legacy completions.
 pub const OPENAI_USAGE: (u64, u64, u64, u64) = (21, 5, 4, 2); // prompt, completion, cached, reasoning
+/// Usage the fake reports for Gemini: prompt (cached included), candidates, cached, thoughts.
+pub const GEMINI_USAGE: (u64, u64, u64, u64) = (11, 5, 4, 3);
 /// Usage the fake reports for the Responses API.
 pub const RESPONSES_USAGE: (u64, u64, u64, u64) = (30, 9, 10, 3);
 /// Usage the fake reports for Anthropic: input (uncached), cache write, cache read, output.
@@ -150,6 +154,85 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
     r.headers_mut()
         .insert("content-type", content_type.parse().expect("ct"));
     r
+}
+
+/// One Gemini answer. A stream repeats `usageMetadata` with the counts so far on every chunk,
+/// as Gemini does; the last chunk has the `finishReason` and the final counts.
+fn gemini_response(
+    path: &str,
+    query: &str,
+    mode: &str,
+    interval: Duration,
+    text: &str,
+) -> Response<Body> {
+    let (model, method) = path
+        .rsplit_once("/models/")
+        .and_then(|(_, m)| m.split_once(':'))
+        .unwrap_or(("gemini-2.0-flash", "generateContent"));
+    let (prompt, candidates, cached, thoughts) = GEMINI_USAGE;
+    let chunk = |text: &str, out: Option<u64>, finish: bool| {
+        let mut candidate =
+            json!({"content": {"parts": [{"text": text}], "role": "model"}, "index": 0});
+        let mut usage = json!({"promptTokenCount": prompt, "cachedContentTokenCount": cached,
+            "totalTokenCount": prompt});
+        if let Some(out) = out {
+            usage["candidatesTokenCount"] = json!(out);
+            usage["totalTokenCount"] = json!(prompt + out);
+        }
+        if finish {
+            candidate["finishReason"] = json!("STOP");
+            usage["thoughtsTokenCount"] = json!(thoughts);
+            usage["totalTokenCount"] = json!(prompt + candidates + thoughts);
+        }
+        json!({"candidates": [candidate], "usageMetadata": usage,
+            "modelVersion": model, "responseId": "gemini-fake-response"})
+    };
+    match method {
+        "countTokens" => json_response(json!({"totalTokens": prompt})),
+        "generateContent" => json_response(chunk(text, Some(candidates), true)),
+        "streamGenerateContent" => {
+            let n = WORDS.len();
+            let chunks: Vec<Value> = WORDS
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let last = i + 1 == n;
+                    chunk(w, last.then_some(candidates), last)
+                })
+                .collect();
+            let sse_framing = query.split('&').any(|kv| kv == "alt=sse");
+            let mut steps: Vec<Step> = if sse_framing {
+                chunks
+                    .iter()
+                    .map(|c| Step::Data(format!("data: {c}\r\n\r\n")))
+                    .collect()
+            } else {
+                let mut steps = vec![Step::Data("[".to_owned())];
+                for (i, c) in chunks.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ",\r\n" };
+                    steps.push(Step::Data(format!("{sep}{c}")));
+                }
+                steps.push(Step::Data("]".to_owned()));
+                steps
+            };
+            if mode == "reset" {
+                steps.truncate(2);
+                steps.push(Step::Reset);
+            }
+            let mut r = sse(steps, interval);
+            if !sse_framing {
+                r.headers_mut()
+                    .insert("content-type", "application/json; charset=UTF-8".parse().expect("ct"));
+            }
+            r
+        }
+        other => full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            json!({"error": {"code": 404, "message": format!("no method {other}"), "status": "NOT_FOUND"}})
+                .to_string(),
+        ),
+    }
 }
 
 fn json_response(v: Value) -> Response<Body> {
@@ -436,7 +519,15 @@ async fn handle(
         && mode != "no-usage";
     let text: String = WORDS.concat();
 
-    let mut resp = if anthropic {
+    let mut resp = if path.contains("/models/") && path.contains(':') {
+        gemini_response(
+            &path,
+            parts.uri.query().unwrap_or(""),
+            &mode,
+            interval,
+            &text,
+        )
+    } else if anthropic {
         anthropic_response(&model, stream, &mode, interval, &text)
     } else if path.ends_with("/chat/completions") {
         if !stream {

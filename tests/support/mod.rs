@@ -31,8 +31,8 @@ pub struct TestTally {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// A config pointing the built-in `openai` and `anthropic` providers, and a passthrough
-/// OpenAI-compatible `compat` provider, at `upstream`.
+/// A config pointing the built-in `openai`, `anthropic` and `google` providers, and a
+/// passthrough OpenAI-compatible `compat` provider, at `upstream`.
 pub fn test_config(upstream: &str, db: PathBuf) -> Config {
     let mut c = Config::default();
     c.proxy.listen = "127.0.0.1:0".into();
@@ -40,7 +40,7 @@ pub fn test_config(upstream: &str, db: PathBuf) -> Config {
     c.store.spool_dir = db.with_file_name("spool");
     c.store.path = db;
     c.ingest.flush_interval_ms = Some(20);
-    for name in ["openai", "anthropic"] {
+    for name in ["openai", "anthropic", "google"] {
         c.providers.insert(
             name.into(),
             ProviderConfig {
@@ -53,8 +53,8 @@ pub fn test_config(upstream: &str, db: PathBuf) -> Config {
         "compat".into(),
         ProviderConfig {
             base_url: Some(upstream.to_owned()),
-            kind: None,
             stream_usage: Some(StreamUsage::Passthrough),
+            ..Default::default()
         },
     );
     c

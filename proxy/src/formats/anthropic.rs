@@ -150,6 +150,10 @@ impl Format for Anthropic {
         }
     }
 
+    fn held_key_header(&self) -> (&'static str, bool) {
+        ("x-api-key", false)
+    }
+
     fn delta_text(&self, _event: &str, v: &Value, out: &mut String) {
         for p in ["/delta/text", "/delta/thinking", "/delta/partial_json"] {
             if let Some(s) = v.pointer(p).and_then(Value::as_str) {

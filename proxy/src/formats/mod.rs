@@ -20,6 +20,7 @@
 //! dispatched statically); no phase of the request path changes.
 
 mod anthropic;
+mod gemini;
 pub mod json;
 mod openai;
 
@@ -38,6 +39,8 @@ pub enum WireFormat {
     OpenAi,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Google's Gemini API (`generateContent`, `streamGenerateContent`, …).
+    Gemini,
 }
 
 impl WireFormat {
@@ -46,6 +49,7 @@ impl WireFormat {
         match self {
             WireFormat::OpenAi => &openai::OpenAi,
             WireFormat::Anthropic => &anthropic::Anthropic,
+            WireFormat::Gemini => &gemini::Gemini,
         }
     }
 
@@ -55,6 +59,7 @@ impl WireFormat {
         match self {
             WireFormat::OpenAi => openai::OpenAi.on_event(observed, event),
             WireFormat::Anthropic => anthropic::Anthropic.on_event(observed, event),
+            WireFormat::Gemini => gemini::Gemini.on_event(observed, event),
         }
     }
 
@@ -63,6 +68,7 @@ impl WireFormat {
         match self {
             WireFormat::OpenAi => openai::OpenAi.strip_event(event, out),
             WireFormat::Anthropic => anthropic::Anthropic.strip_event(event, out),
+            WireFormat::Gemini => gemini::Gemini.strip_event(event, out),
         }
     }
 }
@@ -152,6 +158,17 @@ pub(crate) trait Format: Sync {
 
     /// Appends the generated text one stream event carries to `out`.
     fn delta_text(&self, event: &str, data: &Value, out: &mut String);
+
+    /// For a JSON body too large to keep whole: the members read from its head (model, id)
+    /// and the one read from its tail (usage), where every provider puts them.
+    fn tail_keys(&self) -> (&'static [&'static str], &'static str) {
+        (&["model", "id"], "usage")
+    }
+
+    /// The header a key Tally holds for the provider goes in, and whether as `Bearer <key>`.
+    fn held_key_header(&self) -> (&'static str, bool) {
+        ("authorization", true)
+    }
 }
 
 /// Merges `details` (an object) into `error`.
@@ -176,11 +193,12 @@ pub fn request_facts(format: WireFormat, path: &str, body: &[u8]) -> RequestFact
 /// bytes (where every provider puts them) and `usage` from the last ones (likewise).
 pub fn from_truncated_json(format: WireFormat, head: &[u8], tail: &[u8]) -> Observed {
     let mut partial = serde_json::Map::new();
-    for (key, bytes, last) in [
-        ("model", head, false),
-        ("id", head, false),
-        ("usage", tail, true),
-    ] {
+    let (head_keys, tail_key) = format.adapter().tail_keys();
+    let wanted = head_keys
+        .iter()
+        .map(|k| (*k, head, false))
+        .chain([(tail_key, tail, true)]);
+    for (key, bytes, last) in wanted {
         if let Some(v) = value_after_key(bytes, key, last) {
             partial.insert(key.to_owned(), v);
         }

@@ -90,6 +90,9 @@ pub(crate) fn route(ctx: &mut Ctx, parts: &Parts) -> Result<Route, Refusal> {
     s.record.api_key_hint = headers::key_hint(&parts.headers, key_headers);
     s.presented =
         crate::secrets::Presented::from_request(&parts.headers, key_headers, parts.uri.query());
+    if s.record.api_key_hint.is_none() {
+        s.record.api_key_hint = s.presented.query_hint();
+    }
     Ok(Route {
         destination,
         forward_path: forward_path.to_owned(),

@@ -134,6 +134,8 @@ pub(crate) async fn send(
                     PrefixedBody::new(head.bytes, rest, counted).boxed_unsync()
                 }
             };
+            let mut headers = headers;
+            held_key(ctx, &provider, &mut headers)?;
             let out = Outbound {
                 method: &method,
                 path: &path,
@@ -163,6 +165,39 @@ pub(crate) async fn send(
             };
             stages::routing::send(ctx, &router, attempt).await
         }
+    }
+}
+
+/// A request that carries no key gets the one Tally holds for `provider`, if any; when that
+/// key is configured but unavailable, the request is refused naming the setting, rather than
+/// sent to fail upstream with a less helpful 401.
+pub(crate) fn held_key(
+    ctx: &mut Ctx,
+    provider: &Provider,
+    headers: &mut HeaderMap,
+) -> Result<(), Refusal> {
+    let Some(held) = &provider.held_key else {
+        return Ok(());
+    };
+    let s = ctx.exchange.state();
+    if !s.presented.is_empty() {
+        return Ok(());
+    }
+    match held {
+        crate::providers::HeldKey::Ready(value) => {
+            let (name, _) = provider.format.adapter().held_key_header();
+            headers.insert(HeaderName::from_static(name), value.clone());
+            let key_headers = [name];
+            s.record.api_key_hint = headers::key_hint(headers, &key_headers);
+            s.presented.hold(value.clone());
+            Ok(())
+        }
+        crate::providers::HeldKey::Missing(why) => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "tally_missing_credentials",
+            why.clone(),
+        )
+        .details(serde_json::json!({ "provider": provider.name }))),
     }
 }
 

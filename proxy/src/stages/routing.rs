@@ -529,11 +529,13 @@ pub(crate) async fn send(
             let attempt_ts = now_ms();
             let t0 = Instant::now();
             router.started(ti);
+            let mut headers = a.headers.clone();
+            crate::phases::send::held_key(ctx, &target.provider, &mut headers)?;
             let out = Outbound {
                 method: a.method,
                 path: a.path,
                 query: a.query,
-                headers: a.headers.clone(),
+                headers,
                 body: full(body.clone()),
             };
             let sent = send_upstream(&ctx.shared, &ctx.client, &target.provider, out).await;

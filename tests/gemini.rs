@@ -1,0 +1,193 @@
+//! #17, Gemini API: the real google-genai SDK through Tally with only its base URL changed;
+//! both stream framings byte for byte with exact usage; keys Tally holds.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::clickhouse::python;
+use crate::support::fake_upstream::{GEMINI_USAGE, WORDS};
+use crate::support::*;
+
+const KEY: &str = "AIzaSyFAKE-gemini-key-0123456789wxyz";
+
+fn run_sdk(proxy: String) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/gemini.py");
+    let output = Command::new(python())
+        .arg(script)
+        .arg(proxy)
+        .arg(KEY)
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "google-genai script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("script prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_google_genai_sdk_works_unmodified_and_is_recorded_exactly() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start(&up.url()).await;
+    let proxy = format!("http://{}", tally.proxy);
+    let results = tokio::task::spawn_blocking(move || run_sdk(proxy))
+        .await
+        .expect("join");
+    let (prompt, candidates, cached, thoughts) = GEMINI_USAGE;
+    assert_eq!(results["json"]["text"], WORDS.concat());
+    assert_eq!(results["stream"]["text"], WORDS.concat());
+    assert_eq!(results["count"]["total"], prompt);
+    for call in ["json", "stream"] {
+        let id = results[call]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{call}: the SDK saw no Tally-Request-Id"));
+        let rec = tally.record(id).await;
+        assert_eq!(rec["provider"], "google", "{call}");
+        assert_eq!(rec["model"], "gemini-2.0-flash", "{call}");
+        assert_eq!(rec["stream"], call == "stream", "{call}");
+        assert_eq!(rec["prompt_tokens"], prompt, "{call}: {rec}");
+        assert_eq!(rec["completion_tokens"], candidates + thoughts, "{call}");
+        assert_eq!(rec["cache_read_tokens"], cached, "{call}");
+        assert_eq!(rec["reasoning_tokens"], thoughts, "{call}");
+        assert_eq!(rec["tokens_estimated"], false, "{call}");
+        assert!(rec["error"].is_null(), "{call}: {}", rec["error"]);
+        // prices.toml: gemini-2.0-flash $0.10 in, $0.025 cached, $0.40 out per 1M tokens.
+        let cost = ((prompt - cached) as f64 * 0.10
+            + cached as f64 * 0.025
+            + (candidates + thoughts) as f64 * 0.40)
+            / 1e6;
+        let got = rec["cost_usd"].as_f64().expect("priced");
+        assert!((got - cost).abs() < 1e-12, "{call}: cost {got} != {cost}");
+        assert_eq!(rec["user_id"], "alice");
+        assert!(rec["api_key_hint"]
+            .as_str()
+            .expect("hint")
+            .ends_with("…wxyz"));
+        assert!(!rec["endpoint"].as_str().expect("endpoint").contains("key"));
+    }
+    let id = results["count"]["id"].as_str().expect("count id");
+    let rec = tally.record(id).await;
+    assert_eq!(rec["prompt_tokens"], 0, "countTokens is free: {rec}");
+    assert_eq!(rec["tokens_estimated"], false);
+    assert_eq!(rec["cost_usd"], 0.0);
+    for r in up.received() {
+        assert_eq!(
+            r.headers.get("x-goog-api-key").map(|v| v.as_bytes()),
+            Some(KEY.as_bytes())
+        );
+        assert!(!r.headers.contains_key("tally-user-id"));
+    }
+    let dir = tally.stop().await;
+    for entry in std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+    {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
+            assert!(!found, "{} holds the key", entry.path().display());
+        }
+    }
+}
+
+/// Both framings of `streamGenerateContent` reach the client as the upstream sent them, and
+/// each record has the final counts; a `?key=` never reaches the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_stream_framings_pass_byte_for_byte_with_exact_usage() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start(&up.url()).await;
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]});
+    for query in [
+        "alt=sse&key=AIzaSyQUERY-key-0123456789abcd",
+        "key=AIzaSyQUERY-key-0123456789abcd",
+    ] {
+        let path = format!("/v1beta/models/gemini-2.5-flash:streamGenerateContent?{query}");
+        let (ds, dh, direct) = post_json(&format!("{}{path}", up.url()), &[], &body).await;
+        let (ps, ph, proxied) = post_json(&tally.url(&format!("/google{path}")), &[], &body).await;
+        assert_eq!((ds.as_u16(), ps.as_u16()), (200, 200));
+        assert_eq!(direct, proxied, "{query}: bytes differ");
+        assert_eq!(dh.get("content-type"), ph.get("content-type"));
+        let rec = tally.record(&request_id(&ph)).await;
+        assert_eq!(rec["model"], "gemini-2.5-flash");
+        assert_eq!(rec["response_model"], "gemini-2.5-flash");
+        assert_eq!(rec["prompt_tokens"], GEMINI_USAGE.0, "{query}: {rec}");
+        assert_eq!(
+            rec["completion_tokens"],
+            GEMINI_USAGE.1 + GEMINI_USAGE.3,
+            "{query}"
+        );
+        assert_eq!(rec["tokens_estimated"], false, "{query}");
+        assert!(rec["error"].is_null(), "{query}: {}", rec["error"]);
+        assert_eq!(
+            rec["api_key_hint"], "…abcd",
+            "{query}: the hint of the query key"
+        );
+        let stored = rec.to_string();
+        assert!(!stored.contains("AIzaSyQUERY-key"), "{query}: {stored}");
+    }
+    tally.stop().await;
+}
+
+/// `[providers.X] api_key`: a request without a key gets the one Tally holds; a request with
+/// its own keeps it; a held key that is configured but missing is a 401 naming the setting,
+/// and the upstream is not called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_tally_holds_are_sent_when_a_request_has_none() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("google.key");
+    std::fs::write(&key_file, format!("{KEY}\n")).expect("key file");
+    let tally = TestTally::start_with(&up.url(), |c| {
+        c.providers.get_mut("google").expect("google").api_key =
+            Some(tally_proxy::providers::SecretSource::File(key_file.clone()));
+        c.providers.get_mut("anthropic").expect("anthropic").api_key = Some(
+            tally_proxy::providers::SecretSource::Env("TALLY_TEST_UNSET_ANTHROPIC_KEY".into()),
+        );
+    })
+    .await;
+    let body = json!({"contents": [{"parts": [{"text": "hi"}]}]});
+    let url = tally.url("/google/v1beta/models/gemini-2.0-flash:generateContent");
+    let (status, h, _) = post_json(&url, &[], &body).await;
+    assert_eq!(status, 200);
+    let sent = up.received().pop().expect("forwarded");
+    assert_eq!(
+        sent.headers.get("x-goog-api-key").map(|v| v.as_bytes()),
+        Some(KEY.as_bytes())
+    );
+    let rec = tally.record(&request_id(&h)).await;
+    assert_eq!(rec["api_key_hint"], "…wxyz");
+
+    let own = "AIzaSyOWN-key-of-the-caller-0000";
+    let (status, _, _) = post_json(&url, &[("x-goog-api-key", own)], &body).await;
+    assert_eq!(status, 200);
+    let sent = up.received().pop().expect("forwarded");
+    assert_eq!(
+        sent.headers.get("x-goog-api-key").map(|v| v.as_bytes()),
+        Some(own.as_bytes())
+    );
+
+    let before = up.received().len();
+    let (status, h, b) = post_json(
+        &tally.url("/anthropic/v1/messages"),
+        &[],
+        &json!({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let err: Value = serde_json::from_slice(&b).expect("json");
+    let message = err["error"]["message"]
+        .as_str()
+        .expect("anthropic-shaped error");
+    assert!(
+        message.contains("providers.anthropic.api_key")
+            && message.contains("TALLY_TEST_UNSET_ANTHROPIC_KEY"),
+        "{message}"
+    );
+    assert_eq!(up.received().len(), before, "the upstream was not called");
+    let rec = tally.record(&request_id(&h)).await;
+    assert_eq!(rec["refusal"], "tally_missing_credentials");
+    tally.stop().await;
+}
