@@ -3,6 +3,7 @@
 
 mod support;
 
+mod azure;
 mod budgets;
 mod cli;
 mod clickhouse_store;

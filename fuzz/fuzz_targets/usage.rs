@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&cut, body)) = data.split_first() else {
         return;
     };
-    for format in [WireFormat::OpenAi, WireFormat::Anthropic, WireFormat::Gemini] {
+    for format in [WireFormat::OpenAi, WireFormat::Anthropic, WireFormat::Gemini, WireFormat::Azure] {
         let _ = from_json(format, body);
         let mid = body.len() / 2;
         let _ = from_truncated_json(format, &body[..mid], &body[mid..]);

@@ -289,6 +289,10 @@ impl ExchangeState {
             ..Default::default()
         });
         r.response_model = observed.response_model;
+        if r.model.is_none() && format == Some(WireFormat::Azure) {
+            // A deployment the config does not map: the response says which model served it.
+            r.model = r.response_model.clone();
+        }
         if r.provider_request_id.is_none() {
             r.provider_request_id = observed.body_id;
         }

@@ -164,7 +164,7 @@ impl HeldKey {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// Wire format: `openai`, `anthropic` or `gemini`.
+    /// Wire format: `openai`, `anthropic`, `gemini` or `azure`.
     pub kind: Option<WireFormat>,
     /// Scheme, host and optional path prefix, e.g. `https://api.groq.com`.
     pub base_url: Option<String>,
@@ -172,6 +172,9 @@ pub struct ProviderConfig {
     pub stream_usage: Option<StreamUsage>,
     /// A key Tally sends when a request carries none.
     pub api_key: Option<SecretSource>,
+    /// Azure: deployment name → the model it serves, for the record and prices.
+    #[serde(default)]
+    pub deployments: BTreeMap<String, String>,
 }
 
 /// A provider ready to receive requests.
@@ -185,6 +188,8 @@ pub struct Provider {
     pub stream_usage: StreamUsage,
     /// The key Tally sends when a request carries none.
     pub held_key: Option<HeldKey>,
+    /// Deployment name → model (Azure).
+    pub deployments: BTreeMap<String, String>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -265,6 +270,7 @@ impl Providers {
                 .api_key
                 .as_ref()
                 .map(|s| HeldKey::resolve(p.name, provider.format, s));
+            provider.deployments = c.deployments.clone();
             by_name.insert(p.name.to_owned(), Arc::new(provider));
         }
         for (name, c) in config {
@@ -275,9 +281,15 @@ impl Providers {
                 .base_url
                 .as_deref()
                 .ok_or_else(|| ProviderError::MissingBaseUrl(name.clone()))?;
+            // `azure` is built in without a preset: its base URL is the user's own resource.
+            let default_kind = if name == "azure" {
+                WireFormat::Azure
+            } else {
+                WireFormat::OpenAi
+            };
             let mut provider = build(
                 name,
-                c.kind.unwrap_or(WireFormat::OpenAi),
+                c.kind.unwrap_or(default_kind),
                 url,
                 c.stream_usage.unwrap_or(StreamUsage::Passthrough),
             )?;
@@ -285,6 +297,7 @@ impl Providers {
                 .api_key
                 .as_ref()
                 .map(|s| HeldKey::resolve(name, provider.format, s));
+            provider.deployments = c.deployments.clone();
             by_name.insert(name.clone(), Arc::new(provider));
         }
         Ok(Self { by_name })
@@ -365,6 +378,7 @@ fn build(
         format,
         stream_usage,
         held_key: None,
+        deployments: BTreeMap::new(),
         scheme,
         authority,
         base_path,

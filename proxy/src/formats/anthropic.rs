@@ -108,6 +108,7 @@ impl Format for Anthropic {
                 .map(str::to_owned),
             stream_options: false,
             json: f.object,
+            deployment: None,
         }
     }
 

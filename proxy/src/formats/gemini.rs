@@ -117,6 +117,7 @@ impl Format for Gemini {
             user: None,
             stream_options: false,
             json: f.object,
+            deployment: None,
         }
     }
 

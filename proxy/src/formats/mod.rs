@@ -20,6 +20,7 @@
 //! dispatched statically); no phase of the request path changes.
 
 mod anthropic;
+mod azure;
 mod gemini;
 pub mod json;
 mod openai;
@@ -41,6 +42,8 @@ pub enum WireFormat {
     Anthropic,
     /// Google's Gemini API (`generateContent`, `streamGenerateContent`, …).
     Gemini,
+    /// Azure OpenAI: OpenAI's shapes, addressed by deployment and keyed by `api-key`.
+    Azure,
 }
 
 impl WireFormat {
@@ -50,6 +53,7 @@ impl WireFormat {
             WireFormat::OpenAi => &openai::OpenAi,
             WireFormat::Anthropic => &anthropic::Anthropic,
             WireFormat::Gemini => &gemini::Gemini,
+            WireFormat::Azure => &azure::Azure,
         }
     }
 
@@ -60,6 +64,7 @@ impl WireFormat {
             WireFormat::OpenAi => openai::OpenAi.on_event(observed, event),
             WireFormat::Anthropic => anthropic::Anthropic.on_event(observed, event),
             WireFormat::Gemini => gemini::Gemini.on_event(observed, event),
+            WireFormat::Azure => openai::OpenAi.on_event(observed, event),
         }
     }
 
@@ -69,6 +74,7 @@ impl WireFormat {
             WireFormat::OpenAi => openai::OpenAi.strip_event(event, out),
             WireFormat::Anthropic => anthropic::Anthropic.strip_event(event, out),
             WireFormat::Gemini => gemini::Gemini.strip_event(event, out),
+            WireFormat::Azure => openai::OpenAi.strip_event(event, out),
         }
     }
 }
@@ -87,6 +93,9 @@ pub struct RequestFacts {
     /// The body is a JSON object (possibly after reading it leniently); false for anything
     /// Tally could not read, whose cost it therefore cannot foresee.
     pub json: bool,
+    /// The deployment the request addresses (Azure), which names no model by itself: the
+    /// provider's `deployments` map says which model it serves.
+    pub deployment: Option<String>,
 }
 
 /// What the response told us.

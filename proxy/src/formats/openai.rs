@@ -183,6 +183,7 @@ impl Format for OpenAi {
             user: f.str("user").map(str::to_owned),
             stream_options: f.get("stream_options").is_some(),
             json: f.object,
+            deployment: None,
         }
     }
 

@@ -60,11 +60,19 @@ pub(crate) async fn read(
     let complete = head.rest.is_none();
     let format = ctx.format();
     let s = ctx.exchange.state();
-    let facts = if complete {
+    let mut facts = if complete {
         format.adapter().request(&s.record.endpoint, &head.bytes)
     } else {
         RequestFacts::default()
     };
+    if let Some(d) = &facts.deployment {
+        facts.model = ctx
+            .shared
+            .providers
+            .get(&s.record.provider)
+            .and_then(|p| p.deployments.get(d))
+            .cloned();
+    }
     let r = &mut s.record;
     r.model = facts.model.clone();
     r.stream = facts.stream;

@@ -1,0 +1,101 @@
+//! #17, Azure OpenAI: the real `AzureOpenAI` client through Tally with only `azure_endpoint`
+//! changed; deployments mapped to models; the `api-key` header never stored.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tally_proxy::ProviderConfig;
+
+use crate::support::clickhouse::python;
+use crate::support::fake_upstream::{OPENAI_USAGE, WORDS};
+use crate::support::*;
+
+const KEY: &str = "azure-test-key-0123456789abcdefwxyz";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_azure_openai_client_works_unmodified_and_deployments_map_to_models() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start_with(&up.url(), |c| {
+        c.providers.insert(
+            "azure".into(),
+            ProviderConfig {
+                base_url: Some(up.url()),
+                deployments: [("prod-4o".to_owned(), "gpt-4o".to_owned())].into(),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let proxy = format!("http://{}", tally.proxy);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/azure.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(proxy)
+            .arg(KEY)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
+    assert!(
+        output.status.success(),
+        "AzureOpenAI script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for (call, model) in [
+        ("json", "gpt-4o"),
+        ("stream", "gpt-4o"),
+        ("unmapped", "gpt-4o-mini-2024-08-06"),
+    ] {
+        assert_eq!(results[call]["text"], WORDS.concat(), "{call}");
+        let id = results[call]["id"].as_str().expect("Tally-Request-Id");
+        let rec = tally.record(id).await;
+        assert_eq!(rec["provider"], "azure", "{call}");
+        assert_eq!(
+            rec["model"], model,
+            "{call}: mapped, else the response's model"
+        );
+        assert_eq!(rec["prompt_tokens"], OPENAI_USAGE.0, "{call}: {rec}");
+        assert_eq!(rec["completion_tokens"], OPENAI_USAGE.1, "{call}");
+        assert_eq!(rec["tokens_estimated"], false, "{call}");
+        assert!(rec["cost_usd"].as_f64().is_some(), "{call}: priced");
+        assert!(
+            rec["api_key_hint"]
+                .as_str()
+                .expect("hint")
+                .ends_with("…wxyz"),
+            "{call}"
+        );
+        assert_eq!(rec["user_id"], "alice");
+    }
+    let received = up.received();
+    assert_eq!(received.len(), 3);
+    for r in &received {
+        assert!(
+            r.path_and_query.starts_with("/openai/deployments/"),
+            "{}",
+            r.path_and_query
+        );
+        assert!(r.path_and_query.contains("api-version=2024-10-21"));
+        assert_eq!(
+            r.headers.get("api-key").map(|v| v.as_bytes()),
+            Some(KEY.as_bytes())
+        );
+    }
+    let dir = tally.stop().await;
+    for entry in std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+    {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            assert!(
+                !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+                "{} holds the key",
+                entry.path().display()
+            );
+        }
+    }
+}
