@@ -191,3 +191,49 @@ async fn keys_tally_holds_are_sent_when_a_request_has_none() {
     assert_eq!(rec["refusal"], "tally_missing_credentials");
     tally.stop().await;
 }
+
+/// An upstream reset mid-stream: the client sees the cut, and the record keeps the prompt
+/// count Gemini reported in its first chunk exactly and estimates the output, flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_keeps_its_prompt_count_and_estimates_the_output() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start(&up.url()).await;
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]});
+    let url = tally.url("/google/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse");
+    let result = send_checked(
+        http::Method::POST,
+        &url,
+        &[
+            ("content-type", "application/json"),
+            ("x-fake-mode", "reset"),
+            // Spaced, so the two chunks are on the wire before the reset.
+            ("x-fake-interval-ms", "30"),
+        ],
+        body.to_string(),
+    )
+    .await;
+    assert!(result.is_err(), "the client sees the cut: {result:?}");
+    let rec = eventually_record(&tally).await;
+    assert!(!rec["error"].is_null(), "{rec}");
+    assert_eq!(
+        rec["prompt_tokens"], GEMINI_USAGE.0,
+        "exact from the first chunk: {rec}"
+    );
+    assert_eq!(rec["tokens_estimated"], true);
+    assert!(rec["completion_tokens"].as_u64().expect("estimated") > 0);
+    tally.stop().await;
+}
+
+/// The one record the test made.
+async fn eventually_record(tally: &TestTally) -> Value {
+    for _ in 0..100 {
+        let (_, _, b) = get(&tally.dashboard_url("/api/requests?limit=1")).await;
+        if let Ok(v) = serde_json::from_slice::<Value>(&b) {
+            if let Some(r) = v["requests"].as_array().and_then(|a| a.first()) {
+                return tally.record(r["request_id"].as_str().expect("id")).await;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no record");
+}
