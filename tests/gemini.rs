@@ -237,3 +237,81 @@ async fn eventually_record(tally: &TestTally) -> Value {
     }
     panic!("no record");
 }
+
+/// Vertex AI: the same SDK with `vertexai=True`; the access token is forwarded, never stored,
+/// and the project and location become record properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_in_vertex_mode_works_and_records_project_and_location() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start_with(&up.url(), |c| {
+        c.providers.insert(
+            "vertex".into(),
+            tally_proxy::ProviderConfig {
+                base_url: Some(up.url()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    const TOKEN: &str = "ya29.fake-vertex-access-token-0123456789wxyz";
+    let proxy = format!("http://{}", tally.proxy);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/vertex.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(proxy)
+            .arg(TOKEN)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
+    assert!(
+        output.status.success(),
+        "vertex script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    for call in ["json", "stream"] {
+        assert_eq!(results[call]["text"], WORDS.concat(), "{call}");
+        let rec = tally
+            .record(results[call]["id"].as_str().expect("id"))
+            .await;
+        assert_eq!(rec["provider"], "vertex");
+        assert_eq!(rec["model"], "gemini-2.0-flash");
+        assert_eq!(rec["prompt_tokens"], GEMINI_USAGE.0, "{call}: {rec}");
+        assert_eq!(
+            rec["completion_tokens"],
+            GEMINI_USAGE.1 + GEMINI_USAGE.3,
+            "{call}"
+        );
+        assert_eq!(rec["tokens_estimated"], false);
+        assert_eq!(rec["properties"]["vertex_project"], "acme-prod");
+        assert_eq!(rec["properties"]["vertex_location"], "us-central1");
+        assert!(rec["api_key_hint"]
+            .as_str()
+            .expect("hint")
+            .ends_with("wxyz"));
+        assert!(rec["cost_usd"].as_f64().is_some());
+    }
+    for r in up.received() {
+        assert!(
+            r.path_and_query
+                .contains("/projects/acme-prod/locations/us-central1/publishers/google/models/"),
+            "{}",
+            r.path_and_query
+        );
+        let auth = r.headers.get("authorization").expect("token forwarded");
+        assert_eq!(auth.as_bytes(), format!("Bearer {TOKEN}").as_bytes());
+    }
+    let dir = tally.stop().await;
+    for entry in std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+    {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).expect("read");
+            assert!(!bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
+        }
+    }
+}

@@ -9,7 +9,13 @@ fuzz_target!(|data: &[u8]| {
     let Some((&cut, body)) = data.split_first() else {
         return;
     };
-    for format in [WireFormat::OpenAi, WireFormat::Anthropic, WireFormat::Gemini, WireFormat::Azure] {
+    for format in [
+        WireFormat::OpenAi,
+        WireFormat::Anthropic,
+        WireFormat::Gemini,
+        WireFormat::Azure,
+        WireFormat::Vertex,
+    ] {
         let _ = from_json(format, body);
         let mid = body.len() / 2;
         let _ = from_truncated_json(format, &body[..mid], &body[mid..]);

@@ -164,7 +164,7 @@ impl HeldKey {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// Wire format: `openai`, `anthropic`, `gemini` or `azure`.
+    /// Wire format: `openai`, `anthropic`, `gemini`, `azure` or `vertex`.
     pub kind: Option<WireFormat>,
     /// Scheme, host and optional path prefix, e.g. `https://api.groq.com`.
     pub base_url: Option<String>,
@@ -281,11 +281,12 @@ impl Providers {
                 .base_url
                 .as_deref()
                 .ok_or_else(|| ProviderError::MissingBaseUrl(name.clone()))?;
-            // `azure` is built in without a preset: its base URL is the user's own resource.
-            let default_kind = if name == "azure" {
-                WireFormat::Azure
-            } else {
-                WireFormat::OpenAi
+            // `azure` and `vertex` are built in without a preset: their base URL is the user's own
+            // resource, or the location's regional endpoint.
+            let default_kind = match name.as_str() {
+                "azure" => WireFormat::Azure,
+                "vertex" => WireFormat::Vertex,
+                _ => WireFormat::OpenAi,
             };
             let mut provider = build(
                 name,

@@ -24,6 +24,7 @@ mod azure;
 mod gemini;
 pub mod json;
 mod openai;
+mod vertex;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -44,6 +45,8 @@ pub enum WireFormat {
     Gemini,
     /// Azure OpenAI: OpenAI's shapes, addressed by deployment and keyed by `api-key`.
     Azure,
+    /// Vertex AI's Gemini endpoints: Gemini's shapes under a project and location.
+    Vertex,
 }
 
 impl WireFormat {
@@ -54,6 +57,7 @@ impl WireFormat {
             WireFormat::Anthropic => &anthropic::Anthropic,
             WireFormat::Gemini => &gemini::Gemini,
             WireFormat::Azure => &azure::Azure,
+            WireFormat::Vertex => &vertex::Vertex,
         }
     }
 
@@ -65,6 +69,7 @@ impl WireFormat {
             WireFormat::Anthropic => anthropic::Anthropic.on_event(observed, event),
             WireFormat::Gemini => gemini::Gemini.on_event(observed, event),
             WireFormat::Azure => openai::OpenAi.on_event(observed, event),
+            WireFormat::Vertex => gemini::Gemini.on_event(observed, event),
         }
     }
 
@@ -75,6 +80,7 @@ impl WireFormat {
             WireFormat::Anthropic => anthropic::Anthropic.strip_event(event, out),
             WireFormat::Gemini => gemini::Gemini.strip_event(event, out),
             WireFormat::Azure => openai::OpenAi.strip_event(event, out),
+            WireFormat::Vertex => gemini::Gemini.strip_event(event, out),
         }
     }
 }
@@ -172,6 +178,11 @@ pub(crate) trait Format: Sync {
     /// and the one read from its tail (usage), where every provider puts them.
     fn tail_keys(&self) -> (&'static [&'static str], &'static str) {
         (&["model", "id"], "usage")
+    }
+
+    /// Record properties the request path carries (Vertex's project and location).
+    fn path_properties(&self, _path: &str) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
 
     /// The header a key Tally holds for the provider goes in, and whether as `Bearer <key>`.

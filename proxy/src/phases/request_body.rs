@@ -74,6 +74,9 @@ pub(crate) async fn read(
             .cloned();
     }
     let r = &mut s.record;
+    for (name, value) in format.adapter().path_properties(&r.endpoint) {
+        r.properties.entry(name.to_owned()).or_insert(value);
+    }
     r.model = facts.model.clone();
     r.stream = facts.stream;
     r.user_id = tags.user_id.clone().or_else(|| facts.user.clone());
