@@ -315,3 +315,65 @@ async fn the_sdk_in_vertex_mode_works_and_records_project_and_location() {
         }
     }
 }
+
+/// Claude on Vertex AI: the real `AnthropicVertex` client; Tally reads the Anthropic shapes on
+/// a `publishers/anthropic` path of the same `vertex` provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_on_vertex_is_read_as_anthropic_with_the_model_from_the_path() {
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start_with(&up.url(), |c| {
+        c.providers.insert(
+            "vertex".into(),
+            tally_proxy::ProviderConfig {
+                base_url: Some(up.url()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    const TOKEN: &str = "ya29.fake-vertex-claude-token-0123456789wxyz";
+    let proxy = format!("http://{}", tally.proxy);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/vertex_claude.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(proxy)
+            .arg(TOKEN)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
+    assert!(
+        output.status.success(),
+        "AnthropicVertex script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let (uncached, write, read, out) = crate::support::fake_upstream::ANTHROPIC_USAGE;
+    for call in ["json", "stream"] {
+        assert_eq!(results[call]["text"], WORDS.concat(), "{call}");
+        let rec = tally
+            .record(results[call]["id"].as_str().expect("id"))
+            .await;
+        assert_eq!(rec["provider"], "vertex");
+        assert_eq!(rec["model"], "claude-sonnet-4-5", "{call}");
+        assert_eq!(rec["stream"], call == "stream");
+        assert_eq!(
+            rec["prompt_tokens"],
+            uncached + write + read,
+            "{call}: {rec}"
+        );
+        assert_eq!(rec["completion_tokens"], out, "{call}");
+        assert_eq!(rec["tokens_estimated"], false);
+        assert!(rec["error"].is_null(), "{call}: {}", rec["error"]);
+        assert_eq!(rec["properties"]["vertex_location"], "us-east5");
+        assert!(rec["cost_usd"].as_f64().is_some(), "{call}: priced");
+    }
+    for r in up.received() {
+        assert!(r
+            .path_and_query
+            .contains("/publishers/anthropic/models/claude-sonnet-4-5:"));
+    }
+    tally.stop().await;
+}

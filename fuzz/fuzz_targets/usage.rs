@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
         WireFormat::Gemini,
         WireFormat::Azure,
         WireFormat::Vertex,
+        WireFormat::VertexAnthropic,
     ] {
         let _ = from_json(format, body);
         let mid = body.len() / 2;

@@ -2,7 +2,8 @@
 //! completions, embeddings) and Anthropic Messages, streaming and not, with deterministic
 //! output and usage, and Google's Gemini API (`generateContent`, `streamGenerateContent` as SSE
 //! with `alt=sse` and as a streamed JSON array without, `countTokens`), shaped as
-//! ai.google.dev/api/generate-content documents it. The only faked component of the suite.
+//! ai.google.dev/api/generate-content documents it, and Claude on Vertex AI (`rawPredict`,
+//! `streamRawPredict`). The only faked component of the suite.
 //!
 //! Modes, chosen per request with the `x-fake-mode` header:
 //! - `error<status>` (`error500`, `error429`, `error503`…), optionally `-ra<secs>` for a
@@ -519,7 +520,20 @@ async fn handle(
         && mode != "no-usage";
     let text: String = WORDS.concat();
 
-    let mut resp = if path.contains("/models/") && path.contains(':') {
+    let mut resp = if path.contains("/publishers/anthropic/models/") {
+        // Claude on Vertex AI: Anthropic's Messages, the model and the stream flag in the path.
+        let (model, method) = path
+            .rsplit_once("/models/")
+            .and_then(|(_, m)| m.split_once(':'))
+            .unwrap_or(("claude-sonnet-4-5", "rawPredict"));
+        anthropic_response(
+            model,
+            method == "streamRawPredict",
+            &mode,
+            interval,
+            &WORDS.concat(),
+        )
+    } else if path.contains("/models/") && path.contains(':') {
         gemini_response(
             &path,
             parts.uri.query().unwrap_or(""),

@@ -47,6 +47,10 @@ pub enum WireFormat {
     Azure,
     /// Vertex AI's Gemini endpoints: Gemini's shapes under a project and location.
     Vertex,
+    /// Claude on Vertex AI: Anthropic's shapes, the model in the path. Chosen by path on a
+    /// `vertex` provider, never configured.
+    #[serde(skip)]
+    VertexAnthropic,
 }
 
 impl WireFormat {
@@ -58,6 +62,7 @@ impl WireFormat {
             WireFormat::Gemini => &gemini::Gemini,
             WireFormat::Azure => &azure::Azure,
             WireFormat::Vertex => &vertex::Vertex,
+            WireFormat::VertexAnthropic => &vertex::VertexAnthropic,
         }
     }
 
@@ -70,6 +75,7 @@ impl WireFormat {
             WireFormat::Gemini => gemini::Gemini.on_event(observed, event),
             WireFormat::Azure => openai::OpenAi.on_event(observed, event),
             WireFormat::Vertex => gemini::Gemini.on_event(observed, event),
+            WireFormat::VertexAnthropic => anthropic::Anthropic.on_event(observed, event),
         }
     }
 
@@ -81,6 +87,7 @@ impl WireFormat {
             WireFormat::Gemini => gemini::Gemini.strip_event(event, out),
             WireFormat::Azure => openai::OpenAi.strip_event(event, out),
             WireFormat::Vertex => gemini::Gemini.strip_event(event, out),
+            WireFormat::VertexAnthropic => anthropic::Anthropic.strip_event(event, out),
         }
     }
 }
@@ -178,6 +185,12 @@ pub(crate) trait Format: Sync {
     /// and the one read from its tail (usage), where every provider puts them.
     fn tail_keys(&self) -> (&'static [&'static str], &'static str) {
         (&["model", "id"], "usage")
+    }
+
+    /// The format a request on `path` is read in, when this provider serves more than one
+    /// (Vertex: Gemini, or Claude under `publishers/anthropic`).
+    fn for_path(&self, _path: &str) -> Option<WireFormat> {
+        None
     }
 
     /// Record properties the request path carries (Vertex's project and location).

@@ -3,18 +3,45 @@
 //! under a project and a location, authenticated by an OAuth access token. Everything is read
 //! by the Gemini adapter; this one adds the key header and the project and location, which
 //! become record properties (`vertex_project`, `vertex_location`).
+//!
+//! Claude on Vertex (`…/publishers/anthropic/models/{m}:rawPredict` and `:streamRawPredict`)
+//! speaks Anthropic's Messages bodies and streams instead, with the model in the path: a
+//! request on such a path is read by [`VertexAnthropic`], chosen in the route phase through
+//! [`Format::for_path`].
 
 use serde_json::Value;
 
-use super::gemini::Gemini;
-use super::{Format, Observed, RequestFacts};
+use super::anthropic::Anthropic;
+use super::gemini::{self, Gemini};
+use super::{Format, Observed, RequestFacts, WireFormat};
 use crate::sse::Event;
 
 pub(super) struct Vertex;
 
+fn path_properties(path: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let mut segments = path.split('/');
+    while let Some(s) = segments.next() {
+        let name = match s {
+            "projects" => "vertex_project",
+            "locations" => "vertex_location",
+            _ => continue,
+        };
+        if let Some(v) = segments.next().filter(|v| !v.is_empty()) {
+            out.push((name, v.to_owned()));
+        }
+    }
+    out
+}
+
 impl Format for Vertex {
     fn key_headers(&self) -> &'static [&'static str] {
         &["authorization"]
+    }
+
+    fn for_path(&self, path: &str) -> Option<WireFormat> {
+        path.contains("/publishers/anthropic/")
+            .then_some(WireFormat::VertexAnthropic)
     }
 
     fn request(&self, path: &str, body: &[u8]) -> RequestFacts {
@@ -46,19 +73,49 @@ impl Format for Vertex {
     }
 
     fn path_properties(&self, path: &str) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        let mut segments = path.split('/');
-        while let Some(s) = segments.next() {
-            let name = match s {
-                "projects" => "vertex_project",
-                "locations" => "vertex_location",
-                _ => continue,
-            };
-            if let Some(v) = segments.next().filter(|v| !v.is_empty()) {
-                out.push((name, v.to_owned()));
-            }
+        path_properties(path)
+    }
+}
+
+/// Claude on Vertex: Anthropic's Messages API with the model and the stream flag in the path.
+pub(super) struct VertexAnthropic;
+
+impl Format for VertexAnthropic {
+    fn key_headers(&self) -> &'static [&'static str] {
+        &["authorization"]
+    }
+
+    fn request(&self, path: &str, body: &[u8]) -> RequestFacts {
+        let (model, method) = gemini::model_and_method(path);
+        RequestFacts {
+            model: model.map(str::to_owned),
+            stream: method == Some("streamRawPredict"),
+            ..Anthropic.request(path, body)
         }
-        out
+    }
+
+    fn read_json(&self, body: &[u8]) -> Observed {
+        Anthropic.read_json(body)
+    }
+
+    fn on_event(&self, observed: &mut Observed, event: Event<'_>) {
+        Anthropic.on_event(observed, event)
+    }
+
+    fn error_body(&self, code: &str, message: &str, details: Option<Value>) -> Value {
+        Anthropic.error_body(code, message, details)
+    }
+
+    fn response_text(&self, body: &Value, out: &mut String) {
+        Anthropic.response_text(body, out)
+    }
+
+    fn delta_text(&self, event: &str, data: &Value, out: &mut String) {
+        Anthropic.delta_text(event, data, out)
+    }
+
+    fn path_properties(&self, path: &str) -> Vec<(&'static str, String)> {
+        path_properties(path)
     }
 }
 
@@ -78,5 +135,16 @@ mod tests {
         );
         let facts = Vertex.request(path, b"{}");
         assert_eq!(facts.model.as_deref(), Some("gemini-2.0-flash"));
+        let claude = "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5:streamRawPredict";
+        assert_eq!(Vertex.for_path(claude), Some(WireFormat::VertexAnthropic));
+        assert_eq!(Vertex.for_path(path), None);
+        let facts = VertexAnthropic.request(
+            claude,
+            br#"{"anthropic_version":"vertex-2023-10-16","stream":true}"#,
+        );
+        assert_eq!(
+            (facts.model.as_deref(), facts.stream),
+            (Some("claude-sonnet-4-5"), true)
+        );
     }
 }

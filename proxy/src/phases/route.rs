@@ -79,6 +79,7 @@ pub(crate) fn route(ctx: &mut Ctx, parts: &Parts) -> Result<Route, Refusal> {
         },
     };
     let format = destination.format();
+    let format = format.adapter().for_path(forward_path).unwrap_or(format);
     let s = ctx.exchange.state();
     s.format = Some(format);
     s.record.provider = match &destination {
