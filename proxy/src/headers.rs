@@ -176,14 +176,17 @@ pub fn key_hint(headers: &HeaderMap, key_headers: &[&str]) -> Option<String> {
     let raw = key_headers
         .iter()
         .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
-        .map(|v| {
-            let v = v.trim();
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v)
-                .trim()
-        })?;
+        .map(bare_key)?;
     hint_of(raw)
+}
+
+/// A key header's value without its `Bearer ` scheme: the key itself.
+pub(crate) fn bare_key(value: &str) -> &str {
+    let v = value.trim();
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
+        .unwrap_or(v)
+        .trim()
 }
 
 /// The hint of one key: its short prefix (`sk-`) and last four characters; `None` when empty.

@@ -112,33 +112,28 @@ impl std::fmt::Debug for HeldKey {
 impl HeldKey {
     fn resolve(provider: &str, format: WireFormat, source: &SecretSource) -> Self {
         let setting = format!("providers.{provider}.api_key");
+        let missing = |why: String| {
+            HeldKey::Missing(format!(
+                "provider {provider}: no API key in the request, and {why}"
+            ))
+        };
         let raw = match source {
             SecretSource::Env(var) => match std::env::var(var) {
                 Ok(v) if !v.trim().is_empty() => v,
                 _ => {
-                    return HeldKey::Missing(format!(
-                        "provider {provider}: no API key in the request, and the one Tally holds \
-                         ({setting}, environment variable {var}) is not set"
+                    return missing(format!(
+                        "the one Tally holds ({setting}, environment variable {var}) is not set"
                     ))
                 }
             },
-            SecretSource::File(path) => match std::fs::read_to_string(path) {
-                Ok(v) if !v.trim().is_empty() => v,
-                Ok(_) => {
-                    return HeldKey::Missing(format!(
-                        "provider {provider}: no API key in the request, and the file Tally \
-                         holds it in ({setting}, {}) is empty",
-                        path.display()
-                    ))
+            SecretSource::File(path) => {
+                let file = format!("the file Tally holds it in ({setting}, {})", path.display());
+                match std::fs::read_to_string(path) {
+                    Ok(v) if !v.trim().is_empty() => v,
+                    Ok(_) => return missing(format!("{file} is empty")),
+                    Err(e) => return missing(format!("{file} cannot be read: {e}")),
                 }
-                Err(e) => {
-                    return HeldKey::Missing(format!(
-                        "provider {provider}: no API key in the request, and the file Tally \
-                         holds it in ({setting}, {}) cannot be read: {e}",
-                        path.display()
-                    ))
-                }
-            },
+            }
         };
         let key = raw.trim();
         let (_, bearer) = format.adapter().held_key_header();

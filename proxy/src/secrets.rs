@@ -64,13 +64,7 @@ impl Presented {
         self.headers
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .map(|v| {
-                let v = v.trim();
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-                    .unwrap_or(v)
-                    .trim()
-            })
+            .map(crate::headers::bare_key)
             .chain(self.query_key.as_deref())
             .filter(|s| s.len() >= MIN_SECRET_LEN)
     }

@@ -76,13 +76,13 @@ impl Response {
 
 /// Applies one response object (a whole answer, or one chunk of a stream).
 fn apply(observed: &mut Observed, r: Response, stream: bool) {
+    let finished = r.finished();
     if observed.response_model.is_none() {
-        observed.response_model = r.model_version.clone();
+        observed.response_model = r.model_version;
     }
     if observed.body_id.is_none() {
-        observed.body_id = r.response_id.clone();
+        observed.body_id = r.response_id;
     }
-    let finished = r.finished();
     if let Some(u) = &r.usage_metadata {
         observed.tokens = Some(u.tokens());
         observed.usage_final = !stream || finished;

@@ -187,8 +187,7 @@ pub(crate) fn held_key(
         crate::providers::HeldKey::Ready(value) => {
             let (name, _) = provider.format.adapter().held_key_header();
             headers.insert(HeaderName::from_static(name), value.clone());
-            let key_headers = [name];
-            s.record.api_key_hint = headers::key_hint(headers, &key_headers);
+            s.record.api_key_hint = headers::key_hint(headers, &[name]);
             s.presented.hold(value.clone());
             Ok(())
         }
