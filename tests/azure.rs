@@ -1,12 +1,8 @@
 //! #17, Azure OpenAI: the real `AzureOpenAI` client through Tally with only `azure_endpoint`
 //! changed; deployments mapped to models; the `api-key` header never stored.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use tally_proxy::ProviderConfig;
 
-use crate::support::clickhouse::python;
 use crate::support::fake_upstream::{OPENAI_USAGE, WORDS};
 use crate::support::*;
 
@@ -27,23 +23,7 @@ async fn the_azure_openai_client_works_unmodified_and_deployments_map_to_models(
     })
     .await;
     let proxy = format!("http://{}", tally.proxy);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/azure.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(proxy)
-            .arg(KEY)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python");
-    assert!(
-        output.status.success(),
-        "AzureOpenAI script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let results = run_sdk_script("azure.py", &[&proxy, KEY]).await;
     for (call, model) in [
         ("json", "gpt-4o"),
         ("stream", "gpt-4o"),
@@ -85,17 +65,6 @@ async fn the_azure_openai_client_works_unmodified_and_deployments_map_to_models(
         );
     }
     let dir = tally.stop().await;
-    for entry in std::fs::read_dir(dir.path())
-        .expect("dir")
-        .filter_map(Result::ok)
-    {
-        if entry.path().is_file() {
-            let bytes = std::fs::read(entry.path()).expect("read");
-            assert!(
-                !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
-                "{} holds the key",
-                entry.path().display()
-            );
-        }
-    }
+    let holding = files_holding(dir.path(), KEY);
+    assert!(holding.is_empty(), "the key is in {holding:?}");
 }

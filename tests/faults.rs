@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::bin::Bin;
+use crate::support::bin::{minimal_config, Bin};
 use crate::support::*;
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
@@ -422,22 +422,10 @@ async fn ten_thousand_idle_connections_do_not_stop_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_spool_directory_stops_startup_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("tally.toml");
     // A directory under a regular file can never be created, even by root.
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, b"").expect("file");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{}\"\n[dashboard]\nlisten = \"127.0.0.1:{}\"\n\
-             [store]\npath = \"{}\"\nspool_dir = \"{}\"\n",
-            free_port(),
-            free_port(),
-            dir.path().join("tally.db").display(),
-            blocker.join("spool").display()
-        ),
-    )
-    .expect("config");
+    let cfg = minimal_config(dir.path(), &blocker.join("spool"));
     let out = tokio::task::spawn_blocking(move || {
         Command::new(TALLY_BIN)
             .args(["--config", cfg.to_str().expect("utf8")])

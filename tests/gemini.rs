@@ -1,41 +1,19 @@
 //! #17, Gemini API: the real google-genai SDK through Tally with only its base URL changed;
 //! both stream framings byte for byte with exact usage; keys Tally holds.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use crate::support::clickhouse::python;
 use crate::support::fake_upstream::{GEMINI_USAGE, WORDS};
 use crate::support::*;
 
 const KEY: &str = "AIzaSyFAKE-gemini-key-0123456789wxyz";
-
-fn run_sdk(proxy: String) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/gemini.py");
-    let output = Command::new(python())
-        .arg(script)
-        .arg(proxy)
-        .arg(KEY)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "google-genai script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("script prints JSON")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_google_genai_sdk_works_unmodified_and_is_recorded_exactly() {
     let up = FakeUpstream::start().await;
     let tally = TestTally::start(&up.url()).await;
     let proxy = format!("http://{}", tally.proxy);
-    let results = tokio::task::spawn_blocking(move || run_sdk(proxy))
-        .await
-        .expect("join");
+    let results = run_sdk_script("gemini.py", &[&proxy, KEY]).await;
     let (prompt, candidates, cached, thoughts) = GEMINI_USAGE;
     assert_eq!(results["json"]["text"], WORDS.concat());
     assert_eq!(results["stream"]["text"], WORDS.concat());
@@ -81,16 +59,8 @@ async fn the_google_genai_sdk_works_unmodified_and_is_recorded_exactly() {
         assert!(!r.headers.contains_key("tally-user-id"));
     }
     let dir = tally.stop().await;
-    for entry in std::fs::read_dir(dir.path())
-        .expect("dir")
-        .filter_map(Result::ok)
-    {
-        if entry.path().is_file() {
-            let bytes = std::fs::read(entry.path()).expect("read");
-            let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
-            assert!(!found, "{} holds the key", entry.path().display());
-        }
-    }
+    let holding = files_holding(dir.path(), KEY);
+    assert!(holding.is_empty(), "the key is in {holding:?}");
 }
 
 /// Both framings of `streamGenerateContent` reach the client as the upstream sent them, and
@@ -243,35 +213,10 @@ async fn eventually_record(tally: &TestTally) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_in_vertex_mode_works_and_records_project_and_location() {
     let up = FakeUpstream::start().await;
-    let tally = TestTally::start_with(&up.url(), |c| {
-        c.providers.insert(
-            "vertex".into(),
-            tally_proxy::ProviderConfig {
-                base_url: Some(up.url()),
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let tally = with_vertex(&up).await;
     const TOKEN: &str = "ya29.fake-vertex-access-token-0123456789wxyz";
     let proxy = format!("http://{}", tally.proxy);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/vertex.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(proxy)
-            .arg(TOKEN)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python");
-    assert!(
-        output.status.success(),
-        "vertex script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let results = run_sdk_script("vertex.py", &[&proxy, TOKEN]).await;
     for call in ["json", "stream"] {
         assert_eq!(results[call]["text"], WORDS.concat(), "{call}");
         let rec = tally
@@ -305,15 +250,8 @@ async fn the_sdk_in_vertex_mode_works_and_records_project_and_location() {
         assert_eq!(auth.as_bytes(), format!("Bearer {TOKEN}").as_bytes());
     }
     let dir = tally.stop().await;
-    for entry in std::fs::read_dir(dir.path())
-        .expect("dir")
-        .filter_map(Result::ok)
-    {
-        if entry.path().is_file() {
-            let bytes = std::fs::read(entry.path()).expect("read");
-            assert!(!bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()));
-        }
-    }
+    let holding = files_holding(dir.path(), TOKEN);
+    assert!(holding.is_empty(), "the key is in {holding:?}");
 }
 
 /// Claude on Vertex AI: the real `AnthropicVertex` client; Tally reads the Anthropic shapes on
@@ -321,35 +259,10 @@ async fn the_sdk_in_vertex_mode_works_and_records_project_and_location() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claude_on_vertex_is_read_as_anthropic_with_the_model_from_the_path() {
     let up = FakeUpstream::start().await;
-    let tally = TestTally::start_with(&up.url(), |c| {
-        c.providers.insert(
-            "vertex".into(),
-            tally_proxy::ProviderConfig {
-                base_url: Some(up.url()),
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let tally = with_vertex(&up).await;
     const TOKEN: &str = "ya29.fake-vertex-claude-token-0123456789wxyz";
     let proxy = format!("http://{}", tally.proxy);
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/vertex_claude.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(proxy)
-            .arg(TOKEN)
-            .output()
-    })
-    .await
-    .expect("join")
-    .expect("run python");
-    assert!(
-        output.status.success(),
-        "AnthropicVertex script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let results = run_sdk_script("vertex_claude.py", &[&proxy, TOKEN]).await;
     let (uncached, write, read, out) = crate::support::fake_upstream::ANTHROPIC_USAGE;
     for call in ["json", "stream"] {
         assert_eq!(results[call]["text"], WORDS.concat(), "{call}");
@@ -376,4 +289,18 @@ async fn claude_on_vertex_is_read_as_anthropic_with_the_model_from_the_path() {
             .contains("/publishers/anthropic/models/claude-sonnet-4-5:"));
     }
     tally.stop().await;
+}
+
+/// A Tally whose `vertex` provider (no preset: configured by its base URL) is the fake.
+async fn with_vertex(up: &FakeUpstream) -> TestTally {
+    TestTally::start_with(&up.url(), |c| {
+        c.providers.insert(
+            "vertex".into(),
+            tally_proxy::ProviderConfig {
+                base_url: Some(up.url()),
+                ..Default::default()
+            },
+        );
+    })
+    .await
 }

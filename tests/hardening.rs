@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::bin::{Bin, Options};
+use crate::support::bin::{minimal_config, Bin, Options};
 use crate::support::clickhouse::ClickHouse;
 use crate::support::fake_upstream::{EMBEDDING_TOKENS, OPENAI_USAGE};
 use crate::support::*;
@@ -139,19 +139,7 @@ async fn a_second_process_cannot_share_a_spool_directory() {
     };
     let first = Bin::start_with(&up.url(), tempfile::tempdir().expect("dir"), &options).await;
     let dir = tempfile::tempdir().expect("dir");
-    let cfg = dir.path().join("tally.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[proxy]\nlisten = \"127.0.0.1:{}\"\n[dashboard]\nlisten = \"127.0.0.1:{}\"\n\
-             [store]\npath = \"{}\"\nspool_dir = \"{}\"\n",
-            free_port(),
-            free_port(),
-            dir.path().join("tally.db").display(),
-            shared.path().display()
-        ),
-    )
-    .expect("config");
+    let cfg = minimal_config(dir.path(), shared.path());
     let mut second = std::process::Command::new(TALLY_BIN)
         .args(["--config", cfg.to_str().expect("utf8")])
         .env_remove("TALLY_CLICKHOUSE_URL")
@@ -621,16 +609,8 @@ async fn keys_echoed_by_the_upstream_are_never_stored() {
         assert!(!String::from_utf8_lossy(&page.2).contains("echoedsecret"));
     }
     let dir = tally.stop().await;
-    for entry in std::fs::read_dir(dir.path())
-        .expect("dir")
-        .filter_map(Result::ok)
-    {
-        if entry.path().is_file() {
-            let bytes = std::fs::read(entry.path()).expect("read");
-            let found = bytes.windows(12).any(|w| w == b"echoedsecret");
-            assert!(!found, "{} holds the key", entry.path().display());
-        }
-    }
+    let holding = files_holding(dir.path(), "echoedsecret");
+    assert!(holding.is_empty(), "the key is in {holding:?}");
 }
 
 /// Item 10: a compressed answer's usage is read from its decoded end, however large.

@@ -2,11 +2,6 @@
 //! clients. `scripts/test.sh` creates the virtualenv; without it this test fails and says so
 //! (it never skips).
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use crate::support::clickhouse::python;
-
 use serde_json::Value;
 
 use crate::support::fake_upstream::{ANTHROPIC_USAGE, OPENAI_USAGE, WORDS};
@@ -16,19 +11,8 @@ use crate::support::*;
 async fn openai_and_anthropic_sdks_work_unmodified_and_are_recorded() {
     let up = FakeUpstream::start().await;
     let tally = TestTally::start(&up.url()).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clients.py");
     let proxy = format!("http://{}", tally.proxy);
-    let output =
-        tokio::task::spawn_blocking(move || Command::new(python()).arg(script).arg(proxy).output())
-            .await
-            .expect("join")
-            .expect("run python");
-    assert!(
-        output.status.success(),
-        "SDK script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Value = serde_json::from_slice(&output.stdout).expect("script prints JSON");
+    let results = run_sdk_script("clients.py", &[&proxy]).await;
     let text = WORDS.concat();
     for (call, prompt) in [
         ("openai_json", OPENAI_USAGE.0),
@@ -79,19 +63,8 @@ async fn openai_and_anthropic_sdks_work_unmodified_and_are_recorded() {
 async fn the_openai_sdk_sees_its_own_stream_and_leaves_complete_records() {
     let up = FakeUpstream::start().await;
     let tally = TestTally::start(&up.url()).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/stream_endings.py");
     let proxy = format!("http://{}", tally.proxy);
-    let output =
-        tokio::task::spawn_blocking(move || Command::new(python()).arg(script).arg(proxy).output())
-            .await
-            .expect("join")
-            .expect("run python");
-    assert!(
-        output.status.success(),
-        "SDK script failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Value = serde_json::from_slice(&output.stdout).expect("script prints JSON");
+    let results = run_sdk_script("stream_endings.py", &[&proxy]).await;
     for mode in ["spaced", "linger"] {
         let r = &results[mode];
         assert_eq!(r["text"], WORDS.concat().as_str(), "{mode}");

@@ -22,12 +22,6 @@ const KEYS: [&str; 4] = [
 /// URL, headers, body.
 type Case<'a> = (String, Vec<(&'a str, &'a str)>, serde_json::Value);
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_keys_appear_in_no_record_log_line_or_metric() {
     let up = FakeUpstream::start().await;
@@ -199,17 +193,4 @@ base_url = "http://127.0.0.1:{dead}"
         // Not even the secret part without its prefix.
         assert!(!contains(&everything, &key[8..]), "part of {key} leaked");
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

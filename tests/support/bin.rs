@@ -152,3 +152,22 @@ impl Drop for Bin {
         }
     }
 }
+
+/// Writes `dir/tally.toml` for a Tally on free ports with its store in `dir` and its spool at
+/// `spool`, for tests that expect the binary to refuse to start.
+pub fn minimal_config(dir: &std::path::Path, spool: &std::path::Path) -> std::path::PathBuf {
+    let cfg = dir.join("tally.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{}\"\n[dashboard]\nlisten = \"127.0.0.1:{}\"\n\
+             [store]\npath = \"{}\"\nspool_dir = \"{}\"\n",
+            free_port(),
+            free_port(),
+            dir.join("tally.db").display(),
+            spool.display()
+        ),
+    )
+    .expect("config");
+    cfg
+}

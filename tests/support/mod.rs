@@ -7,7 +7,7 @@ pub mod fake_upstream;
 pub mod redis;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -253,4 +253,57 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .to_str()
         .expect("ascii")
         .to_owned()
+}
+
+/// Runs `tests/sdk/<script>` with the project's Python (a real provider SDK) and `args`, and
+/// returns the one JSON object the script prints.
+pub async fn run_sdk_script(script: &str, args: &[&str]) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(clickhouse::python())
+            .arg(path)
+            .args(args)
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("script prints JSON")
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Every file under `dir`, subdirectories included.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The files under `dir` (a store, its WAL, the spool) that hold `secret`.
+pub fn files_holding(dir: &Path, secret: &str) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|f| contains(&std::fs::read(f).expect("read"), secret))
+        .collect()
 }
