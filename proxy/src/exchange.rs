@@ -47,6 +47,8 @@ pub(crate) struct ExchangeState {
     /// Decodes a compressed body as it passes.
     decoder: Option<Decoder>,
     observer: Option<StreamObserver>,
+    /// Usage the response head reported (Bedrock's `InvokeModel`), for a body that has none.
+    header_tokens: Option<Tokens>,
     /// The stages that let this request through and want to see how it ends.
     hooks: Vec<Box<dyn StageHook>>,
 }
@@ -97,6 +99,7 @@ impl Exchange {
                 capture: Capture::new(limit),
                 decoder: None,
                 observer: None,
+                header_tokens: None,
                 hooks: Vec::new(),
             })),
         }
@@ -126,6 +129,7 @@ impl Exchange {
         s.record.status = status;
         s.record.stream = stream;
         s.encoding = encoding;
+        s.header_tokens = s.format.and_then(|f| f.adapter().header_usage(headers));
         s.decoder = Decoder::new(encoding, s.shared.settings.max_body_bytes);
         let readable = encoding == Encoding::Identity || s.decoder.is_some();
         if stream && readable {
@@ -284,10 +288,14 @@ impl ExchangeState {
                 _ => formats::Observed::default(),
             }
         });
-        let observed = parsed.unwrap_or_else(|| formats::Observed {
+        let mut observed = parsed.unwrap_or_else(|| formats::Observed {
             error: Some(INTERNAL_ERROR.to_owned()),
             ..Default::default()
         });
+        if let (None, Some(t)) = (observed.tokens, self.header_tokens) {
+            observed.tokens = Some(t);
+            observed.usage_final = true;
+        }
         r.response_model = observed.response_model;
         if r.model.is_none() && format == Some(WireFormat::Azure) {
             // A deployment the config does not map: the response says which model served it.

@@ -180,9 +180,19 @@ pub fn key_hint(headers: &HeaderMap, key_headers: &[&str]) -> Option<String> {
     hint_of(raw)
 }
 
-/// A key header's value without its `Bearer ` scheme: the key itself.
+/// A key header's value without its `Bearer ` scheme: the key itself. For an AWS SigV4
+/// `Authorization`, the access key id it names (the signature changes with every request and
+/// says nothing about whose it is).
 pub(crate) fn bare_key(value: &str) -> &str {
     let v = value.trim();
+    if let Some(sigv4) = v.strip_prefix("AWS4-HMAC-SHA256") {
+        let credential = sigv4
+            .split(',')
+            .find_map(|p| p.trim().strip_prefix("Credential="));
+        if let Some(c) = credential {
+            return c.split('/').next().unwrap_or(c).trim();
+        }
+    }
     v.strip_prefix("Bearer ")
         .or_else(|| v.strip_prefix("bearer "))
         .unwrap_or(v)
@@ -218,6 +228,14 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_sigv4_authorization_is_hinted_by_its_access_key() {
+        let v = "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261202/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024";
+        assert_eq!(bare_key(v), "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(bare_key("Bearer sk-abc"), "sk-abc");
+        assert_eq!(bare_key("AWS4-HMAC-SHA256 nonsense"), "AWS4-HMAC-SHA256 nonsense");
     }
 
     #[test]

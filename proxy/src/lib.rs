@@ -28,7 +28,9 @@
 pub mod body;
 mod capture;
 mod client;
+pub mod credentials;
 pub mod estimate;
+pub mod eventstream;
 mod exchange;
 pub mod formats;
 pub mod headers;

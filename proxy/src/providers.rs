@@ -8,6 +8,7 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 use serde::Deserialize;
 
+use crate::credentials::aws::{AwsConfig, AwsSigner};
 use crate::formats::WireFormat;
 
 /// The provider `/v1/...` goes to.
@@ -159,7 +160,7 @@ impl HeldKey {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// Wire format: `openai`, `anthropic`, `gemini`, `azure` or `vertex`.
+    /// Wire format: `openai`, `anthropic`, `gemini`, `azure`, `vertex` or `bedrock`.
     pub kind: Option<WireFormat>,
     /// Scheme, host and optional path prefix, e.g. `https://api.groq.com`.
     pub base_url: Option<String>,
@@ -170,6 +171,17 @@ pub struct ProviderConfig {
     /// Azure: deployment name → the model it serves, for the record and prices.
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
+    /// Bedrock: the AWS region requests are signed for (else `AWS_REGION`, else
+    /// `AWS_DEFAULT_REGION`); also the default base URL's.
+    pub region: Option<String>,
+    /// Bedrock: the access key Tally signs with (see `credentials::aws` for the fallbacks).
+    pub aws_access_key_id: Option<SecretSource>,
+    /// Bedrock: its secret.
+    pub aws_secret_access_key: Option<SecretSource>,
+    /// Bedrock: a session token, for temporary credentials.
+    pub aws_session_token: Option<SecretSource>,
+    /// Bedrock: the shared-credentials-file profile to use (else `AWS_PROFILE`, else `default`).
+    pub aws_profile: Option<String>,
 }
 
 /// A provider ready to receive requests.
@@ -185,6 +197,8 @@ pub struct Provider {
     pub held_key: Option<HeldKey>,
     /// Deployment name → model (Azure).
     pub deployments: BTreeMap<String, String>,
+    /// Signs each request for the real host (Bedrock).
+    pub aws: Option<AwsSigner>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -230,6 +244,9 @@ pub enum ProviderError {
     /// A new provider without a base URL.
     #[error("provider {0}: base_url is required for a provider that is not built in")]
     MissingBaseUrl(String),
+    /// Bedrock without a region to sign for.
+    #[error("provider {0}: region is required (or AWS_REGION / AWS_DEFAULT_REGION): requests are signed for it")]
+    MissingRegion(String),
     /// A name that cannot be a path segment, or that collides with `/v1`.
     #[error("provider name {0:?} must be lower-case letters, digits, '-' or '_', and not 'v1'")]
     BadName(String),
@@ -272,23 +289,38 @@ impl Providers {
             if by_name.contains_key(name) {
                 continue;
             }
-            let url = c
-                .base_url
-                .as_deref()
-                .ok_or_else(|| ProviderError::MissingBaseUrl(name.clone()))?;
-            // `azure` and `vertex` are built in without a preset: their base URL is the user's own
-            // resource, or the location's regional endpoint.
+            // `azure`, `vertex` and `bedrock` are built in without a preset: their base URL is
+            // the user's own resource, or the region's endpoint.
             let default_kind = match name.as_str() {
                 "azure" => WireFormat::Azure,
                 "vertex" => WireFormat::Vertex,
+                "bedrock" => WireFormat::Bedrock,
                 _ => WireFormat::OpenAi,
+            };
+            let kind = c.kind.unwrap_or(default_kind);
+            let region = (kind == WireFormat::Bedrock)
+                .then(|| aws_region(name, c))
+                .transpose()?;
+            let url = match (&c.base_url, &region) {
+                (Some(u), _) => u.clone(),
+                (None, Some(r)) => format!("https://bedrock-runtime.{r}.amazonaws.com"),
+                (None, None) => return Err(ProviderError::MissingBaseUrl(name.clone())),
             };
             let mut provider = build(
                 name,
-                c.kind.unwrap_or(default_kind),
-                url,
+                kind,
+                &url,
                 c.stream_usage.unwrap_or(StreamUsage::Passthrough),
             )?;
+            provider.aws = region.map(|r| {
+                let config = AwsConfig {
+                    access_key_id: c.aws_access_key_id.clone(),
+                    secret_access_key: c.aws_secret_access_key.clone(),
+                    session_token: c.aws_session_token.clone(),
+                    profile: c.aws_profile.clone(),
+                };
+                AwsSigner::resolve(name, r, &config)
+            });
             provider.held_key = c
                 .api_key
                 .as_ref()
@@ -340,6 +372,17 @@ impl Providers {
     }
 }
 
+/// The region a Bedrock provider signs for: configured, else from the standard variables.
+fn aws_region(name: &str, c: &ProviderConfig) -> Result<String, ProviderError> {
+    c.region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ProviderError::MissingRegion(name.to_owned()))
+}
+
 fn build(
     name: &str,
     format: WireFormat,
@@ -375,6 +418,7 @@ fn build(
         stream_usage,
         held_key: None,
         deployments: BTreeMap::new(),
+        aws: None,
         scheme,
         authority,
         base_path,

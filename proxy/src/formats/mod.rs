@@ -21,6 +21,7 @@
 
 mod anthropic;
 mod azure;
+mod bedrock;
 mod gemini;
 pub mod json;
 mod openai;
@@ -30,6 +31,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tally_ingest::Tokens;
 
+use crate::eventstream::EventStreamParser;
 use crate::sse::{Event, SseParser};
 
 /// The wire format a provider speaks.
@@ -51,6 +53,8 @@ pub enum WireFormat {
     /// `vertex` provider, never configured.
     #[serde(skip)]
     VertexAnthropic,
+    /// AWS Bedrock's runtime API; its streams are AWS's binary event stream, not SSE.
+    Bedrock,
 }
 
 impl WireFormat {
@@ -63,6 +67,7 @@ impl WireFormat {
             WireFormat::Azure => &azure::Azure,
             WireFormat::Vertex => &vertex::Vertex,
             WireFormat::VertexAnthropic => &vertex::VertexAnthropic,
+            WireFormat::Bedrock => &bedrock::Bedrock,
         }
     }
 
@@ -76,6 +81,7 @@ impl WireFormat {
             WireFormat::Azure => openai::OpenAi.on_event(observed, event),
             WireFormat::Vertex => gemini::Gemini.on_event(observed, event),
             WireFormat::VertexAnthropic => anthropic::Anthropic.on_event(observed, event),
+            WireFormat::Bedrock => bedrock::Bedrock.on_event(observed, event),
         }
     }
 
@@ -88,8 +94,25 @@ impl WireFormat {
             WireFormat::Azure => openai::OpenAi.strip_event(event, out),
             WireFormat::Vertex => gemini::Gemini.strip_event(event, out),
             WireFormat::VertexAnthropic => anthropic::Anthropic.strip_event(event, out),
+            WireFormat::Bedrock => bedrock::Bedrock.strip_event(event, out),
         }
     }
+
+    /// How this format's streams are framed.
+    fn framing(self) -> Framing {
+        match self {
+            WireFormat::Bedrock => Framing::EventStream(EventStreamParser::new()),
+            _ => Framing::Sse(SseParser::new()),
+        }
+    }
+}
+
+/// A stream's framing: SSE for every provider but Bedrock, whose streams are AWS's binary
+/// event stream.
+#[derive(Debug)]
+enum Framing {
+    Sse(SseParser),
+    EventStream(EventStreamParser),
 }
 
 /// What a request says about itself, read the way its upstream will read it.
@@ -202,6 +225,12 @@ pub(crate) trait Format: Sync {
     fn held_key_header(&self) -> (&'static str, bool) {
         ("authorization", true)
     }
+
+    /// Usage the response head reports (Bedrock's `x-amzn-bedrock-*-token-count`), used when
+    /// the body reports none.
+    fn header_usage(&self, _headers: &http::HeaderMap) -> Option<Tokens> {
+        None
+    }
 }
 
 /// Merges `details` (an object) into `error`.
@@ -273,7 +302,7 @@ fn value_after_key(bytes: &[u8], key: &str, last: bool) -> Option<Value> {
 #[derive(Debug)]
 pub struct StreamObserver {
     format: WireFormat,
-    parser: SseParser,
+    parser: Framing,
     observed: Observed,
     events: u64,
 }
@@ -283,7 +312,7 @@ impl StreamObserver {
     pub fn new(format: WireFormat) -> Self {
         Self {
             format,
-            parser: SseParser::new(),
+            parser: format.framing(),
             observed: Observed::default(),
             events: 0,
         }
@@ -298,10 +327,19 @@ impl StreamObserver {
             events,
         } = self;
         let format = *format;
-        parser.feed(chunk, |event| {
+        let on_event = |event: Event<'_>| {
             *events += 1;
             format.on_event(observed, event);
-        });
+        };
+        match parser {
+            Framing::Sse(p) => p.feed(chunk, on_event),
+            Framing::EventStream(p) => {
+                if let Some(why) = p.feed(chunk, on_event) {
+                    // The bytes still reach the client; the record says where reading stopped.
+                    observed.error.get_or_insert(why);
+                }
+            }
+        }
     }
 
     /// Number of events seen so far.

@@ -53,7 +53,10 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+        .map(str::trim_start)
+        .is_some_and(|v| {
+            v.starts_with("text/event-stream") || v.starts_with("application/vnd.amazon.eventstream")
+        })
 }
 
 fn upstream(

@@ -118,6 +118,14 @@ pub(crate) async fn send(
     let query = uri.query();
     match destination {
         Destination::Provider(provider) => {
+            let mut headers = headers;
+            let leaving = Leaving {
+                method: &method,
+                path: &path,
+                query,
+                body: head.complete().then_some(&head.bytes[..]),
+            };
+            credentials(ctx, &provider, &leaving, &mut headers)?;
             let injected = wants_injection(&provider, &path, &head)
                 .then(|| provider.format.adapter().inject(&head.bytes))
                 .flatten();
@@ -134,8 +142,6 @@ pub(crate) async fn send(
                     PrefixedBody::new(head.bytes, rest, counted).boxed_unsync()
                 }
             };
-            let mut headers = headers;
-            held_key(ctx, &provider, &mut headers)?;
             let out = Outbound {
                 method: &method,
                 path: &path,
@@ -168,10 +174,85 @@ pub(crate) async fn send(
     }
 }
 
+/// A request as it leaves, for the credentials that sign it.
+pub(crate) struct Leaving<'a> {
+    pub(crate) method: &'a http::Method,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    /// The whole body, when it is in hand (within `proxy.max_body_bytes`).
+    pub(crate) body: Option<&'a [u8]>,
+}
+
+/// Puts the credentials Tally holds for `provider` on a request, where it needs them: a key
+/// when the request carries none ([`held_key`]), or an AWS signature for the real host.
+pub(crate) fn credentials(
+    ctx: &mut Ctx,
+    provider: &Provider,
+    leaving: &Leaving<'_>,
+    headers: &mut HeaderMap,
+) -> Result<(), Refusal> {
+    match &provider.aws {
+        Some(signer) => aws_sign(ctx, provider, signer, leaving, headers),
+        None => held_key(ctx, provider, headers),
+    }
+}
+
+/// Bedrock: a Bedrock API key (`Authorization: Bearer`) passes through; anything else (a
+/// signature made for Tally's host, or nothing) is replaced by Tally's own signature, or by
+/// the API key Tally holds.
+fn aws_sign(
+    ctx: &mut Ctx,
+    provider: &Provider,
+    signer: &crate::credentials::aws::AwsSigner,
+    leaving: &Leaving<'_>,
+    headers: &mut HeaderMap,
+) -> Result<(), Refusal> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")));
+    if bearer {
+        return Ok(());
+    }
+    let Ok(uri) = provider.upstream_uri(leaving.path, leaving.query) else {
+        // send_upstream refuses the same URL with its reason.
+        return Ok(());
+    };
+    let Some(body) = leaving.body else {
+        let limit = ctx.shared.settings.max_body_bytes;
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "tally_request_body",
+            format!(
+                "a request to {} must fit in proxy.max_body_bytes ({limit} bytes): Tally signs it for AWS, and the signature covers the whole body",
+                provider.name
+            ),
+        ));
+    };
+    match signer.sign(leaving.method, &uri, headers, body) {
+        Ok(()) => {
+            ctx.exchange.state().record.api_key_hint = signer.hint();
+            Ok(())
+        }
+        Err(why) if matches!(provider.held_key, Some(crate::providers::HeldKey::Ready(_))) => {
+            tracing::debug!(provider = %provider.name, reason = %why, "no AWS credentials; sending the Bedrock API key Tally holds");
+            headers.remove(header::AUTHORIZATION);
+            ctx.exchange.state().presented = Default::default();
+            held_key(ctx, provider, headers)
+        }
+        Err(why) => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "tally_missing_credentials",
+            why,
+        )
+        .details(serde_json::json!({ "provider": provider.name }))),
+    }
+}
+
 /// A request that carries no key gets the one Tally holds for `provider`, if any; when that
 /// key is configured but unavailable, the request is refused naming the setting, rather than
 /// sent to fail upstream with a less helpful 401.
-pub(crate) fn held_key(
+fn held_key(
     ctx: &mut Ctx,
     provider: &Provider,
     headers: &mut HeaderMap,

@@ -530,7 +530,13 @@ pub(crate) async fn send(
             let t0 = Instant::now();
             router.started(ti);
             let mut headers = a.headers.clone();
-            crate::phases::send::held_key(ctx, &target.provider, &mut headers)?;
+            let leaving = crate::phases::send::Leaving {
+                method: a.method,
+                path: a.path,
+                query: a.query,
+                body: Some(&body[..]),
+            };
+            crate::phases::send::credentials(ctx, &target.provider, &leaving, &mut headers)?;
             let out = Outbound {
                 method: a.method,
                 path: a.path,
