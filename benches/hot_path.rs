@@ -56,6 +56,48 @@ fn gemini_stream() -> Vec<Bytes> {
     v
 }
 
+/// A Bedrock ConverseStream of 200 text deltas between `messageStart` and `metadata`, in AWS's
+/// event-stream frames (written with AWS's own encoder).
+fn bedrock_stream() -> Vec<Bytes> {
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let frame = |kind: &str, payload: String| {
+        let m = Message::new(payload.into_bytes())
+            .add_header(Header::new(
+                ":event-type",
+                HeaderValue::String(kind.to_owned().into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ));
+        let mut out = Vec::new();
+        write_message_to(&m, &mut out).expect("frame");
+        Bytes::from(out)
+    };
+    let mut v = vec![frame(
+        "messageStart",
+        r#"{"role":"assistant","p":"abcdefgh"}"#.to_owned(),
+    )];
+    for i in 0..200 {
+        v.push(frame(
+            "contentBlockDelta",
+            format!(
+                r#"{{"contentBlockIndex":0,"delta":{{"text":" token{i}"}},"p":"abcdefghijklmnop"}}"#
+            ),
+        ));
+    }
+    v.push(frame(
+        "metadata",
+        r#"{"usage":{"inputTokens":20,"outputTokens":200,"totalTokens":220},"metrics":{"latencyMs":900},"p":"abc"}"#.to_owned(),
+    ));
+    v
+}
+
 fn observers(c: &mut Criterion) {
     for (name, format, chunks) in [
         (
@@ -72,6 +114,11 @@ fn observers(c: &mut Criterion) {
             "gemini_stream_201_events",
             WireFormat::Gemini,
             gemini_stream(),
+        ),
+        (
+            "bedrock_stream_202_events",
+            WireFormat::Bedrock,
+            bedrock_stream(),
         ),
     ] {
         let bytes: usize = chunks.iter().map(Bytes::len).sum();

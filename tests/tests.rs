@@ -4,6 +4,7 @@
 mod support;
 
 mod azure;
+mod bedrock;
 mod budgets;
 mod cli;
 mod clickhouse_store;

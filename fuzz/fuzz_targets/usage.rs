@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         WireFormat::Azure,
         WireFormat::Vertex,
         WireFormat::VertexAnthropic,
+        WireFormat::Bedrock,
     ] {
         let _ = from_json(format, body);
         let mid = body.len() / 2;

@@ -118,7 +118,10 @@ mod tests {
 
     fn frame(event: &str, payload: &str) -> Vec<u8> {
         let m = Message::new(payload.as_bytes().to_vec())
-            .add_header(Header::new(":message-type", HeaderValue::String("event".into())))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ))
             .add_header(Header::new(
                 ":event-type",
                 HeaderValue::String(event.to_owned().into()),

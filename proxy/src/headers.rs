@@ -235,7 +235,10 @@ mod tests {
         let v = "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261202/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024";
         assert_eq!(bare_key(v), "AKIAIOSFODNN7EXAMPLE");
         assert_eq!(bare_key("Bearer sk-abc"), "sk-abc");
-        assert_eq!(bare_key("AWS4-HMAC-SHA256 nonsense"), "AWS4-HMAC-SHA256 nonsense");
+        assert_eq!(
+            bare_key("AWS4-HMAC-SHA256 nonsense"),
+            "AWS4-HMAC-SHA256 nonsense"
+        );
     }
 
     #[test]

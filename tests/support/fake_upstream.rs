@@ -3,7 +3,8 @@
 //! output and usage, and Google's Gemini API (`generateContent`, `streamGenerateContent` as SSE
 //! with `alt=sse` and as a streamed JSON array without, `countTokens`), shaped as
 //! ai.google.dev/api/generate-content documents it, and Claude on Vertex AI (`rawPredict`,
-//! `streamRawPredict`). The only faked component of the suite.
+//! `streamRawPredict`), and AWS Bedrock's runtime ([`super::fake_bedrock`]). The only faked
+//! component of the suite.
 //!
 //! Modes, chosen per request with the `x-fake-mode` header:
 //! - `error<status>` (`error500`, `error429`, `error503`…), optionally `-ra<secs>` for a
@@ -49,7 +50,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Words the fake model always answers with.
 pub const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " upstream."];
@@ -145,7 +146,7 @@ impl FakeUpstream {
     }
 }
 
-fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(
         Full::new(body.into())
             .map_err(|n| match n {})
@@ -284,6 +285,17 @@ fn sse(events: Vec<Step>, interval: Duration) -> Response<Body> {
     );
     r.headers_mut()
         .insert("cache-control", "no-cache".parse().expect("cc"));
+    r
+}
+
+/// A binary stream (Bedrock's event stream): each frame its own chunk, then the end.
+pub fn sse_bytes(frames: Vec<Vec<u8>>, content_type: &str) -> Response<Body> {
+    let chunks = frames
+        .into_iter()
+        .map(|f| Ok::<_, std::io::Error>(Frame::data(Bytes::from(f))));
+    let mut r = Response::new(StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync());
+    r.headers_mut()
+        .insert("content-type", content_type.parse().expect("ct"));
     r
 }
 
@@ -433,6 +445,9 @@ async fn handle(
     let interval = ms("x-fake-interval-ms");
     let path = parts.uri.path().to_owned();
     let anthropic = path.ends_with("/v1/messages");
+    if super::fake_bedrock::serves(&path) {
+        return super::fake_bedrock::respond(&parts, &body, &mode);
+    }
 
     match mode.as_str() {
         "big" => return big_stream(header("x-fake-bytes").parse().unwrap_or(0)),

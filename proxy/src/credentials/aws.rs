@@ -179,13 +179,9 @@ fn credentials(provider: &str, c: &AwsConfig) -> Result<Credentials, String> {
                 .map(|t| read(t, &setting("aws_session_token")))
                 .transpose();
             return match (id, secret, token) {
-                (Ok(id), Ok(secret), Ok(token)) => Ok(Credentials::new(
-                    id,
-                    secret,
-                    token,
-                    None,
-                    "tally-config",
-                )),
+                (Ok(id), Ok(secret), Ok(token)) => {
+                    Ok(Credentials::new(id, secret, token, None, "tally-config"))
+                }
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => refuse(e),
             };
         }
@@ -311,7 +307,12 @@ mod tests {
             hint: None,
         };
         let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("AWS4-HMAC-SHA256 Credential=CLIENT/x, SignedHeaders=host, Signature=00"));
+        h.insert(
+            "authorization",
+            HeaderValue::from_static(
+                "AWS4-HMAC-SHA256 Credential=CLIENT/x, SignedHeaders=host, Signature=00",
+            ),
+        );
         h.insert("x-amz-date", HeaderValue::from_static("20000101T000000Z"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         let uri: Uri = "https://bedrock-runtime.us-east-1.amazonaws.com/model/m%3A0/converse"
@@ -321,9 +322,15 @@ mod tests {
             .sign(&Method::POST, &uri, &mut h, b"{}")
             .expect("signed");
         let auth = h["authorization"].to_str().expect("ascii");
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+        assert!(
+            auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+            "{auth}"
+        );
         assert!(auth.contains("/us-east-1/bedrock/aws4_request"), "{auth}");
-        assert!(auth.contains("SignedHeaders=content-type;host;x-amz-date"), "{auth}");
+        assert!(
+            auth.contains("SignedHeaders=content-type;host;x-amz-date"),
+            "{auth}"
+        );
         assert_ne!(h["x-amz-date"], "20000101T000000Z");
     }
 }

@@ -40,10 +40,18 @@ struct Usage {
     #[serde(default, alias = "outputTokens", alias = "outputTokenCount")]
     #[serde(deserialize_with = "super::count")]
     output_tokens: Option<u64>,
-    #[serde(default, alias = "cacheReadInputTokens", alias = "cacheReadInputTokenCount")]
+    #[serde(
+        default,
+        alias = "cacheReadInputTokens",
+        alias = "cacheReadInputTokenCount"
+    )]
     #[serde(deserialize_with = "super::count")]
     cache_read_input_tokens: Option<u64>,
-    #[serde(default, alias = "cacheWriteInputTokens", alias = "cacheWriteInputTokenCount")]
+    #[serde(
+        default,
+        alias = "cacheWriteInputTokens",
+        alias = "cacheWriteInputTokenCount"
+    )]
     #[serde(alias = "cache_creation_input_tokens")]
     #[serde(deserialize_with = "super::count")]
     cache_write_input_tokens: Option<u64>,
@@ -203,7 +211,11 @@ impl Format for Bedrock {
         }
         observed.response_model = b.model;
         observed.body_id = b.id;
-        observed.error = b.message.as_ref().and_then(Value::as_str).map(str::to_owned);
+        observed.error = b
+            .message
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         observed
     }
 
@@ -248,7 +260,12 @@ impl Format for Bedrock {
     }
 
     fn response_text(&self, v: &Value, out: &mut String) {
-        for p in ["/output/message/content", "/content", "/generation", "/results"] {
+        for p in [
+            "/output/message/content",
+            "/content",
+            "/generation",
+            "/results",
+        ] {
             if let Some(x) = v.pointer(p) {
                 super::collect_strings(x, out);
             }
@@ -262,7 +279,8 @@ impl Format for Bedrock {
     }
 
     fn header_usage(&self, headers: &HeaderMap) -> Option<Tokens> {
-        let n = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let n =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
         let input = n("x-amzn-bedrock-input-token-count")?;
         let output = n("x-amzn-bedrock-output-token-count")?;
         let read = n("x-amzn-bedrock-cache-read-input-token-count").unwrap_or(0);
@@ -350,7 +368,10 @@ mod tests {
     fn stream_events_end_at_metadata_or_the_invocation_metrics() {
         let mut o = Observed::default();
         let ev = |event, data: &'static [u8]| Event { event, data };
-        Bedrock.on_event(&mut o, ev("messageStart", br#"{"role":"assistant","p":"abc"}"#));
+        Bedrock.on_event(
+            &mut o,
+            ev("messageStart", br#"{"role":"assistant","p":"abc"}"#),
+        );
         Bedrock.on_event(&mut o, ev("messageStop", br#"{"stopReason":"end_turn"}"#));
         assert!(!o.ended, "the usage comes after messageStop");
         Bedrock.on_event(
@@ -372,10 +393,22 @@ mod tests {
         let stop = chunk(
             r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":25,"outputTokenCount":9,"invocationLatency":300,"firstByteLatency":100}}"#,
         );
-        Bedrock.on_event(&mut o, Event { event: "chunk", data: start.as_bytes() });
+        Bedrock.on_event(
+            &mut o,
+            Event {
+                event: "chunk",
+                data: start.as_bytes(),
+            },
+        );
         assert_eq!(o.body_id.as_deref(), Some("msg_1"));
         assert!(!o.usage_final && !o.ended);
-        Bedrock.on_event(&mut o, Event { event: "chunk", data: stop.as_bytes() });
+        Bedrock.on_event(
+            &mut o,
+            Event {
+                event: "chunk",
+                data: stop.as_bytes(),
+            },
+        );
         assert!(o.ended && o.usage_final);
         assert_eq!(o.tokens.map(|t| (t.prompt, t.completion)), Some((25, 9)));
 
@@ -384,7 +417,10 @@ mod tests {
             &mut o,
             ev("throttlingException", br#"{"message":"Too many requests"}"#),
         );
-        assert_eq!(o.error.as_deref(), Some("throttlingException: Too many requests"));
+        assert_eq!(
+            o.error.as_deref(),
+            Some("throttlingException: Too many requests")
+        );
     }
 
     #[test]

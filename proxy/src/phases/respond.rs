@@ -55,7 +55,8 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .map(str::trim_start)
         .is_some_and(|v| {
-            v.starts_with("text/event-stream") || v.starts_with("application/vnd.amazon.eventstream")
+            v.starts_with("text/event-stream")
+                || v.starts_with("application/vnd.amazon.eventstream")
         })
 }
 

@@ -210,7 +210,11 @@ fn aws_sign(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")));
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("bearer "))
+        });
     if bearer {
         return Ok(());
     }
@@ -240,23 +244,17 @@ fn aws_sign(
             ctx.exchange.state().presented = Default::default();
             held_key(ctx, provider, headers)
         }
-        Err(why) => Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "tally_missing_credentials",
-            why,
-        )
-        .details(serde_json::json!({ "provider": provider.name }))),
+        Err(why) => Err(
+            Refusal::new(StatusCode::UNAUTHORIZED, "tally_missing_credentials", why)
+                .details(serde_json::json!({ "provider": provider.name })),
+        ),
     }
 }
 
 /// A request that carries no key gets the one Tally holds for `provider`, if any; when that
 /// key is configured but unavailable, the request is refused naming the setting, rather than
 /// sent to fail upstream with a less helpful 401.
-fn held_key(
-    ctx: &mut Ctx,
-    provider: &Provider,
-    headers: &mut HeaderMap,
-) -> Result<(), Refusal> {
+fn held_key(ctx: &mut Ctx, provider: &Provider, headers: &mut HeaderMap) -> Result<(), Refusal> {
     let Some(held) = &provider.held_key else {
         return Ok(());
     };

@@ -143,7 +143,12 @@ impl PricingTable {
         let model = model.trim().to_ascii_lowercase();
         let provider = provider.to_ascii_lowercase();
         let bare = model.rsplit('/').next().unwrap_or(&model).to_owned();
-        let candidates = [format!("{provider}/{model}"), model.clone(), bare];
+        let mut candidates = vec![format!("{provider}/{model}"), model.clone()];
+        if let Some(base) = bedrock_base(&bare) {
+            candidates.push(format!("{provider}/{base}"));
+            candidates.push(base.to_owned());
+        }
+        candidates.push(bare);
         for c in &candidates {
             let mut name = c.as_str();
             loop {
@@ -163,6 +168,48 @@ impl PricingTable {
     pub fn cost(&self, provider: &str, model: &str, tokens: &Tokens) -> Option<f64> {
         self.lookup(provider, model).map(|p| p.cost(tokens))
     }
+}
+
+/// The model a Bedrock model id names: `claude-3-haiku-20240307` for
+/// `us.anthropic.claude-3-haiku-20240307-v1:0`, `nova-lite` for `amazon.nova-lite-v1:0`. A
+/// cross-region inference profile's geography (`us.`, `eu.`, `global.`, …), the vendor and the
+/// `-v1:0` version go; `None` for anything not shaped so.
+fn bedrock_base(id: &str) -> Option<&str> {
+    const GEOGRAPHIES: &[&str] = &[
+        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+    ];
+    const VENDORS: &[&str] = &[
+        "anthropic.",
+        "amazon.",
+        "meta.",
+        "mistral.",
+        "cohere.",
+        "ai21.",
+        "deepseek.",
+        "openai.",
+        "qwen.",
+        "writer.",
+        "stability.",
+    ];
+    let mut rest = id;
+    if let Some(g) = GEOGRAPHIES.iter().find(|g| rest.starts_with(**g)) {
+        rest = &rest[g.len()..];
+    }
+    let vendor = VENDORS.iter().find(|v| rest.starts_with(**v))?;
+    rest = &rest[vendor.len()..];
+    // `-v1:0`, `-v2`, `-1:0`, `:0`: the version Bedrock appends.
+    if let Some((head, tail)) = rest.rsplit_once(':') {
+        if tail.bytes().all(|b| b.is_ascii_digit()) {
+            rest = head;
+        }
+    }
+    if let Some((head, tail)) = rest.rsplit_once('-') {
+        let digits = tail.strip_prefix('v').unwrap_or(tail);
+        if !digits.is_empty() && digits.len() <= 2 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            rest = head;
+        }
+    }
+    (!rest.is_empty()).then_some(rest)
 }
 
 /// Removes one trailing snapshot marker: `-latest`, `@20241022`, `-2024-08-06`, `-20250929`,
@@ -220,6 +267,41 @@ mod tests {
 
     /// Found by the `pricing` fuzz target: a multi-byte character where the date suffix would
     /// start used to panic (a byte index inside a character).
+    #[test]
+    fn bedrock_model_ids_find_the_models_they_name() {
+        assert_eq!(
+            bedrock_base("us.anthropic.claude-3-haiku-20240307-v1:0"),
+            Some("claude-3-haiku-20240307")
+        );
+        assert_eq!(bedrock_base("amazon.nova-lite-v1:0"), Some("nova-lite"));
+        assert_eq!(
+            bedrock_base("openai.gpt-oss-120b-1:0"),
+            Some("gpt-oss-120b")
+        );
+        assert_eq!(
+            bedrock_base("meta.llama3-3-70b-instruct-v1:0"),
+            Some("llama3-3-70b-instruct")
+        );
+        assert_eq!(bedrock_base("gpt-4o"), None);
+        assert_eq!(bedrock_base("anthropic."), None);
+        let t = PricingTable::builtin().expect("builtin");
+        let tokens = Tokens {
+            prompt: 1_000_000,
+            completion: 1_000_000,
+            ..Tokens::default()
+        };
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+        assert_eq!(t.cost("bedrock", arn, &tokens), Some(18.0));
+        assert_eq!(
+            t.cost("bedrock", "amazon.nova-pro-v1:0", &tokens),
+            Some(4.0)
+        );
+        assert_eq!(
+            t.cost("bedrock", "meta.llama3-1-70b-instruct-v1:0", &tokens),
+            Some(1.44)
+        );
+    }
+
     #[test]
     fn non_ascii_model_names_do_not_panic() {
         let t = table();
