@@ -291,6 +291,89 @@ async fn claude_on_vertex_is_read_as_anthropic_with_the_model_from_the_path() {
     tally.stop().await;
 }
 
+/// `[providers.vertex] service_account_file`: a client sending a placeholder gets a token
+/// Tally minted (a JWT signed with the account's key, exchanged at its `token_uri`), reused
+/// while it is good and minted again once it has expired; the fake refuses expired tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_minted_from_a_service_account_and_refreshed_when_they_expire() {
+    use crate::support::fake_google_auth::{key_file, ACCOUNT};
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, key_file(&format!("{}/token?expires_in=2", up.url()))).expect("sa");
+    let tally = TestTally::start_with(&up.url(), |c| {
+        c.providers.insert(
+            "vertex".into(),
+            tally_proxy::ProviderConfig {
+                base_url: Some(up.url()),
+                service_account_file: Some(sa.clone()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let proxy = format!("http://{}", tally.proxy);
+    let minted = |up: &FakeUpstream| -> Vec<String> {
+        up.received()
+            .iter()
+            .filter(|r| !r.path_and_query.starts_with("/token"))
+            .filter_map(|r| r.headers.get("authorization"))
+            .map(|v| v.to_str().expect("ascii").to_owned())
+            .collect()
+    };
+    let token_calls = |up: &FakeUpstream| {
+        up.received()
+            .iter()
+            .filter(|r| r.path_and_query.starts_with("/token"))
+            .count()
+    };
+    let first = run_sdk_script("vertex.py", &[&proxy, "placeholder"]).await;
+    assert_eq!(first["json"]["text"], WORDS.concat());
+    assert_eq!(first["stream"]["text"], WORDS.concat());
+    assert_eq!(token_calls(&up), 1, "one token serves both requests");
+    let sent = minted(&up);
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent[0].starts_with("Bearer ya29.fake-minted-"),
+        "{}",
+        sent[0]
+    );
+    assert_eq!(sent[0], sent[1]);
+    let rec = tally
+        .record(first["json"]["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(rec["api_key_hint"], ACCOUNT);
+    assert!(rec["error"].is_null(), "{}", rec["error"]);
+
+    // The token lives 2 s; the fake refuses it after that.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let second = run_sdk_script("vertex.py", &[&proxy, "placeholder"]).await;
+    assert_eq!(second["json"]["text"], WORDS.concat(), "{second}");
+    assert_eq!(token_calls(&up), 2, "the expired token was replaced");
+    let sent = minted(&up);
+    assert_ne!(sent[2], sent[0], "a new token");
+    let rec = tally
+        .record(second["json"]["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(rec["status"], 200);
+
+    // A client's own token is still passed through untouched.
+    const OWN: &str = "ya29.client-own-token-0123456789wxyz";
+    let own = run_sdk_script("vertex.py", &[&proxy, OWN]).await;
+    assert_eq!(own["json"]["text"], WORDS.concat());
+    assert_eq!(token_calls(&up), 2);
+    assert_eq!(
+        minted(&up).last().map(String::as_str),
+        Some(&*format!("Bearer {OWN}"))
+    );
+    let store = tally.stop().await;
+    for t in sent {
+        let t = t.trim_start_matches("Bearer ");
+        let holding = files_holding(store.path(), t);
+        assert!(holding.is_empty(), "a minted token is in {holding:?}");
+    }
+}
+
 /// A Tally whose `vertex` provider (no preset: configured by its base URL) is the fake.
 async fn with_vertex(up: &FakeUpstream) -> TestTally {
     TestTally::start_with(&up.url(), |c| {

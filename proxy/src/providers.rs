@@ -9,6 +9,7 @@ use http::Uri;
 use serde::Deserialize;
 
 use crate::credentials::aws::{AwsConfig, AwsSigner};
+use crate::credentials::google::ServiceAccount;
 use crate::formats::WireFormat;
 
 /// The provider `/v1/...` goes to.
@@ -172,7 +173,9 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub deployments: BTreeMap<String, String>,
     /// Bedrock: the AWS region requests are signed for (else `AWS_REGION`, else
-    /// `AWS_DEFAULT_REGION`); also the default base URL's.
+    /// `AWS_DEFAULT_REGION`); also the default base URL's. Vertex: the location, whose
+    /// endpoint is the default base URL (`location` is the same setting).
+    #[serde(alias = "location")]
     pub region: Option<String>,
     /// Bedrock: the access key Tally signs with (see `credentials::aws` for the fallbacks).
     pub aws_access_key_id: Option<SecretSource>,
@@ -182,6 +185,9 @@ pub struct ProviderConfig {
     pub aws_session_token: Option<SecretSource>,
     /// Bedrock: the shared-credentials-file profile to use (else `AWS_PROFILE`, else `default`).
     pub aws_profile: Option<String>,
+    /// Vertex: a service-account key file Tally mints access tokens from, for requests that
+    /// carry no token of their own.
+    pub service_account_file: Option<std::path::PathBuf>,
 }
 
 /// A provider ready to receive requests.
@@ -199,6 +205,8 @@ pub struct Provider {
     pub deployments: BTreeMap<String, String>,
     /// Signs each request for the real host (Bedrock).
     pub aws: Option<AwsSigner>,
+    /// Mints access tokens for requests that carry none (Vertex), or why it cannot.
+    pub service_account: Option<Result<Arc<ServiceAccount>, String>>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -301,10 +309,16 @@ impl Providers {
             let region = (kind == WireFormat::Bedrock)
                 .then(|| aws_region(name, c))
                 .transpose()?;
-            let url = match (&c.base_url, &region) {
-                (Some(u), _) => u.clone(),
-                (None, Some(r)) => format!("https://bedrock-runtime.{r}.amazonaws.com"),
-                (None, None) => return Err(ProviderError::MissingBaseUrl(name.clone())),
+            let url = match (&c.base_url, &region, kind, &c.region) {
+                (Some(u), ..) => u.clone(),
+                (None, Some(r), ..) => format!("https://bedrock-runtime.{r}.amazonaws.com"),
+                (None, None, WireFormat::Vertex, Some(l)) if l == "global" => {
+                    "https://aiplatform.googleapis.com".to_owned()
+                }
+                (None, None, WireFormat::Vertex, Some(l)) => {
+                    format!("https://{l}-aiplatform.googleapis.com")
+                }
+                _ => return Err(ProviderError::MissingBaseUrl(name.clone())),
             };
             let mut provider = build(
                 name,
@@ -320,6 +334,13 @@ impl Providers {
                     profile: c.aws_profile.clone(),
                 };
                 AwsSigner::resolve(name, r, &config)
+            });
+            provider.service_account = c.service_account_file.as_deref().map(|path| {
+                let loaded = ServiceAccount::load(name, path).map(Arc::new);
+                if let Err(e) = &loaded {
+                    tracing::warn!(provider = %name, error = %e, "the service account cannot be used; requests without a token of their own will be refused");
+                }
+                loaded
             });
             provider.held_key = c
                 .api_key
@@ -419,6 +440,7 @@ fn build(
         held_key: None,
         deployments: BTreeMap::new(),
         aws: None,
+        service_account: None,
         scheme,
         authority,
         base_path,

@@ -1,7 +1,8 @@
 """Drives Tally with the real google-genai SDK in Vertex AI mode, changing only its base URL.
 
 Usage: vertex.py PROXY_URL ACCESS_TOKEN -> prints one JSON object: per call, the
-Tally-Request-Id the SDK received and the text it assembled.
+Tally-Request-Id the SDK received and the text it assembled. The SDK always sends a bearer
+token: for a Tally that holds a service account, any placeholder that is not an access token.
 """
 import json
 import sys

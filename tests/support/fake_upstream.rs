@@ -448,6 +448,14 @@ async fn handle(
     if super::fake_bedrock::serves(&path) {
         return super::fake_bedrock::respond(&parts, &body, &mode);
     }
+    if super::fake_google_auth::serves(&path) {
+        return super::fake_google_auth::token(&parts, &body);
+    }
+    if path.contains("/projects/") {
+        if let Some(refused) = super::fake_google_auth::refuse_expired(&parts) {
+            return refused;
+        }
+    }
 
     match mode.as_str() {
         "big" => return big_stream(header("x-fake-bytes").parse().unwrap_or(0)),

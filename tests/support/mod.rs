@@ -4,6 +4,7 @@
 pub mod bin;
 pub mod clickhouse;
 pub mod fake_bedrock;
+pub mod fake_google_auth;
 pub mod fake_upstream;
 pub mod redis;
 

@@ -125,7 +125,7 @@ pub(crate) async fn send(
                 query,
                 body: head.complete().then_some(&head.bytes[..]),
             };
-            credentials(ctx, &provider, &leaving, &mut headers)?;
+            credentials(ctx, &provider, &leaving, &mut headers).await?;
             let injected = wants_injection(&provider, &path, &head)
                 .then(|| provider.format.adapter().inject(&head.bytes))
                 .flatten();
@@ -185,16 +185,52 @@ pub(crate) struct Leaving<'a> {
 
 /// Puts the credentials Tally holds for `provider` on a request, where it needs them: a key
 /// when the request carries none ([`held_key`]), or an AWS signature for the real host.
-pub(crate) fn credentials(
+pub(crate) async fn credentials(
     ctx: &mut Ctx,
     provider: &Provider,
     leaving: &Leaving<'_>,
     headers: &mut HeaderMap,
 ) -> Result<(), Refusal> {
-    match &provider.aws {
-        Some(signer) => aws_sign(ctx, provider, signer, leaving, headers),
-        None => held_key(ctx, provider, headers),
+    if let Some(signer) = &provider.aws {
+        return aws_sign(ctx, provider, signer, leaving, headers);
     }
+    if let Some(account) = &provider.service_account {
+        // Google's SDKs always send a bearer token; one that is not an OAuth access token
+        // (`ya29.…`) is a placeholder, and Tally's replaces it.
+        let own_token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| headers::bare_key(v).starts_with("ya29."));
+        if !own_token {
+            return service_account_token(ctx, provider, account, headers).await;
+        }
+    }
+    held_key(ctx, provider, headers)
+}
+
+/// Vertex: a request without a token of its own gets one minted from the service account
+/// Tally holds (cached; see `credentials::google`).
+async fn service_account_token(
+    ctx: &mut Ctx,
+    provider: &Provider,
+    account: &Result<Arc<crate::credentials::google::ServiceAccount>, String>,
+    headers: &mut HeaderMap,
+) -> Result<(), Refusal> {
+    let refuse = |why: String| {
+        Refusal::new(StatusCode::UNAUTHORIZED, "tally_missing_credentials", why)
+            .details(serde_json::json!({ "provider": provider.name }))
+    };
+    let account = account.as_ref().map_err(|e| refuse(e.clone()))?;
+    let value = account.authorization(&ctx.client).await.map_err(|e| {
+        ctx.shared.metrics.upstream_error(&provider.name, "token");
+        tracing::warn!(provider = %provider.name, error = %e, "minting an access token failed");
+        refuse(e)
+    })?;
+    headers.insert(header::AUTHORIZATION, value.clone());
+    let s = ctx.exchange.state();
+    s.record.api_key_hint = Some(account.email().to_owned());
+    s.presented.hold(value);
+    Ok(())
 }
 
 /// Bedrock: a Bedrock API key (`Authorization: Bearer`) passes through; anything else (a

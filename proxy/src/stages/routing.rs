@@ -536,7 +536,7 @@ pub(crate) async fn send(
                 query: a.query,
                 body: Some(&body[..]),
             };
-            crate::phases::send::credentials(ctx, &target.provider, &leaving, &mut headers)?;
+            crate::phases::send::credentials(ctx, &target.provider, &leaving, &mut headers).await?;
             let out = Outbound {
                 method: a.method,
                 path: a.path,
