@@ -1,5 +1,6 @@
 //! #17, Azure OpenAI: the real `AzureOpenAI` client through Tally with only `azure_endpoint`
-//! changed; deployments mapped to models; the `api-key` header never stored.
+//! changed; deployments mapped to models; content-filter results kept; the `api-key` header
+//! never stored.
 
 use tally_proxy::ProviderConfig;
 
@@ -50,8 +51,26 @@ async fn the_azure_openai_client_works_unmodified_and_deployments_map_to_models(
         );
         assert_eq!(rec["user_id"], "alice");
     }
+    let rec = tally
+        .record(results["json"]["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(rec["properties"]["content_filter"], "safe", "{rec}");
+    assert!(rec["properties"].get("content_filter_findings").is_none());
+    assert_eq!(results["filtered"]["raised"], "content_filter");
+    let rec = tally
+        .record(results["filtered"]["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(rec["status"], 400);
+    assert_eq!(rec["properties"]["content_filter"], "filtered", "{rec}");
+    assert_eq!(
+        rec["properties"]["content_filter_findings"],
+        "prompt.violence=medium(filtered)"
+    );
+    assert!(rec["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("content management policy")));
     let received = up.received();
-    assert_eq!(received.len(), 3);
+    assert_eq!(received.len(), 4);
     for r in &received {
         assert!(
             r.path_and_query.starts_with("/openai/deployments/"),

@@ -297,6 +297,14 @@ impl ExchangeState {
             observed.usage_final = true;
         }
         r.response_model = observed.response_model;
+        if let Some(f) = &observed.content_filter {
+            let findings = f.findings.iter().cloned().collect::<Vec<_>>().join(",");
+            let props = &mut r.properties;
+            props.insert("content_filter".to_owned(), f.verdict().to_owned());
+            if !findings.is_empty() {
+                props.insert("content_filter_findings".to_owned(), findings);
+            }
+        }
         if r.model.is_none() && format == Some(WireFormat::Azure) {
             // A deployment the config does not map: the response says which model served it.
             r.model = r.response_model.clone();

@@ -7,7 +7,7 @@
 //! not allocate.
 
 /// One dispatched event. Borrowed from the parser's buffers; copy what you keep.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event<'a> {
     /// The `event:` field, empty when absent (the spec's default type is `message`).
     pub event: &'a str,

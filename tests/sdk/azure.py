@@ -6,6 +6,7 @@ and the text the SDK assembled.
 import json
 import sys
 
+import openai
 from openai import AzureOpenAI
 
 proxy, key = sys.argv[1], sys.argv[2]
@@ -25,5 +26,12 @@ out["stream"] = {"id": stream.response.headers.get("tally-request-id"), "text": 
 raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=messages)
 out["unmapped"] = {"id": raw.headers.get("tally-request-id"),
                    "text": raw.parse().choices[0].message.content}
+
+try:
+    client.chat.completions.create(model="prod-4o", messages=messages,
+                                   extra_headers={"x-fake-mode": "content-filter"})
+    out["filtered"] = {"raised": None}
+except openai.BadRequestError as e:
+    out["filtered"] = {"raised": e.code, "id": e.response.headers.get("tally-request-id")}
 
 print(json.dumps(out))

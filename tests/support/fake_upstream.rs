@@ -28,7 +28,9 @@
 //! - `empty204`, `empty200`: a 204, or a 200 with `Content-Length: 0`;
 //! - `absurd`: chat usage of `u64::MAX` prompt tokens;
 //! - `binary`: a non-JSON binary body;
-//! - `big`: an event stream of `x-fake-bytes` bytes, generated as it is read.
+//! - `big`: an event stream of `x-fake-bytes` bytes, generated as it is read;
+//! - `content-filter`: Azure's 400 for a prompt its content filter refused (Azure answers
+//!   otherwise carry all-safe `prompt_filter_results` and `content_filter_results`).
 //!
 //! `x-fake-delay-ms` delays the response head; `x-fake-interval-ms` spaces stream events.
 //! [`FakeUpstream::script`] queues modes for the next requests, whatever their headers say, so
@@ -567,12 +569,33 @@ async fn handle(
     } else if anthropic {
         anthropic_response(&model, stream, &mode, interval, &text)
     } else if path.ends_with("/chat/completions") {
+        let azure = path.contains("/openai/deployments/");
+        if azure && mode == "content-filter" {
+            // Azure refusing a prompt, as its content-filter documentation shows.
+            return full(StatusCode::BAD_REQUEST, "application/json", json!({"error": {
+                "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+                "type": null, "param": "prompt", "code": "content_filter", "status": 400,
+                "innererror": {"code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+                    "hate": {"filtered": false, "severity": "safe"}, "jailbreak": {"filtered": false, "detected": false},
+                    "self_harm": {"filtered": false, "severity": "safe"}, "sexual": {"filtered": false, "severity": "safe"},
+                    "violence": {"filtered": true, "severity": "medium"}}}}}).to_string());
+        }
         if !stream {
-            json_response(json!({
+            let mut v = json!({
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
                 "model": response_model(&model),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": openai_usage(&mode)}))
+                "usage": openai_usage(&mode)});
+            if azure {
+                let safe = json!({"hate": {"filtered": false, "severity": "safe"},
+                    "self_harm": {"filtered": false, "severity": "safe"},
+                    "sexual": {"filtered": false, "severity": "safe"},
+                    "violence": {"filtered": false, "severity": "safe"}});
+                v["choices"][0]["content_filter_results"] = safe.clone();
+                v["prompt_filter_results"] =
+                    json!([{"prompt_index": 0, "content_filter_results": safe}]);
+            }
+            json_response(v)
         } else {
             // With include_usage, OpenAI adds "usage":null to every chunk and a final
             // usage-only chunk; without it, neither.

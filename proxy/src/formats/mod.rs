@@ -78,7 +78,7 @@ impl WireFormat {
             WireFormat::OpenAi => openai::OpenAi.on_event(observed, event),
             WireFormat::Anthropic => anthropic::Anthropic.on_event(observed, event),
             WireFormat::Gemini => gemini::Gemini.on_event(observed, event),
-            WireFormat::Azure => openai::OpenAi.on_event(observed, event),
+            WireFormat::Azure => azure::Azure.on_event(observed, event),
             WireFormat::Vertex => gemini::Gemini.on_event(observed, event),
             WireFormat::VertexAnthropic => anthropic::Anthropic.on_event(observed, event),
             WireFormat::Bedrock => bedrock::Bedrock.on_event(observed, event),
@@ -151,6 +151,32 @@ pub struct Observed {
     /// The format's end-of-stream event went by (`[DONE]`, `message_stop`,
     /// `response.completed`, …): the answer is complete even if the connection is not.
     pub ended: bool,
+    /// What the provider's content filter said (Azure), kept in the record's properties
+    /// `content_filter` (the verdict) and `content_filter_findings`.
+    pub content_filter: Option<ContentFilter>,
+}
+
+/// A provider's content-filter verdict over the prompt and the answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContentFilter {
+    /// Something was filtered (the request refused, or the answer cut).
+    pub filtered: bool,
+    /// Findings that were not `safe`: `prompt.violence=medium`, `completion.jailbreak=detected`,
+    /// with `(filtered)` where the filter acted on them.
+    pub findings: std::collections::BTreeSet<String>,
+}
+
+impl ContentFilter {
+    /// `filtered`, `flagged` (something found, nothing filtered) or `safe`.
+    pub fn verdict(&self) -> &'static str {
+        if self.filtered {
+            "filtered"
+        } else if self.findings.is_empty() {
+            "safe"
+        } else {
+            "flagged"
+        }
+    }
 }
 
 impl Observed {
