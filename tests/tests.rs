@@ -9,6 +9,7 @@ mod budgets;
 mod cli;
 mod clickhouse_store;
 mod dashboard;
+mod endpoints;
 mod errors;
 mod faults;
 mod gemini;

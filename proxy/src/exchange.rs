@@ -49,6 +49,8 @@ pub(crate) struct ExchangeState {
     observer: Option<StreamObserver>,
     /// Usage the response head reported (Bedrock's `InvokeModel`), for a body that has none.
     header_tokens: Option<Tokens>,
+    /// What a per-unit endpoint was asked for (images, speech, audio minutes).
+    pub(crate) units: Option<formats::Units>,
     /// The stages that let this request through and want to see how it ends.
     hooks: Vec<Box<dyn StageHook>>,
 }
@@ -100,6 +102,7 @@ impl Exchange {
                 decoder: None,
                 observer: None,
                 header_tokens: None,
+                units: None,
                 hooks: Vec::new(),
             })),
         }
@@ -297,6 +300,11 @@ impl ExchangeState {
             observed.usage_final = true;
         }
         r.response_model = observed.response_model;
+        let units = formats::Units::merge(self.units.take(), observed.units.take())
+            .filter(|_| (200..300).contains(&r.status));
+        for (name, value) in units.iter().flat_map(formats::Units::properties) {
+            r.properties.insert(name.to_owned(), value);
+        }
         if let Some(f) = &observed.content_filter {
             let findings = f.findings.iter().cloned().collect::<Vec<_>>().join(",");
             let props = &mut r.properties;
@@ -310,7 +318,7 @@ impl ExchangeState {
             r.model = r.response_model.clone();
         }
         if r.provider_request_id.is_none() {
-            r.provider_request_id = observed.body_id;
+            r.provider_request_id = observed.body_id.clone();
         }
         if r.error.is_none() {
             if r.status >= 400 {
@@ -341,6 +349,7 @@ impl ExchangeState {
         let usable = observed.tokens.filter(|_| implausible.is_none());
         let partial = usable.filter(|_| !observed.usage_final);
         r.tokens = usable.filter(|_| observed.usage_final);
+        let free = background_billing(&shared, r, observed.background_done, observed.body_id);
         r.response_body_truncated = response_truncated;
         r.request_body_truncated = self.request_truncated;
         r.request_body = (!self.omit_request_body && !self.request_head.is_empty())
@@ -363,12 +372,17 @@ impl ExchangeState {
 
         let hooks = std::mem::take(&mut self.hooks);
         let needs_estimate = r.tokens.is_none()
+            && !free
+            && units.is_none()
             && implausible.is_none()
             && (200..300).contains(&r.status)
             && r.model.is_some()
             && format.is_some();
+        if free {
+            self.record.cost_usd = Some(0.0);
+        }
         if !needs_estimate {
-            price_and_send(&shared, self.record, hooks, complete);
+            price_and_send(&shared, self.record, hooks, complete, units.as_ref());
             return;
         }
         // Tokenizing can take milliseconds for long texts: keep it off the runtime's workers.
@@ -395,7 +409,7 @@ impl ExchangeState {
                         .get_or_insert_with(|| INTERNAL_ERROR.to_owned());
                 }
             }
-            price_and_send(&shared, record, hooks, complete);
+            price_and_send(&shared, record, hooks, complete, None);
             shared.pending_estimates.fetch_sub(1, Ordering::AcqRel);
         };
         match tokio::runtime::Handle::try_current() {
@@ -405,6 +419,36 @@ impl ExchangeState {
             Err(_) => job(),
         }
     }
+}
+
+/// The Responses API's background mode bills a response once, but shows its usage on every
+/// retrieval (`GET /v1/responses/{id}`). So the request that creates a background response
+/// costs nothing yet (its usage is not known); the first retrieval that sees it finished
+/// carries its usage and cost; every other retrieval costs nothing and keeps no tokens, so
+/// that sums over records count each response once. Returns whether the record is free.
+fn background_billing(
+    shared: &Shared,
+    r: &mut Record,
+    done: Option<bool>,
+    id: Option<String>,
+) -> bool {
+    let retrieval = r.method == "GET" && r.endpoint.contains("/responses/");
+    let id = id.unwrap_or_default();
+    let billed = match (retrieval, done) {
+        (false, Some(false)) => {
+            shared.background.insert(id, ());
+            r.properties
+                .insert("billed_on".to_owned(), "retrieval".to_owned());
+            false
+        }
+        (true, Some(true)) if shared.background.remove(&id).is_some() => true,
+        (true, _) => false,
+        _ => return false,
+    };
+    if !billed {
+        r.tokens = None;
+    }
+    !billed
 }
 
 /// An estimate, with the input counts the provider did report (exact) in place of the
@@ -443,29 +487,38 @@ fn guarded<T>(metrics: &crate::ProxyMetrics, what: &str, f: impl FnOnce() -> T) 
     }
 }
 
-/// Prices the record, shows it to the stages that asked, and sends it.
+/// Prices the record, shows it to the stages that asked, and sends it. The cost is the
+/// tokens' plus, for an endpoint billed by the unit, the units'.
 fn price_and_send(
     shared: &Shared,
     mut record: Record,
     hooks: Vec<Box<dyn StageHook>>,
     complete: bool,
+    units: Option<&formats::Units>,
 ) {
-    if let Some(t) = record.tokens {
+    if record.tokens.is_some() || units.is_some() {
         let model = record
             .response_model
             .as_deref()
             .or(record.model.as_deref())
             .unwrap_or_default();
         let cost = guarded(&shared.metrics, "pricing", || {
-            shared
-                .pricing
-                .cost(&record.provider, model, &t)
-                .or_else(|| {
-                    // A response model the table does not know (a fine-tune, a new snapshot name)
-                    // may still be priced under the requested name.
-                    let requested = record.model.as_deref()?;
-                    shared.pricing.cost(&record.provider, requested, &t)
-                })
+            // A response model the table does not know (a fine-tune, a new snapshot name)
+            // may still be priced under the requested name.
+            let names = [Some(model), record.model.as_deref()];
+            let priced =
+                |f: &dyn Fn(&str) -> Option<f64>| names.iter().flatten().find_map(|m| f(m));
+            let tokens = record
+                .tokens
+                .map(|t| priced(&|m| shared.pricing.cost(&record.provider, m, &t)));
+            let units =
+                units.map(|u| priced(&|m| shared.pricing.unit_cost(&record.provider, m, u)));
+            // A model is priced by the token (gpt-image-1, gpt-4o-transcribe) or by the unit
+            // (dall-e-3, whisper-1, tts-1); whichever the table knows counts.
+            match (tokens.flatten(), units.flatten()) {
+                (Some(t), Some(u)) => Some(t + u),
+                (t, u) => t.or(u),
+            }
         });
         if cost.is_none() {
             record

@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     /// Token estimates running on blocking threads; each will still send a record.
     pub(crate) pending_estimates: AtomicUsize,
     pub(crate) stages: Stages,
+    /// Responses-API background responses created and not yet seen finished: the first
+    /// retrieval that sees one finished is what its usage is billed on.
+    pub(crate) background: moka::sync::Cache<String, ()>,
 }
 
 /// Longest `serve` waits, after the last connection ended, for running token estimates to
@@ -144,6 +147,10 @@ impl Proxy {
                 metrics,
                 connector,
                 pending_estimates: AtomicUsize::new(0),
+                background: moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(Duration::from_secs(24 * 3600))
+                    .build(),
                 stages,
             }),
         })

@@ -290,6 +290,10 @@ fn sse(events: Vec<Step>, interval: Duration) -> Response<Body> {
     r
 }
 
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// A binary stream (Bedrock's event stream): each frame its own chunk, then the end.
 pub fn sse_bytes(frames: Vec<Vec<u8>>, content_type: &str) -> Response<Body> {
     let chunks = frames
@@ -624,6 +628,28 @@ async fn handle(
             events.push(Step::Data("data: [DONE]\n\n".into()));
             sse(tail(&mode, events), interval)
         }
+    } else if let Some(id) = path
+        .rsplit_once("/responses/")
+        .map(|(_, id)| id.to_owned())
+        .filter(|_| parts.method == http::Method::GET)
+    {
+        // Retrieving a response (a background one is done when it is first asked for).
+        let (p, c, cached, reasoning) = RESPONSES_USAGE;
+        json_response(
+            json!({"id": id, "object": "response", "model": "gpt-4o-2024-08-06",
+            "status": "completed", "background": id.starts_with("resp_bg"),
+            "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}],
+            "usage": {"input_tokens": p, "input_tokens_details": {"cached_tokens": cached},
+                "output_tokens": c, "output_tokens_details": {"reasoning_tokens": reasoning}, "total_tokens": p + c}}),
+        )
+    } else if path.ends_with("/responses")
+        && req_json.get("background").and_then(Value::as_bool) == Some(true)
+        && !stream
+    {
+        json_response(
+            json!({"id": "resp_bg_fake", "object": "response", "model": response_model(&model),
+            "status": "queued", "background": true, "output": [], "usage": null}),
+        )
     } else if path.ends_with("/responses") {
         let (p, c, cached, reasoning) = RESPONSES_USAGE;
         let usage = json!({"input_tokens": p, "input_tokens_details": {"cached_tokens": cached},
@@ -682,6 +708,43 @@ async fn handle(
         json_response(
             json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 0.3]}],
             "model": model, "usage": {"prompt_tokens": EMBEDDING_TOKENS, "total_tokens": EMBEDDING_TOKENS}}),
+        )
+    } else if path.ends_with("/images/generations") {
+        // As platform.openai.com/docs/api-reference/images documents the answer: dall-e
+        // models return one URL per image; gpt-image-1 base64 images and token usage.
+        let n = req_json.get("n").and_then(Value::as_u64).unwrap_or(1);
+        if model.starts_with("gpt-image") {
+            json_response(
+                json!({"created": 1700000000, "size": "1024x1024", "quality": "medium",
+                "data": (0..n).map(|_| json!({"b64_json": "iVBORw0KGgo="})).collect::<Vec<_>>(),
+                "usage": {"input_tokens": 12, "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
+                    "output_tokens": 1056 * n, "total_tokens": 12 + 1056 * n}}),
+            )
+        } else {
+            json_response(json!({"created": 1700000000,
+                "data": (0..n).map(|i| json!({"url": format!("https://images.fake/{i}.png"),
+                    "revised_prompt": "a cat"})).collect::<Vec<_>>()}))
+        }
+    } else if path.ends_with("/audio/speech") {
+        full(
+            StatusCode::OK,
+            "audio/mpeg",
+            Bytes::from_static(b"ID3\x04\x00\x00\x00\x00\x00\x00\xff\xfb\x90\x00 fake mp3"),
+        )
+    } else if path.ends_with("/audio/transcriptions") || path.ends_with("/audio/translations") {
+        // whisper-1's plain `json` answer is the text alone; `verbose_json` adds the duration.
+        if contains_bytes(&body, b"verbose_json") {
+            json_response(
+                json!({"task": "transcribe", "language": "english", "duration": 4.5,
+                "text": "Hello from the fake upstream.", "segments": []}),
+            )
+        } else {
+            json_response(json!({"text": "Hello from the fake upstream, five words and more."}))
+        }
+    } else if path.ends_with("/moderations") {
+        json_response(
+            json!({"id": "modr-fake", "model": "omni-moderation-2024-09-26",
+            "results": [{"flagged": false, "categories": {"violence": false}, "category_scores": {"violence": 0.0001}}]}),
         )
     } else if path.ends_with("/models") {
         json_response(json!({"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}))

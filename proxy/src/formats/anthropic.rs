@@ -109,6 +109,7 @@ impl Format for Anthropic {
             stream_options: false,
             json: f.object,
             deployment: None,
+            units: None,
         }
     }
 

@@ -198,6 +198,7 @@ impl Format for Bedrock {
             stream_options: false,
             json: f.object,
             deployment: None,
+            units: None,
         }
     }
 

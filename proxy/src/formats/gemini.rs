@@ -118,6 +118,7 @@ impl Format for Gemini {
             stream_options: false,
             json: f.object,
             deployment: None,
+            units: None,
         }
     }
 

@@ -132,6 +132,73 @@ pub struct RequestFacts {
     /// The deployment the request addresses (Azure), which names no model by itself: the
     /// provider's `deployments` map says which model it serves.
     pub deployment: Option<String>,
+    /// What a per-unit endpoint is asked for (images, speech, transcription).
+    pub units: Option<Units>,
+}
+
+/// What an endpoint that bills by the unit rather than the token bills for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Units {
+    /// Images generated: how many, at which size and quality.
+    Images {
+        /// How many.
+        n: u64,
+        /// `1024x1024`, `1792x1024`, …
+        size: String,
+        /// `standard`, `hd`, …
+        quality: String,
+    },
+    /// Audio transcribed or translated.
+    AudioSeconds {
+        /// Its length.
+        seconds: f64,
+        /// The response gave no duration: estimated from the transcript's words.
+        estimated: bool,
+    },
+    /// Characters of text turned into speech.
+    Characters(u64),
+}
+
+impl Units {
+    /// What the request said, refined by what the response said: the response's count of
+    /// images and its measured duration win. The request decides the kind.
+    pub fn merge(request: Option<Units>, response: Option<Units>) -> Option<Units> {
+        match (request?, response) {
+            (
+                Units::Images { size, quality, .. },
+                Some(Units::Images {
+                    n,
+                    size: rs,
+                    quality: rq,
+                }),
+            ) => Some(Units::Images {
+                n,
+                size: if rs.is_empty() { size } else { rs },
+                quality: if rq.is_empty() { quality } else { rq },
+            }),
+            (Units::AudioSeconds { .. }, Some(a @ Units::AudioSeconds { .. })) => Some(a),
+            (request, _) => Some(request),
+        }
+    }
+
+    /// The record properties that say what was billed.
+    pub fn properties(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Units::Images { n, size, quality } => vec![
+                ("billed_images", n.to_string()),
+                ("image_size", size.clone()),
+                ("image_quality", quality.clone()),
+            ],
+            Units::AudioSeconds { seconds, estimated } => {
+                let mut v = vec![("billed_audio_seconds", format!("{seconds:.1}"))];
+                if *estimated {
+                    v.push(("billed_audio_seconds_estimated", "true".to_owned()));
+                }
+                v
+            }
+            Units::Characters(n) => vec![("billed_characters", n.to_string())],
+        }
+    }
 }
 
 /// What the response told us.
@@ -151,6 +218,11 @@ pub struct Observed {
     /// The format's end-of-stream event went by (`[DONE]`, `message_stop`,
     /// `response.completed`, …): the answer is complete even if the connection is not.
     pub ended: bool,
+    /// What a per-unit endpoint's answer says it billed (images made, audio seconds).
+    pub units: Option<Units>,
+    /// A Responses-API object made in background mode: `Some(false)` while it is queued or
+    /// running (its usage is not known yet), `Some(true)` once it is finished.
+    pub background_done: Option<bool>,
     /// What the provider's content filter said (Azure), kept in the record's properties
     /// `content_filter` (the verdict) and `content_filter_findings`.
     pub content_filter: Option<ContentFilter>,
@@ -196,6 +268,12 @@ pub(crate) trait Format: Sync {
     /// Reads the request's model, stream flag and user from its body head (and path, for APIs
     /// that name the model there).
     fn request(&self, path: &str, body: &[u8]) -> RequestFacts;
+
+    /// Reads what it can from the head of a request body too large to read whole (an audio
+    /// upload's fields); nothing by default.
+    fn request_head(&self, _path: &str, _head: &[u8]) -> RequestFacts {
+        RequestFacts::default()
+    }
 
     /// Reads a complete (non-streamed) JSON response body. Anything unparseable yields nothing.
     fn read_json(&self, body: &[u8]) -> Observed;

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tally_ingest::Tokens;
 
-use super::{json, ErrorField, Format, Needle, Observed, RequestFacts};
+use super::{json, ErrorField, Format, Needle, Observed, RequestFacts, Units};
 use crate::sse::Event;
 
 pub(super) struct OpenAi;
@@ -55,6 +55,8 @@ struct Usage {
     // DeepSeek reports cache hits outside the details object.
     #[serde(default, deserialize_with = "super::count")]
     prompt_cache_hit_tokens: Option<u64>,
+    // Audio transcriptions billed by the second: `{"type": "duration", "seconds": 3}`.
+    seconds: Option<f64>,
 }
 
 impl Usage {
@@ -99,11 +101,56 @@ struct Body {
     error: Option<ErrorField>,
     /// Responses API stream events wrap the response object.
     response: Option<Box<Body>>,
+    /// Images: one entry per image made (embeddings have one too; the request says which).
+    #[serde(default)]
+    data: Vec<serde::de::IgnoredAny>,
+    /// Images (`gpt-image-1` echoes what it made).
+    size: Option<String>,
+    quality: Option<String>,
+    /// Transcriptions: `verbose_json`'s measured length, and the transcript.
+    duration: Option<f64>,
+    text: Option<String>,
+    /// Moderations: free.
+    results: Option<serde::de::IgnoredAny>,
+    /// Responses API: `queued`, `in_progress`, `completed`, …, and whether in background mode.
+    status: Option<String>,
+    background: Option<bool>,
 }
+
+/// Speech is about 150 words a minute: the estimate of a transcript's length when the
+/// response says nothing of it.
+const WORDS_PER_SECOND: f64 = 2.5;
 
 fn apply(observed: &mut Observed, body: Body) {
     if let Some(inner) = body.response {
         apply(observed, *inner);
+    }
+    let seconds = body
+        .duration
+        .or(body.usage.as_ref().and_then(|u| u.seconds));
+    observed.units = match (seconds, &body.text, &body.usage) {
+        (Some(seconds), ..) => Some(Units::AudioSeconds {
+            seconds,
+            estimated: false,
+        }),
+        (None, Some(text), None) => Some(Units::AudioSeconds {
+            seconds: text.split_whitespace().count() as f64 / WORDS_PER_SECOND,
+            estimated: true,
+        }),
+        _ if !body.data.is_empty() => Some(Units::Images {
+            n: body.data.len() as u64,
+            size: body.size.clone().unwrap_or_default(),
+            quality: body.quality.clone().unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    if body.background == Some(true) {
+        let running = matches!(body.status.as_deref(), Some("queued" | "in_progress"));
+        observed.background_done = Some(!running);
+    }
+    if body.results.is_some() && body.usage.is_none() {
+        // Moderations cost nothing: an estimate would invent a price.
+        observed.final_tokens(Tokens::default());
     }
     if observed.response_model.is_none() {
         observed.response_model = body.model;
@@ -175,7 +222,10 @@ impl Format for OpenAi {
         &["authorization", "x-api-key", "api-key", "x-goog-api-key"]
     }
 
-    fn request(&self, _path: &str, body: &[u8]) -> RequestFacts {
+    fn request(&self, path: &str, body: &[u8]) -> RequestFacts {
+        if let Some(facts) = per_unit_request(path, body) {
+            return facts;
+        }
         let f = json::fields(body, &["model", "stream", "user", "stream_options"]);
         RequestFacts {
             model: f.str("model").map(str::to_owned),
@@ -184,6 +234,15 @@ impl Format for OpenAi {
             stream_options: f.get("stream_options").is_some(),
             json: f.object,
             deployment: None,
+            units: None,
+        }
+    }
+
+    fn request_head(&self, path: &str, head: &[u8]) -> RequestFacts {
+        // An audio upload is often larger than the body Tally reads; its fields come first.
+        match audio_operation(path) {
+            true => per_unit_request(path, head).unwrap_or_default(),
+            false => RequestFacts::default(),
         }
     }
 
@@ -338,6 +397,73 @@ fn choices(v: &Value) -> impl Iterator<Item = &Value> {
         .flatten()
 }
 
+/// Transcription and translation: billed by the minute of audio.
+fn audio_operation(path: &str) -> bool {
+    path.ends_with("/audio/transcriptions") || path.ends_with("/audio/translations")
+}
+
+/// The facts of a request to an endpoint billed by the unit: images (per image, by size and
+/// quality), speech (per character), transcription and translation (per minute). Images and
+/// speech take JSON; edits, variations and audio take `multipart/form-data`. Each defaults as
+/// OpenAI's API reference says the endpoint does.
+fn per_unit_request(path: &str, body: &[u8]) -> Option<RequestFacts> {
+    let images = ["/images/generations", "/images/edits", "/images/variations"]
+        .iter()
+        .any(|e| path.ends_with(e));
+    let speech = path.ends_with("/audio/speech");
+    if !images && !speech && !audio_operation(path) {
+        return None;
+    }
+    let f = json::fields(body, &["model", "n", "size", "quality", "input", "user"]);
+    let field = |name: &str| -> Option<String> {
+        match f.object {
+            true => f.get(name).map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+            false => multipart_field(body, name).map(str::to_owned),
+        }
+    };
+    let model = field("model");
+    let units = if images {
+        Units::Images {
+            n: field("n").and_then(|n| n.parse().ok()).unwrap_or(1),
+            size: field("size").unwrap_or_else(|| "1024x1024".to_owned()),
+            quality: field("quality").unwrap_or_else(|| "standard".to_owned()),
+        }
+    } else if speech {
+        Units::Characters(field("input").map_or(0, |t| t.chars().count() as u64))
+    } else {
+        Units::AudioSeconds {
+            seconds: 0.0,
+            estimated: true,
+        }
+    };
+    Some(RequestFacts {
+        model: model.or_else(|| images.then(|| "dall-e-2".to_owned())),
+        user: field("user"),
+        json: f.object,
+        units: Some(units),
+        ..RequestFacts::default()
+    })
+}
+
+/// The value of a plain (non-file) field of a `multipart/form-data` body:
+/// `Content-Disposition: form-data; name="model"`, a blank line, the value.
+fn multipart_field<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
+    let needle = format!("name=\"{name}\"");
+    let at = memchr::memmem::find(body, needle.as_bytes())?;
+    let after = &body[at + needle.len()..];
+    // The field's own headers end at the blank line; a `filename=` there makes it a file.
+    let blank = memchr::memmem::find(after, b"\r\n\r\n")?;
+    if memchr::memmem::find(&after[..blank], b"filename=").is_some() {
+        return None;
+    }
+    let value = &after[blank + 4..];
+    let end = memchr::memmem::find(value, b"\r\n").unwrap_or(value.len());
+    std::str::from_utf8(&value[..end]).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +556,64 @@ mod tests {
         );
         let t = o.tokens.expect("usage");
         assert_eq!((t.completion, t.reasoning, t.total()), (5, 2, 26));
+    }
+
+    #[test]
+    fn per_unit_endpoints_say_what_they_bill() {
+        let f = OpenAi.request(
+            "/v1/images/generations",
+            br#"{"model":"dall-e-3","prompt":"a cat","n":2,"size":"1792x1024","quality":"hd"}"#,
+        );
+        assert_eq!(f.model.as_deref(), Some("dall-e-3"));
+        let Some(Units::Images { n, size, quality }) = &f.units else {
+            panic!("{:?}", f.units)
+        };
+        assert_eq!(
+            (*n, size.as_str(), quality.as_str()),
+            (2, "1792x1024", "hd")
+        );
+        let f = OpenAi.request("/v1/images/generations", br#"{"prompt":"a cat"}"#);
+        assert_eq!(f.model.as_deref(), Some("dall-e-2"), "the API's default");
+        let f = OpenAi.request(
+            "/v1/audio/speech",
+            r#"{"model":"tts-1","input":"Héllo there","voice":"alloy"}"#.as_bytes(),
+        );
+        assert_eq!(f.units, Some(Units::Characters(11)));
+        let multipart = b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\nContent-Type: audio/mpeg\r\n\r\nID3\x00\xff";
+        let f = OpenAi.request_head("/v1/audio/transcriptions", multipart);
+        assert_eq!(f.model.as_deref(), Some("whisper-1"));
+        assert_eq!(
+            multipart_field(multipart, "file"),
+            None,
+            "a file is not a field"
+        );
+
+        let o = OpenAi.read_json(
+            br#"{"text":"one two three four five","usage":{"type":"duration","seconds":3}}"#,
+        );
+        assert_eq!(
+            o.units,
+            Some(Units::AudioSeconds {
+                seconds: 3.0,
+                estimated: false
+            })
+        );
+        let o = OpenAi.read_json(br#"{"text":"one two three four five"}"#);
+        assert_eq!(
+            o.units,
+            Some(Units::AudioSeconds {
+                seconds: 2.0,
+                estimated: true
+            })
+        );
+        let o = OpenAi.read_json(
+            br#"{"created":1,"data":[{"url":"https://x/1.png"},{"url":"https://x/2.png"}]}"#,
+        );
+        assert!(matches!(o.units, Some(Units::Images { n: 2, .. })));
+        let o = OpenAi.read_json(
+            br#"{"id":"modr-1","model":"omni-moderation-latest","results":[{"flagged":false}]}"#,
+        );
+        assert_eq!(o.tokens, Some(Tokens::default()), "moderations are free");
     }
 
     #[test]

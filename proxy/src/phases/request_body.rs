@@ -63,7 +63,9 @@ pub(crate) async fn read(
     let mut facts = if complete {
         format.adapter().request(&s.record.endpoint, &head.bytes)
     } else {
-        RequestFacts::default()
+        format
+            .adapter()
+            .request_head(&s.record.endpoint, &head.bytes)
     };
     if let Some(d) = &facts.deployment {
         facts.model = ctx
@@ -77,6 +79,8 @@ pub(crate) async fn read(
     for (name, value) in format.adapter().path_properties(&r.endpoint) {
         r.properties.entry(name.to_owned()).or_insert(value);
     }
+    s.units = facts.units.clone();
+    let r = &mut s.record;
     r.model = facts.model.clone();
     r.stream = facts.stream;
     r.user_id = tags.user_id.clone().or_else(|| facts.user.clone());

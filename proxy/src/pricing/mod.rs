@@ -1,10 +1,12 @@
 //! Prices and cost. The built-in table is a data file (`prices.toml`, next to this module) so
 //! that updating a price is a one-line change a reviewer can check against the provider's page.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 use tally_ingest::Tokens;
+
+use crate::formats::Units;
 
 const BUILTIN: &str = include_str!("prices.toml");
 
@@ -52,15 +54,49 @@ pub enum PricingError {
     LiteLlm(#[from] serde_json::Error),
 }
 
+/// Prices of what an endpoint bills by the unit rather than by the token (`[units."name"]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitPrice {
+    /// USD per image, by `"quality/size"` (`"hd/1024x1792"`) or `"size"` alone.
+    #[serde(default)]
+    pub per_image: BTreeMap<String, f64>,
+    /// USD per minute of audio transcribed or translated.
+    pub per_minute: Option<f64>,
+    /// USD per million characters of text turned into speech.
+    pub per_million_characters: Option<f64>,
+}
+
+impl UnitPrice {
+    /// Cost of `units` in USD; `None` when this entry does not price that kind, or that size.
+    pub fn cost(&self, units: &Units) -> Option<f64> {
+        match units {
+            Units::Images { n, size, quality } => {
+                let each = self
+                    .per_image
+                    .get(&format!("{quality}/{size}"))
+                    .or_else(|| self.per_image.get(size))?;
+                Some(*n as f64 * each)
+            }
+            Units::AudioSeconds { seconds, .. } => Some(seconds / 60.0 * self.per_minute?),
+            Units::Characters(n) => Some(*n as f64 * self.per_million_characters? / 1_000_000.0),
+        }
+    }
+}
+
 /// Model name → price, with the lookup rules described in `prices.toml`.
 #[derive(Debug, Clone, Default)]
 pub struct PricingTable {
     models: HashMap<String, Price>,
+    units: HashMap<String, UnitPrice>,
 }
 
 #[derive(Deserialize)]
 struct TomlFile {
+    #[serde(default)]
     models: HashMap<String, Price>,
+    #[serde(default)]
+    units: HashMap<String, UnitPrice>,
 }
 
 /// One entry of LiteLLM's `model_prices_and_context_window.json` (USD per token).
@@ -84,9 +120,12 @@ impl PricingTable {
     /// Adds or replaces prices from a TOML document with a `[models."name"]` table.
     pub fn extend_toml(&mut self, text: &str) -> Result<usize, PricingError> {
         let file: TomlFile = toml::from_str(text)?;
-        let n = file.models.len();
+        let n = file.models.len() + file.units.len();
         for (k, v) in file.models {
             self.insert(&k, v);
+        }
+        for (k, v) in file.units {
+            self.units.insert(k.to_ascii_lowercase(), v);
         }
         Ok(n)
     }
@@ -140,34 +179,49 @@ impl PricingTable {
     /// model itself, then without any vendor prefix (`openai/`, `models/`), each of those also
     /// with a trailing date or `-latest` removed.
     pub fn lookup(&self, provider: &str, model: &str) -> Option<&Price> {
-        let model = model.trim().to_ascii_lowercase();
-        let provider = provider.to_ascii_lowercase();
-        let bare = model.rsplit('/').next().unwrap_or(&model).to_owned();
-        let mut candidates = vec![format!("{provider}/{model}"), model.clone()];
-        if let Some(base) = bedrock_base(&bare) {
-            candidates.push(format!("{provider}/{base}"));
-            candidates.push(base.to_owned());
-        }
-        candidates.push(bare);
-        for c in &candidates {
-            let mut name = c.as_str();
-            loop {
-                if let Some(p) = self.models.get(name) {
-                    return Some(p);
-                }
-                match strip_version_suffix(name) {
-                    Some(shorter) => name = shorter,
-                    None => break,
-                }
-            }
-        }
-        None
+        find(&self.models, provider, model)
     }
 
     /// Cost in USD, or `None` when the model is not priced.
     pub fn cost(&self, provider: &str, model: &str, tokens: &Tokens) -> Option<f64> {
         self.lookup(provider, model).map(|p| p.cost(tokens))
     }
+
+    /// The per-unit prices of `model`, found as [`PricingTable::lookup`] finds token prices.
+    pub fn lookup_units(&self, provider: &str, model: &str) -> Option<&UnitPrice> {
+        find(&self.units, provider, model)
+    }
+
+    /// Cost of `units` in USD, or `None` when the model has no price for them.
+    pub fn unit_cost(&self, provider: &str, model: &str, units: &Units) -> Option<f64> {
+        self.lookup_units(provider, model)?.cost(units)
+    }
+}
+
+/// The entry of `map` for `model` as served by `provider`; see [`PricingTable::lookup`].
+fn find<'a, T>(map: &'a HashMap<String, T>, provider: &str, model: &str) -> Option<&'a T> {
+    let model = model.trim().to_ascii_lowercase();
+    let provider = provider.to_ascii_lowercase();
+    let bare = model.rsplit('/').next().unwrap_or(&model).to_owned();
+    let mut candidates = vec![format!("{provider}/{model}"), model.clone()];
+    if let Some(base) = bedrock_base(&bare) {
+        candidates.push(format!("{provider}/{base}"));
+        candidates.push(base.to_owned());
+    }
+    candidates.push(bare);
+    for c in &candidates {
+        let mut name = c.as_str();
+        loop {
+            if let Some(p) = map.get(name) {
+                return Some(p);
+            }
+            match strip_version_suffix(name) {
+                Some(shorter) => name = shorter,
+                None => break,
+            }
+        }
+    }
+    None
 }
 
 /// The model a Bedrock model id names: `claude-3-haiku-20240307` for
@@ -267,6 +321,38 @@ mod tests {
 
     /// Found by the `pricing` fuzz target: a multi-byte character where the date suffix would
     /// start used to panic (a byte index inside a character).
+    #[test]
+    fn units_are_priced_by_size_quality_minute_and_character() {
+        let t = PricingTable::builtin().expect("builtin");
+        let images = |n, size: &str, quality: &str| Units::Images {
+            n,
+            size: size.into(),
+            quality: quality.into(),
+        };
+        // Rounded to a micro-dollar: the products are not exact in binary.
+        let cost = |model: &str, u: &Units| {
+            t.unit_cost("openai", model, u)
+                .map(|c| (c * 1e6).round() / 1e6)
+        };
+        assert_eq!(cost("dall-e-3", &images(2, "1792x1024", "hd")), Some(0.24));
+        assert_eq!(
+            cost("dall-e-2", &images(1, "512x512", "standard")),
+            Some(0.018)
+        );
+        assert_eq!(
+            cost("dall-e-3", &images(1, "999x999", "hd")),
+            None,
+            "no such size"
+        );
+        let minute = Units::AudioSeconds {
+            seconds: 90.0,
+            estimated: false,
+        };
+        assert_eq!(cost("whisper-1", &minute), Some(0.009));
+        assert_eq!(cost("tts-1-hd", &Units::Characters(1000)), Some(0.03));
+        assert_eq!(cost("gpt-4o", &Units::Characters(1000)), None);
+    }
+
     #[test]
     fn bedrock_model_ids_find_the_models_they_name() {
         assert_eq!(
