@@ -19,7 +19,9 @@ use tally_ingest::{
     BatchConfig, DEFAULT_CHANNEL_CAPACITY, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS,
 };
-use tally_proxy::{Price, PricingTable, ProviderConfig, Providers, ProxyConfig, Settings};
+use tally_proxy::{
+    Price, PricingTable, ProviderConfig, Providers, ProxyConfig, Settings, UnitPrice,
+};
 
 /// Where the dashboard listens when unset.
 pub const DEFAULT_DASHBOARD_LISTEN: &str = "127.0.0.1:8788";
@@ -212,6 +214,8 @@ pub struct PricingConfig {
     pub litellm_file: Option<PathBuf>,
     /// `[pricing.models."name"]` entries (USD per 1M tokens), applied last.
     pub models: HashMap<String, Price>,
+    /// `[pricing.units."name"]` entries: per image, per minute, per million characters.
+    pub units: HashMap<String, UnitPrice>,
 }
 
 /// The store records go to, validated.
@@ -296,6 +300,9 @@ impl Config {
         }
         for (model, price) in &self.pricing.models {
             pricing.insert(model, *price);
+        }
+        for (model, price) in &self.pricing.units {
+            pricing.insert_units(model, price.clone());
         }
         let dashboard_listen: SocketAddr = self.dashboard.listen.parse().with_context(|| {
             format!(

@@ -65,7 +65,7 @@ use tokio::task::JoinSet;
 use metrics::LoopLabels;
 pub use metrics::ProxyMetrics;
 pub use phases::REQUEST_ID_HEADER;
-pub use pricing::{Price, PricingTable};
+pub use pricing::{Price, PricingTable, UnitPrice};
 pub use providers::{Provider, ProviderConfig, Providers, StreamUsage};
 pub use settings::{ProxyConfig, Settings, SettingsError};
 pub use stages::{StageError, Stages, StagesConfig};

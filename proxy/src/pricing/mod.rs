@@ -125,7 +125,7 @@ impl PricingTable {
             self.insert(&k, v);
         }
         for (k, v) in file.units {
-            self.units.insert(k.to_ascii_lowercase(), v);
+            self.insert_units(&k, v);
         }
         Ok(n)
     }
@@ -158,6 +158,11 @@ impl PricingTable {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Adds or replaces one model's per-unit prices.
+    pub fn insert_units(&mut self, model: &str, price: UnitPrice) {
+        self.units.insert(model.to_ascii_lowercase(), price);
     }
 
     /// Adds or replaces one model's price.
