@@ -178,6 +178,13 @@ async fn event_streams_pass_byte_for_byte_and_a_corrupt_frame_is_recorded() {
                 let e = rec["error"].as_str().expect("an error");
                 assert!(e.contains("corrupt at frame 3"), "{e}");
                 assert!(e.contains("2 frames before it"), "{e}");
+                // The usage frame was past the corruption: estimated from what was read.
+                assert_eq!(rec["tokens_estimated"], true, "{rec}");
+                assert_eq!(
+                    rec["completion_tokens"], 1,
+                    "the one delta before it: {rec}"
+                );
+                assert!(rec["prompt_tokens"].as_u64().is_some_and(|p| p > 0));
             }
             _ => {
                 let e = rec["error"].as_str().expect("an error");

@@ -46,6 +46,21 @@ async fn the_google_genai_sdk_works_unmodified_and_is_recorded_exactly() {
             .ends_with("…wxyz"));
         assert!(!rec["endpoint"].as_str().expect("endpoint").contains("key"));
     }
+    // Embeddings carry no usage on the Gemini API: estimated from the texts, and priced.
+    assert_eq!(results["embed"]["vectors"], 2);
+    let rec = tally
+        .record(results["embed"]["id"].as_str().expect("embed id"))
+        .await;
+    assert_eq!(rec["model"], "gemini-embedding-001");
+    assert!(rec["endpoint"]
+        .as_str()
+        .is_some_and(|e| e.ends_with(":batchEmbedContents")));
+    assert_eq!(rec["tokens_estimated"], true, "{rec}");
+    let prompt = rec["prompt_tokens"].as_u64().expect("estimated");
+    assert!((8..=16).contains(&prompt), "two short texts: {prompt}");
+    assert_eq!(rec["completion_tokens"], 0);
+    let got = rec["cost_usd"].as_f64().expect("priced");
+    assert!((got - prompt as f64 * 0.15 / 1e6).abs() < 1e-12);
     let id = results["count"]["id"].as_str().expect("count id");
     let rec = tally.record(id).await;
     assert_eq!(rec["prompt_tokens"], 0, "countTokens is free: {rec}");

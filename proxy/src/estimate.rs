@@ -10,7 +10,6 @@ use tally_ingest::Tokens;
 use tiktoken_rs::CoreBPE;
 
 use crate::formats::{collect_strings, WireFormat};
-use crate::sse::SseParser;
 
 /// Per-message framing overhead in OpenAI's counting recipe (role markers and separators).
 const TOKENS_PER_MESSAGE: u64 = 3;
@@ -90,7 +89,21 @@ fn prompt_text(body: &[u8]) -> (String, u64) {
     };
     let mut out = String::new();
     let mut messages = 0;
-    for key in ["system", "instructions", "prompt", "input", "messages"] {
+    // OpenAI's and Anthropic's members, then Gemini's (`contents`, `systemInstruction`, and
+    // the embeddings' `content` and batch `requests`); Bedrock's Converse uses `messages`
+    // and `system` too.
+    for key in [
+        "system",
+        "instructions",
+        "prompt",
+        "input",
+        "messages",
+        "contents",
+        "systemInstruction",
+        "system_instruction",
+        "content",
+        "requests",
+    ] {
         if let Some(part) = v.get(key) {
             if key == "messages" {
                 messages = part.as_array().map_or(0, |a| a.len() as u64);
@@ -112,8 +125,7 @@ fn json_text(format: WireFormat, v: &Value) -> String {
 fn stream_text(format: WireFormat, body: &[u8]) -> String {
     let adapter = format.adapter();
     let mut out = String::new();
-    let mut parser = SseParser::new();
-    parser.feed(body, |event| {
+    crate::formats::each_event(format, body, |event| {
         if let Ok(v) = serde_json::from_slice::<Value>(event.data) {
             adapter.delta_text(event.event, &v, &mut out);
         }

@@ -34,4 +34,8 @@ out["stream"] = {"id": request_id(last), "text": text}
 c = client.models.count_tokens(model="gemini-2.0-flash", contents="Say hello")
 out["count"] = {"id": request_id(c), "total": c.total_tokens}
 
+e = client.models.embed_content(model="gemini-embedding-001",
+                                contents=["The quick brown fox", "jumps over the lazy dog"])
+out["embed"] = {"id": request_id(e), "vectors": len(e.embeddings)}
+
 print(json.dumps(out))

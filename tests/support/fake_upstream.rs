@@ -193,6 +193,10 @@ fn gemini_response(
     };
     match method {
         "countTokens" => json_response(json!({"totalTokens": prompt})),
+        // The Gemini API reports no usage for embeddings (ai.google.dev/api/embeddings).
+        "embedContent" => json_response(json!({"embedding": {"values": [0.1, -0.2, 0.3]}})),
+        "batchEmbedContents" => json_response(json!({"embeddings": [
+            {"values": [0.1, -0.2, 0.3]}, {"values": [0.3, 0.2, -0.1]}]})),
         "generateContent" => json_response(chunk(text, Some(candidates), true)),
         "streamGenerateContent" => {
             let n = WORDS.len();

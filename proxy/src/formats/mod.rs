@@ -401,6 +401,16 @@ fn value_after_key(bytes: &[u8], key: &str, last: bool) -> Option<Value> {
     None
 }
 
+/// Calls `f` for each event of a whole captured stream, in the format's framing.
+pub(crate) fn each_event(format: WireFormat, body: &[u8], f: impl FnMut(Event<'_>)) {
+    match format.framing() {
+        Framing::Sse(mut p) => p.feed(body, f),
+        Framing::EventStream(mut p) => {
+            let _ = p.feed(body, f);
+        }
+    }
+}
+
 /// Follows an event stream chunk by chunk, parsing only the few events that carry usage,
 /// model, errors or the end, so a long stream costs a substring check per event and little else.
 #[derive(Debug)]
@@ -527,7 +537,14 @@ pub(crate) fn collect_strings(v: &Value, out: &mut String) {
             for (k, x) in o {
                 if !matches!(
                     k.as_str(),
-                    "role" | "type" | "id" | "image_url" | "url" | "cache_control" | "source"
+                    "role"
+                        | "type"
+                        | "id"
+                        | "image_url"
+                        | "url"
+                        | "cache_control"
+                        | "source"
+                        | "model"
                 ) {
                     collect_strings(x, out);
                 }
