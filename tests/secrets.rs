@@ -1,7 +1,9 @@
 //! Provider keys never leave the request: the real binary runs with debug logging, serves
 //! every kind of request (JSON, stream, upstream error, unreachable upstream, a refused
-//! header, a query-string key), and afterwards the key is searched for in every byte of the
-//! store (database, WAL and spool), the logs, `/metrics` and the JSON API.
+//! header, a query-string key, a Bedrock request Tally signs, a Vertex request with a token
+//! Tally mints), and afterwards the key is searched for in every byte of the store (database,
+//! WAL and spool), the logs, `/metrics` and the JSON API. So are the credentials Tally holds:
+//! the AWS secret, the service account's private key and every token minted from it.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,6 +29,17 @@ async fn provider_keys_appear_in_no_record_log_line_or_metric() {
     let up = FakeUpstream::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (p, d, dead) = (free_port(), free_port(), free_port());
+    // Held credentials live outside the searched directory (they are in their own files).
+    let held = tempfile::tempdir().expect("tempdir");
+    let (aws_id, aws_secret, sa) = (
+        held.path().join("aws_id"),
+        held.path().join("aws_secret"),
+        held.path().join("sa.json"),
+    );
+    std::fs::write(&aws_id, crate::support::fake_bedrock::ACCESS_KEY).expect("id");
+    std::fs::write(&aws_secret, crate::support::fake_bedrock::SECRET_KEY).expect("secret");
+    let sa_json = crate::support::fake_google_auth::key_file(&format!("{}/token", up.url()));
+    std::fs::write(&sa, &sa_json).expect("sa");
     let cfg = dir.path().join("tally.toml");
     std::fs::write(
         &cfg,
@@ -46,8 +59,19 @@ base_url = "{up}"
 [providers.down]
 kind = "openai"
 base_url = "http://127.0.0.1:{dead}"
+[providers.bedrock]
+base_url = "{up}"
+region = "us-east-1"
+aws_access_key_id = {{ file = "{aws_id}" }}
+aws_secret_access_key = {{ file = "{aws_secret}" }}
+[providers.vertex]
+base_url = "{up}"
+service_account_file = "{sa}"
 "#,
             up = up.url(),
+            aws_id = aws_id.display(),
+            aws_secret = aws_secret.display(),
+            sa = sa.display(),
             db = dir.path().join("tally.db").display(),
             spool = dir.path().join("spool").display(),
         ),
@@ -115,6 +139,18 @@ base_url = "http://127.0.0.1:{dead}"
             format!("{proxy}/nosuch/v1/chat/completions"),
             openai_auth.to_vec(),
             chat,
+        ),
+        // Bedrock: signed again by Tally with the AWS secret it holds.
+        (
+            format!("{proxy}/bedrock/model/amazon.nova-lite-v1%3A0/converse"),
+            vec![],
+            json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}),
+        ),
+        // Vertex: a placeholder token, replaced by one Tally mints.
+        (
+            format!("{proxy}/vertex/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent"),
+            vec![("authorization", "Bearer placeholder")],
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
         ),
     ];
     for (url, headers, body) in &cases {
@@ -188,6 +224,34 @@ base_url = "http://127.0.0.1:{dead}"
         files += 1;
     }
     assert!(files >= 1, "the store was searched");
+    let sent = up.received();
+    let bedrock = sent
+        .iter()
+        .find(|r| r.path_and_query.starts_with("/model/"))
+        .expect("the Bedrock request went upstream");
+    assert!(bedrock.headers["authorization"]
+        .to_str()
+        .is_ok_and(|a| a.contains(crate::support::fake_bedrock::ACCESS_KEY)));
+    let minted: Vec<String> = sent
+        .iter()
+        .filter(|r| r.path_and_query.contains("/projects/"))
+        .filter_map(|r| r.headers.get("authorization")?.to_str().ok())
+        .map(|a| a.trim_start_matches("Bearer ").to_owned())
+        .collect();
+    assert!(
+        minted.iter().any(|t| t.starts_with("ya29.fake-minted-")),
+        "{minted:?}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&sa_json).expect("json");
+    let pem = v["private_key"].as_str().expect("pem");
+    let key_line = pem.lines().nth(5).expect("a line of the key");
+    let held_secrets = [crate::support::fake_bedrock::SECRET_KEY, key_line]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(minted);
+    for secret in held_secrets {
+        assert!(!contains(&everything, &secret), "{secret} leaked");
+    }
     for key in KEYS {
         assert!(!contains(&everything, key), "{key} leaked");
         // Not even the secret part without its prefix.
