@@ -208,6 +208,13 @@ pub(crate) async fn credentials(
     held_key(ctx, provider, headers)
 }
 
+/// The one refusal for credentials Tally should hold and cannot use: `why` names the
+/// provider and the setting.
+fn missing_credentials(provider: &Provider, why: String) -> Refusal {
+    Refusal::new(StatusCode::UNAUTHORIZED, "tally_missing_credentials", why)
+        .details(serde_json::json!({ "provider": provider.name }))
+}
+
 /// Vertex: a request without a token of its own gets one minted from the service account
 /// Tally holds (cached; see `credentials::google`).
 async fn service_account_token(
@@ -216,10 +223,7 @@ async fn service_account_token(
     account: &Result<Arc<crate::credentials::google::ServiceAccount>, String>,
     headers: &mut HeaderMap,
 ) -> Result<(), Refusal> {
-    let refuse = |why: String| {
-        Refusal::new(StatusCode::UNAUTHORIZED, "tally_missing_credentials", why)
-            .details(serde_json::json!({ "provider": provider.name }))
-    };
+    let refuse = |why: String| missing_credentials(provider, why);
     let account = account.as_ref().map_err(|e| refuse(e.clone()))?;
     let value = account.authorization(&ctx.client).await.map_err(|e| {
         ctx.shared.metrics.upstream_error(&provider.name, "token");
@@ -280,10 +284,7 @@ fn aws_sign(
             ctx.exchange.state().presented = Default::default();
             held_key(ctx, provider, headers)
         }
-        Err(why) => Err(
-            Refusal::new(StatusCode::UNAUTHORIZED, "tally_missing_credentials", why)
-                .details(serde_json::json!({ "provider": provider.name })),
-        ),
+        Err(why) => Err(missing_credentials(provider, why)),
     }
 }
 
@@ -306,12 +307,7 @@ fn held_key(ctx: &mut Ctx, provider: &Provider, headers: &mut HeaderMap) -> Resu
             s.presented.hold(value.clone());
             Ok(())
         }
-        crate::providers::HeldKey::Missing(why) => Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "tally_missing_credentials",
-            why.clone(),
-        )
-        .details(serde_json::json!({ "provider": provider.name }))),
+        crate::providers::HeldKey::Missing(why) => Err(missing_credentials(provider, why.clone())),
     }
 }
 
