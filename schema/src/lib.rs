@@ -44,6 +44,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0005_refusal",
         sql: include_str!("../sqlite/0005_refusal.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_keys",
+        sql: include_str!("../sqlite/0006_keys.sql"),
+    },
 ];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
@@ -80,6 +85,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 6,
         name: "0006_refusal",
         sql: include_str!("../clickhouse/0006_refusal.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_keys",
+        sql: include_str!("../clickhouse/0007_keys.sql"),
     },
 ];
 
