@@ -56,6 +56,54 @@ pub struct Config {
     pub rate_limits: tally_proxy::stages::RateLimitsConfig,
     /// `[routers.<name>]`: targets, strategy, retries and fallbacks.
     pub routers: BTreeMap<String, tally_proxy::stages::RouterConfig>,
+    /// `[auth]`: Tally keys.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Refuse every proxied request without a valid Tally key; false when unset.
+    pub require_key: bool,
+    /// How often each replica reloads the keys from the store, milliseconds; 1,000 when
+    /// unset. A new key or a revocation reaches every replica within about this long.
+    pub refresh_ms: u64,
+    /// Failed Tally-key attempts allowed per client address per minute; 20 when unset.
+    pub max_failures_per_minute: u32,
+    /// Bearer token of the admin API (`/api/admin/keys`). Without it, the admin API answers
+    /// only on a loopback dashboard listen.
+    pub admin_token: Option<String>,
+    /// How long a rotated key's old secret keeps working when the rotation names no grace,
+    /// seconds; 86,400 when unset.
+    pub rotate_grace_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            require_key: false,
+            refresh_ms: 1000,
+            max_failures_per_minute: 20,
+            admin_token: None,
+            rotate_grace_secs: 86_400,
+        }
+    }
+}
+
+/// `[auth]`, checked.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// See [`AuthConfig::require_key`].
+    pub require_key: bool,
+    /// See [`AuthConfig::refresh_ms`].
+    pub refresh: Duration,
+    /// See [`AuthConfig::max_failures_per_minute`].
+    pub max_failures_per_minute: u32,
+    /// See [`AuthConfig::admin_token`].
+    pub admin_token: Option<String>,
+    /// See [`AuthConfig::rotate_grace_secs`].
+    pub rotate_grace: Duration,
 }
 
 /// `[dashboard]`.
@@ -256,6 +304,8 @@ pub struct Validated {
     /// Cache, rate limit and router tables; built into stages by the server (Redis backends
     /// need its runtime). Routers are already checked against the providers.
     pub stages: tally_proxy::StagesConfig,
+    /// Tally keys.
+    pub auth: AuthSettings,
 }
 
 impl Config {
@@ -377,7 +427,22 @@ impl Config {
         // Everything but the Redis connections is checked now, so `tally serve` fails before
         // binding anything when a router names an unknown provider or a policy is malformed.
         stages.validate(&providers)?;
+        let a = &self.auth;
+        if a.refresh_ms == 0 || a.refresh_ms > 3_600_000 {
+            bail!("auth.refresh_ms must be between 1 and 3600000");
+        }
+        if a.max_failures_per_minute == 0 {
+            bail!("auth.max_failures_per_minute must be above 0");
+        }
+        let auth = AuthSettings {
+            require_key: a.require_key,
+            refresh: Duration::from_millis(a.refresh_ms),
+            max_failures_per_minute: a.max_failures_per_minute,
+            admin_token: nonempty(&a.admin_token),
+            rotate_grace: Duration::from_secs(a.rotate_grace_secs),
+        };
         Ok(Validated {
+            auth,
             stages,
             alerts,
             proxy,

@@ -41,6 +41,14 @@ pub async fn migrate(config: &Validated) -> anyhow::Result<usize> {
     }
 }
 
+/// Where the Tally keys live: the store the records go to.
+pub fn key_store(store: &Store) -> tally_keys::KeyStore {
+    match store {
+        Store::Sqlite(path) => tally_keys::KeyStore::Sqlite(path.clone()),
+        Store::ClickHouse(s) => tally_keys::KeyStore::clickhouse(s),
+    }
+}
+
 /// Starts the budgets and alert rules, when any are configured.
 async fn start_alerts(
     config: &Validated,
@@ -162,8 +170,26 @@ impl Server {
             }
         };
 
+        let key_store = key_store(&config.store);
+        let keyring = Arc::new(tally_keys::Keyring::default());
+        // The first load before listening: a key that exists must work from the first request.
+        let n = keyring
+            .refresh(&key_store)
+            .await
+            .context("cannot read the Tally keys from the store")?;
+        tracing::info!(
+            keys = n,
+            require_key = config.auth.require_key,
+            "Tally keys loaded"
+        );
+        let refresher = keyring.spawn_refresh(key_store.clone(), config.auth.refresh);
         let stages = Stages {
             budgets: alerts.as_ref().map(|a| a.engine().clone()),
+            auth: Some(Arc::new(tally_proxy::Auth::new(
+                keyring.clone(),
+                config.auth.require_key,
+                config.auth.max_failures_per_minute,
+            ))),
             ..Stages::build(&config.stages, &config.providers)?
         };
         let proxy = Proxy::with_stages(
@@ -181,6 +207,14 @@ impl Server {
             ingest: Some(ingest_metrics),
             auth: config.dashboard_auth.clone().map(Arc::new),
             alerts: alerts.clone(),
+            keys: Some(Arc::new(tally_dashboard::admin::KeysAdmin {
+                admin: tally_keys::Admin::new(key_store.clone()),
+                keyring: keyring.clone(),
+                store: key_store,
+                token: config.auth.admin_token.clone(),
+                loopback: config.dashboard_listen.ip().is_loopback(),
+                default_grace_ms: config.auth.rotate_grace.as_millis() as i64,
+            })),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -209,6 +243,7 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         let (proxy_result, (), ()) = tokio::join!(proxy_run, dashboard, signal);
+        refresher.abort();
         proxy_result.context("proxy server failed")?;
 
         // Every connection task has ended, so no new record can be produced except by token

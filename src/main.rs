@@ -49,6 +49,67 @@ enum Command {
     /// Inspect the spool, or put quarantined segments back to be replayed.
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Tally-issued keys: create, list, show, revoke, rotate.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its secret (alone, on stdout; it is not shown again).
+    Create {
+        /// Unique name, e.g. search-team.
+        #[arg(long)]
+        name: String,
+        /// Spend allowed per window, USD (enforced; refused with 429 once spent).
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// Budget window: day, week or month (calendar, UTC); month when unset.
+        #[arg(long)]
+        window: Option<String>,
+        /// Allowed models, comma-separated; `*` matches any run (claude-*).
+        #[arg(long)]
+        models: Option<String>,
+        /// Allowed providers or routers, comma-separated.
+        #[arg(long)]
+        providers: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens (input + output) per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Expiry: 2027-01-01 (midnight UTC) or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// A label, key=value; repeatable.
+        #[arg(long = "metadata", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+    },
+    /// List every key (state, hint, limits; never a secret).
+    List {
+        /// One JSON object per key instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key, by id or name, as JSON.
+    Show {
+        /// Id or name.
+        key: String,
+    },
+    /// Revoke a key; every replica refuses it within `auth.refresh_ms`.
+    Revoke {
+        /// Id or name.
+        key: String,
+    },
+    /// Give a key a new secret (printed alone on stdout); the old one works for the grace period.
+    Rotate {
+        /// Id or name.
+        key: String,
+        /// How long the old secret keeps working, seconds (auth.rotate_grace_secs when unset).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,7 +189,109 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Spool(command) => spool(&config, command),
+        Command::Keys(command) => runtime.block_on(keys(&config, command)),
     }
+}
+
+#[allow(clippy::print_stdout)]
+async fn keys(config: &tally::Validated, command: KeysCommand) -> anyhow::Result<()> {
+    // The keys live in the store: make sure its tables exist (a no-op when they do).
+    tally::migrate(config).await?;
+    let admin = tally_keys::Admin::new(tally::key_store(&config.store));
+    let now = tally_keys::now_ms();
+    let view = |k: &tally_keys::Key| tally_keys::admin::KeyView::of(k, now);
+    match command {
+        KeysCommand::Create {
+            name,
+            budget_usd,
+            window,
+            models,
+            providers,
+            rpm,
+            tpm,
+            expires,
+            metadata,
+        } => {
+            let metadata = metadata
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .filter(|(k, _)| !k.is_empty())
+                        .with_context(|| format!("--metadata {kv:?}: expected key=value"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let opts = tally_keys::CreateOptions {
+                name,
+                budget_usd,
+                window,
+                models: models.into_iter().collect(),
+                providers: providers.into_iter().collect(),
+                rpm,
+                tpm,
+                expires,
+                metadata,
+            };
+            let issued = admin.create(&opts).await?;
+            tracing::info!(key_id = %issued.key.id, name = %issued.key.name, "key created");
+            println!("{}", issued.secret.text);
+        }
+        KeysCommand::List { json } => {
+            let keys = admin.list().await?;
+            if json {
+                for k in &keys {
+                    println!("{}", serde_json::to_string(&view(k))?);
+                }
+            } else {
+                println!("id\tname\tstate\thint\tcreated\texpires\tmodels\tbudget");
+                for k in &keys {
+                    let v = view(k);
+                    let budget = match (k.policy.budget_usd, &k.policy.budget_window) {
+                        (Some(b), Some(w)) => format!("${b}/{w}"),
+                        _ => "-".into(),
+                    };
+                    let models = if k.policy.models.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        k.policy.models.join(",")
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        v.id,
+                        v.name,
+                        v.state,
+                        v.hint,
+                        v.created_at,
+                        v.expires_at.as_deref().unwrap_or("-"),
+                        models,
+                        budget
+                    );
+                }
+            }
+        }
+        KeysCommand::Show { key } => {
+            let k = admin.show(&key).await?;
+            println!("{}", serde_json::to_string_pretty(&view(&k))?);
+        }
+        KeysCommand::Revoke { key } => {
+            let k = admin.revoke(&key).await?;
+            tracing::info!(key_id = %k.id, name = %k.name, "key revoked");
+        }
+        KeysCommand::Rotate { key, grace_secs } => {
+            let grace = grace_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(config.auth.rotate_grace);
+            let issued = admin.rotate(&key, grace.as_millis() as i64).await?;
+            tracing::info!(
+                key_id = %issued.key.id,
+                name = %issued.key.name,
+                grace_secs = grace.as_secs(),
+                "key rotated; the old secret works until the grace period ends"
+            );
+            println!("{}", issued.secret.text);
+        }
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

@@ -79,6 +79,15 @@ pub async fn models(
     Ok(Json(views::models(&state.reader, &v).await?))
 }
 
+/// `GET /api/keys`.
+pub async fn keys(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Result<Json<views::KeysView>, ApiError> {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    Ok(Json(views::keys(&state.reader, &v).await?))
+}
+
 /// `GET /api/sessions`.
 pub async fn sessions(
     State(state): State<AppState>,

@@ -12,6 +12,7 @@
 //! Pages need no JavaScript and load nothing from outside the binary.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod chart;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub auth: Option<Arc<Auth>>,
     /// Budgets and alerts, when any are configured.
     pub alerts: Option<Arc<tally_budgets::Alerts>>,
+    /// The admin API over Tally keys; absent, its routes are not served.
+    pub keys: Option<Arc<admin::KeysAdmin>>,
 }
 
 /// The dashboard's routes. Everything but `/healthz` sits behind [`auth::require`].
@@ -65,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .route("/users/{id}", get(pages::user))
         .route("/models", get(pages::models))
         .route("/properties", get(pages::properties))
+        .route("/keys", get(pages::keys))
         .route("/budgets", get(pages::budgets))
         .route("/assets/{name}", get(pages::asset))
         .route("/metrics", get(metrics))
@@ -77,12 +81,19 @@ pub fn app(state: AppState) -> Router {
         .route("/api/users", get(api::users))
         .route("/api/users/{id}", get(api::user))
         .route("/api/properties", get(api::properties))
+        .route("/api/keys", get(api::keys))
         .route("/api/budgets", get(api::budgets))
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
-    Router::new()
+    let admin = state.keys.clone();
+    let app = Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
-        .with_state(state)
+        .with_state(state);
+    match admin {
+        // Outside the dashboard's guard: the admin API has its own token.
+        Some(a) => app.merge(admin::routes(a)),
+        None => app,
+    }
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {

@@ -229,6 +229,7 @@ pub fn parse_filter(
             "session_id" => f.session_id = text(v),
             "model" => f.model = text(v),
             "provider" => f.provider = text(v),
+            "key_name" => f.key_name = text(v),
             "status" if v.is_empty() => {}
             "status" => {
                 f.status = Some(StatusFilter::parse(v).ok_or_else(|| {

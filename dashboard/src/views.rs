@@ -54,6 +54,8 @@ pub fn record_json(r: &Record, with_bodies: bool) -> Value {
         "parent_request_id": r.parent_request_id,
         "cost_saved_usd": r.cost_saved_usd,
         "refusal": r.refusal,
+        "key_id": r.key_id,
+        "key_name": r.key_name,
     });
     if with_bodies {
         if let Some(o) = v.as_object_mut() {
@@ -387,6 +389,29 @@ pub async fn models(reader: &Reader, v: &ViewQuery) -> Result<ModelsView, ApiErr
         range: v.range.into(),
         models: views(parts.next().unwrap_or_default()),
         providers: views(parts.next().unwrap_or_default()),
+    })
+}
+
+/// Spend, traffic, errors and latency per Tally key.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysView {
+    /// The window.
+    pub range: RangeView,
+    /// One row per key name that had requests in the window, highest cost first.
+    pub keys: Vec<GroupView>,
+}
+
+/// The keys page: requests without a Tally key are not in it.
+pub async fn keys(reader: &Reader, v: &ViewQuery) -> Result<KeysView, ApiError> {
+    let parts = reader
+        .aggregate_many(
+            v.filter.clone(),
+            vec![AggregateSpec::new(GroupBy::Key, Order::Cost, LIST)],
+        )
+        .await?;
+    Ok(KeysView {
+        range: v.range.into(),
+        keys: views(parts.into_iter().next().unwrap_or_default()),
     })
 }
 

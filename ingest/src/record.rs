@@ -164,6 +164,12 @@ pub struct Record {
     /// (`tally_budget_exceeded`, `tally_upstream_unreachable`, …); `status` is then 0.
     #[serde(default)]
     pub refusal: Option<String>,
+    /// The Tally key the request authenticated with (its id; never the secret).
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// That key's name.
+    #[serde(default)]
+    pub key_name: Option<String>,
 }
 
 fn one() -> u32 {
@@ -221,6 +227,8 @@ impl Record {
             parent_request_id: None,
             cost_saved_usd: None,
             refusal: None,
+            key_id: None,
+            key_name: None,
         }
     }
 
@@ -250,6 +258,8 @@ impl Record {
             + s(&self.error)
             + s(&self.router)
             + s(&self.refusal)
+            + s(&self.key_id)
+            + s(&self.key_name)
             + s(&self.request_body)
             + s(&self.response_body)
     }

@@ -171,7 +171,12 @@ impl CreateOptions {
                 .map(str::to_owned)
                 .collect()
         };
-        let expires = self.expires.as_deref().map(parse_time).transpose().map_err(bad)?;
+        let expires = self
+            .expires
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(bad)?;
         Ok((
             KeyPolicy {
                 models: clean(&self.models),
@@ -330,7 +335,10 @@ pub(crate) mod tests {
         let issued = admin.create(&opts).await.expect("create");
         assert_eq!(issued.key.policy.models, ["gpt-4o-mini", "claude-*"]);
         assert_eq!(issued.key.policy.budget_window.as_deref(), Some("month"));
-        assert!(matches!(admin.create(&opts).await, Err(AdminError::NameTaken(_))));
+        assert!(matches!(
+            admin.create(&opts).await,
+            Err(AdminError::NameTaken(_))
+        ));
 
         let ring = crate::Keyring::default();
         ring.refresh(&store).await.expect("load");
@@ -341,8 +349,15 @@ pub(crate) mod tests {
         assert_eq!(rotated.key.id, issued.key.id);
         ring.refresh(&store).await.expect("load");
         assert!(ring.authenticate(&rotated.secret.text, now).is_ok());
-        assert!(ring.authenticate(&issued.secret.text, now).is_ok(), "in grace");
-        assert!(ring.authenticate(&issued.secret.text, now + 61_000).is_err(), "after grace");
+        assert!(
+            ring.authenticate(&issued.secret.text, now).is_ok(),
+            "in grace"
+        );
+        assert!(
+            ring.authenticate(&issued.secret.text, now + 61_000)
+                .is_err(),
+            "after grace"
+        );
 
         admin.revoke(&issued.key.id).await.expect("revoke");
         ring.refresh(&store).await.expect("load");
@@ -352,15 +367,28 @@ pub(crate) mod tests {
             Some(crate::AuthError::Revoked)
         );
         // The name is free again.
-        admin.create(&opts).await.expect("name reusable after revoke");
+        admin
+            .create(&opts)
+            .await
+            .expect("name reusable after revoke");
     }
 
     #[test]
     fn options_are_validated() {
         for (opts, needle) in [
-            (CreateOptions { name: "a b".into(), ..Default::default() }, "name"),
             (
-                CreateOptions { name: "a".into(), budget_usd: Some(-1.0), ..Default::default() },
+                CreateOptions {
+                    name: "a b".into(),
+                    ..Default::default()
+                },
+                "name",
+            ),
+            (
+                CreateOptions {
+                    name: "a".into(),
+                    budget_usd: Some(-1.0),
+                    ..Default::default()
+                },
                 "budget_usd",
             ),
             (
@@ -372,9 +400,20 @@ pub(crate) mod tests {
                 },
                 "window",
             ),
-            (CreateOptions { name: "a".into(), rpm: Some(0), ..Default::default() }, "rpm"),
             (
-                CreateOptions { name: "a".into(), expires: Some("soon".into()), ..Default::default() },
+                CreateOptions {
+                    name: "a".into(),
+                    rpm: Some(0),
+                    ..Default::default()
+                },
+                "rpm",
+            ),
+            (
+                CreateOptions {
+                    name: "a".into(),
+                    expires: Some("soon".into()),
+                    ..Default::default()
+                },
                 "soon",
             ),
         ] {

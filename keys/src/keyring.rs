@@ -174,14 +174,32 @@ mod tests {
         let (revoked, r) = key_with("r", |k| k.revoked_at = Some(now - 1));
         let (expired, e) = key_with("e", |k| k.expires_at = Some(now - 1));
         let ring = Keyring::with(vec![a, r, e]);
-        assert_eq!(ring.authenticate(&active, now).map(|k| k.name.clone()), Ok("a".into()));
-        assert_eq!(ring.authenticate(&revoked, now).err(), Some(AuthError::Revoked));
-        assert_eq!(ring.authenticate(&expired, now).err(), Some(AuthError::Expired));
-        assert_eq!(ring.authenticate("tly-nope", now).err(), Some(AuthError::Malformed));
+        assert_eq!(
+            ring.authenticate(&active, now).map(|k| k.name.clone()),
+            Ok("a".into())
+        );
+        assert_eq!(
+            ring.authenticate(&revoked, now).err(),
+            Some(AuthError::Revoked)
+        );
+        assert_eq!(
+            ring.authenticate(&expired, now).err(),
+            Some(AuthError::Expired)
+        );
+        assert_eq!(
+            ring.authenticate("tly-nope", now).err(),
+            Some(AuthError::Malformed)
+        );
         let unknown = crate::Secret::generate().expect("random").text;
-        assert_eq!(ring.authenticate(&unknown, now).err(), Some(AuthError::Unknown));
+        assert_eq!(
+            ring.authenticate(&unknown, now).err(),
+            Some(AuthError::Unknown)
+        );
         // Right id, wrong secret.
         let forged = format!("{}{}", &active[..20], "0".repeat(active.len() - 20));
-        assert_eq!(ring.authenticate(&forged, now).err(), Some(AuthError::Unknown));
+        assert_eq!(
+            ring.authenticate(&forged, now).err(),
+            Some(AuthError::Unknown)
+        );
     }
 }

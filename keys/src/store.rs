@@ -61,7 +61,8 @@ impl KeyStore {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                     let conn = tally_ingest::sqlite::open_ro(&path)?;
-                    let mut stmt = conn.prepare("SELECT key_id, updated_at, doc FROM tally_keys")?;
+                    let mut stmt =
+                        conn.prepare("SELECT key_id, updated_at, doc FROM tally_keys")?;
                     let rows = stmt
                         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                         .collect::<Result<Vec<_>, _>>()?;
@@ -97,7 +98,8 @@ impl KeyStore {
         let mut keys = newest
             .into_iter()
             .map(|(id, (_, doc))| {
-                serde_json::from_str::<Key>(&doc).map_err(|error| StoreError::Document { id, error })
+                serde_json::from_str::<Key>(&doc)
+                    .map_err(|error| StoreError::Document { id, error })
             })
             .collect::<Result<Vec<_>, _>>()?;
         keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));

@@ -64,6 +64,7 @@ use tokio::task::JoinSet;
 
 use metrics::LoopLabels;
 pub use metrics::ProxyMetrics;
+pub use phases::authenticate::Auth;
 pub use phases::REQUEST_ID_HEADER;
 pub use pricing::{Price, PricingTable, UnitPrice};
 pub use providers::{Provider, ProviderConfig, Providers, StreamUsage};
@@ -457,7 +458,7 @@ async fn accept_loop(
             let (shared, client) = (shared.clone(), client.clone());
             let open = watch.open_request();
             async move {
-                let resp = phases::handle(shared, client, req).await;
+                let resp = phases::handle(shared, client, peer.ip(), req).await;
                 Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, open)))
             }
         });

@@ -66,9 +66,19 @@ pub struct ProxyMetrics {
     pub implausible_usage: Counter,
     /// Requests Tally answered itself, by its error code (a fixed set, see `phases::Refusal`).
     pub refusals: Family<RefusalLabels, Counter>,
+    /// Failed Tally-key authentications by reason (`missing`, `malformed`, `unknown`,
+    /// `revoked`, `expired`, `rate_limited`, `model`, `provider`).
+    pub auth_failures: Family<ReasonLabels, Counter>,
     /// Connections refused at the cap and closed for idling, per port; the dashboard's serve
     /// shares this (registered once, here).
     pub conns: tally_net::ConnMetrics,
+}
+
+/// Labels of an authentication failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A fixed reason.
+    pub reason: &'static str,
 }
 
 /// Labels of a refusal.
@@ -124,6 +134,11 @@ impl ProxyMetrics {
             "proxy_requests",
             "Proxied requests by provider and status class",
             self.requests.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed Tally-key authentications by reason",
+            self.auth_failures.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -216,6 +231,12 @@ impl ProxyMetrics {
     pub(crate) fn stage_error(&self, stage: &'static str) {
         self.stage_errors
             .get_or_create(&StageLabels { stage })
+            .inc();
+    }
+
+    pub(crate) fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -18,6 +18,9 @@ pub(crate) struct Presented {
     headers: smallvec::SmallVec<[HeaderValue; 2]>,
     /// `?key=` (Gemini's API keys travel there).
     query_key: Option<String>,
+    /// The Tally key the request authenticated with: removed from the request, but masked
+    /// like the others should an upstream or a body ever quote it.
+    tally_key: Option<String>,
 }
 
 impl Presented {
@@ -54,6 +57,17 @@ impl Presented {
         self.headers.is_empty() && self.query_key.is_none()
     }
 
+    /// Takes the Tally key out of the keys forwarded (the held credential replaces it) but
+    /// keeps masking it.
+    pub(crate) fn forget_tally_key(&mut self, text: &str) {
+        self.headers.retain(|v| {
+            v.to_str().map_or(true, |s| {
+                !tally_keys::secret::is_tally_key(crate::headers::bare_key(s))
+            })
+        });
+        self.tally_key = Some(text.to_owned());
+    }
+
     /// Adds a key Tally sends on the request's behalf, so an echo of it is masked too.
     pub(crate) fn hold(&mut self, value: HeaderValue) {
         self.headers.push(value);
@@ -66,6 +80,7 @@ impl Presented {
             .filter_map(|v| v.to_str().ok())
             .map(crate::headers::bare_key)
             .chain(self.query_key.as_deref())
+            .chain(self.tally_key.as_deref())
             .filter(|s| s.len() >= MIN_SECRET_LEN)
     }
 
@@ -107,7 +122,7 @@ fn hint(secret: &str) -> String {
 
 /// Prefixes of provider keys, and the shortest run of key characters after them that is a key
 /// rather than prose (`sk-` alone starts ordinary words in some languages).
-const SHAPES: &[(&str, usize)] = &[("sk-", 20), ("AIza", 30)];
+const SHAPES: &[(&str, usize)] = &[("sk-", 20), ("AIza", 30), ("tly-", 20)];
 
 fn key_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'

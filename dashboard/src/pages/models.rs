@@ -12,6 +12,33 @@ use crate::views::{self, GroupView};
 use crate::AppState;
 
 #[derive(Template)]
+#[template(path = "keys.html")]
+struct KeysPage {
+    nav: Nav,
+    keys: Vec<(GroupView, String)>,
+}
+
+/// `GET /keys`: the same breakdown per Tally key.
+pub async fn keys(
+    State(state): State<AppState>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> PageResult {
+    let v = ViewQuery::parse(&q, &[], now_ms())?;
+    let k = views::keys(&state.reader, &v).await?;
+    Ok(render(&KeysPage {
+        nav: Nav::new("keys", "/keys", Some(&v)),
+        keys: k
+            .keys
+            .into_iter()
+            .map(|r| {
+                let href = v.link("/requests", &[("key_name", Some(&r.key))]);
+                (r, href)
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Template)]
 #[template(path = "models.html")]
 struct ModelsPage {
     nav: Nav,

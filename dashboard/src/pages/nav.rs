@@ -25,13 +25,14 @@ pub struct Nav {
     pub refreshes: Vec<(String, &'static str, bool)>,
 }
 
-const PAGES: [(&str, &str, &str); 7] = [
+const PAGES: [(&str, &str, &str); 8] = [
     ("/", "Overview", "overview"),
     ("/requests", "Requests", "requests"),
     ("/sessions", "Sessions", "sessions"),
     ("/users", "Users", "users"),
     ("/models", "Models", "models"),
     ("/properties", "Properties", "properties"),
+    ("/keys", "Keys", "keys"),
     ("/budgets", "Budgets", "budgets"),
 ];
 

@@ -118,6 +118,8 @@ pub async fn request(State(state): State<AppState>, Path(id): Path<String>) -> P
         "parent_request_id",
         "request_bytes",
         "response_bytes",
+        "key_name",
+        "key_id",
         "api_key_hint",
         "provider_request_id",
     ]

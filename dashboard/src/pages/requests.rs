@@ -12,6 +12,7 @@ use crate::AppState;
 
 /// The requests form's current values.
 struct FormValues {
+    key_name: String,
     model: String,
     provider: String,
     status: String,
@@ -51,6 +52,7 @@ pub async fn requests(
         .map(|c| v.link("/requests", &[("cursor", Some(&c.encode()))]))
         .unwrap_or_default();
     let form_keys = [
+        "key_name",
         "model",
         "provider",
         "status",
@@ -84,6 +86,7 @@ pub async fn requests(
     Ok(render(&RequestsPage {
         nav: Nav::new("requests", "/requests", Some(&v)),
         f: FormValues {
+            key_name: get("key_name"),
             model: get("model"),
             provider: get("provider"),
             status: get("status"),

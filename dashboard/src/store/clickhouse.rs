@@ -24,7 +24,8 @@ fn columns(with_bodies: bool) -> String {
          cache_write_tokens, reasoning_tokens, total_tokens, tokens_estimated, cost_usd, user_id,
          session_id, session_path, session_name, properties, cache_status, error, request_bytes,
          response_bytes, api_key_hint, provider_request_id, {bodies}, request_body_truncated,
-         response_body_truncated, router, attempts, parent_request_id, cost_saved_usd, refusal"
+         response_body_truncated, router, attempts, parent_request_id, cost_saved_usd, refusal,
+         key_id, key_name"
     )
 }
 
@@ -113,6 +114,10 @@ impl ClickHouseReader {
             GroupBy::Provider => ("toString(provider)", ""),
             GroupBy::User => ("assumeNotNull(user_id)", " AND user_id IS NOT NULL"),
             GroupBy::Session => ("assumeNotNull(session_id)", " AND session_id IS NOT NULL"),
+            GroupBy::Key => (
+                "toString(assumeNotNull(key_name))",
+                " AND key_name IS NOT NULL",
+            ),
             GroupBy::Property(k) => {
                 binds.push(V::S(k.clone()));
                 ("properties[?]", "")
@@ -305,10 +310,11 @@ fn rollup_fits(f: &RequestFilter, group: &GroupBy) -> bool {
         && f.session_id.is_none()
         && f.status.is_none()
         && f.properties.is_empty()
+        && f.key_name.is_none()
         && match group {
             GroupBy::Nothing | GroupBy::Model | GroupBy::Provider => true,
             GroupBy::Bucket(ms) => ms % 3_600_000 == 0,
-            GroupBy::User | GroupBy::Session | GroupBy::Property(_) => false,
+            GroupBy::User | GroupBy::Session | GroupBy::Key | GroupBy::Property(_) => false,
         }
 }
 

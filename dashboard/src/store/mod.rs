@@ -152,6 +152,8 @@ pub struct RequestFilter {
     pub model: Option<String>,
     /// Provider name, exact.
     pub provider: Option<String>,
+    /// Tally key name, exact.
+    pub key_name: Option<String>,
     /// Status code or class.
     pub status: Option<StatusFilter>,
     /// `property.<name>=<value>` pairs, all of which must match.
@@ -161,12 +163,13 @@ pub struct RequestFilter {
 impl RequestFilter {
     /// The filters that compare a column for equality, as (column, value). The column names
     /// are fixed here, never taken from the request.
-    pub fn equality_filters(&self) -> [(&'static str, &Option<String>); 4] {
+    pub fn equality_filters(&self) -> [(&'static str, &Option<String>); 5] {
         [
             ("user_id", &self.user_id),
             ("session_id", &self.session_id),
             ("model", &self.model),
             ("provider", &self.provider),
+            ("key_name", &self.key_name),
         ]
     }
 }

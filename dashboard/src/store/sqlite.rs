@@ -17,7 +17,7 @@ const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, r
     cache_write_tokens, reasoning_tokens, tokens_estimated, cost_usd, user_id, session_id,
     session_path, session_name, properties, cache_status, error, request_bytes, response_bytes,
     api_key_hint, provider_request_id, request_body_truncated, response_body_truncated, router,
-    attempts, parent_request_id, cost_saved_usd, refusal";
+    attempts, parent_request_id, cost_saved_usd, refusal, key_id, key_name";
 
 /// Reads one SQLite store file. Each call opens a short-lived read-only connection, so readers
 /// never hold the database between requests (and never block the writer in WAL mode).
@@ -140,14 +140,14 @@ impl SqliteReader {
     ) -> Result<Vec<Grouping>, StoreError> {
         let conn = self.conn()?;
         let mut w = Where::new(f);
-        // Fixed columns 0..=13, then one column per property grouping.
+        // Fixed columns 0..=14, then one column per property grouping.
         let mut select = String::from(
             "ts, status, error IS NOT NULL, latency_ms, ttft_ms, cost_usd, prompt_tokens,
              completion_tokens, tokens_estimated, cache_status = 'hit', user_id, model,
-             provider, session_id",
+             provider, session_id, key_name",
         );
         let mut groupings: Vec<Grouping> = Vec::with_capacity(specs.len());
-        let mut next_column = 14;
+        let mut next_column = 15;
         for spec in specs {
             let m = spec.measure;
             groupings.push(match &spec.group {
@@ -157,6 +157,7 @@ impl SqliteReader {
                 GroupBy::Model => Grouping::Keyed(m, 11, HashMap::default()),
                 GroupBy::Provider => Grouping::Keyed(m, 12, HashMap::default()),
                 GroupBy::Session => Grouping::Keyed(m, 13, HashMap::default()),
+                GroupBy::Key => Grouping::Keyed(m, 14, HashMap::default()),
                 GroupBy::Property(k) => {
                     // Bound once, referenced by number from the SELECT list.
                     w.params.push(Value::Text(json_path(k)));
@@ -464,7 +465,9 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
             .and_then(|s| uuid::Uuid::parse_str(&s).ok()),
         cost_saved_usd: row.get(34)?,
         refusal: row.get(35)?,
-        request_body: row.get(36)?,
-        response_body: row.get(37)?,
+        key_id: row.get(36)?,
+        key_name: row.get(37)?,
+        request_body: row.get(38)?,
+        response_body: row.get(39)?,
     })
 }

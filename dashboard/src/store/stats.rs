@@ -42,6 +42,8 @@ pub enum GroupBy {
     User,
     /// `session_id`.
     Session,
+    /// The Tally key's name.
+    Key,
     /// The value of one property key (lower-case, as stored).
     Property(String),
 }

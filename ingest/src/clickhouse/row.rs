@@ -50,6 +50,8 @@ pub struct RequestRow {
     parent_request_id: Option<Uuid>,
     cost_saved_usd: Option<f64>,
     refusal: Option<String>,
+    key_id: Option<String>,
+    key_name: Option<String>,
 }
 
 impl From<&Record> for RequestRow {
@@ -99,6 +101,8 @@ impl From<&Record> for RequestRow {
             parent_request_id: r.parent_request_id,
             cost_saved_usd: r.cost_saved_usd,
             refusal: r.refusal.clone(),
+            key_id: r.key_id.clone(),
+            key_name: r.key_name.clone(),
         }
     }
 }
@@ -147,6 +151,8 @@ impl From<RequestRow> for Record {
             parent_request_id: r.parent_request_id,
             cost_saved_usd: r.cost_saved_usd,
             refusal: r.refusal,
+            key_id: r.key_id,
+            key_name: r.key_name,
         }
     }
 }

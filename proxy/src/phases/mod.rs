@@ -14,14 +14,14 @@
 //! | tags | [`tags`] | who and what the request is for (`Tally-*` headers) |
 //! | body head | [`request_body::read`] | the bounded body head; model, stream flag, user, read as the upstream will; an unreadable JSON body is refused where budgets or limits apply |
 //! | destination | [`route::destination`] | who serves it: the path's provider, or a router (`Tally-Router`, a model alias) |
-//! | authenticate | [`authenticate::authenticate`] | whether the caller may use Tally (open for now) |
+//! | authenticate | [`authenticate::authenticate`] | the caller's Tally key: checked, its allow-lists applied, and taken off the request |
 //! | budgets | [`crate::stages::budget::enforce`] | an exhausted enforcing budget refuses |
 //! | rate limits | [`crate::stages::ratelimit::admit`] | a policy over its limit refuses |
 //! | cache | [`crate::stages::cache::lookup`] | a stored answer is replayed |
 //! | send | [`send::send`] | the upstream request: headers, injection, attempts, retries, fallbacks |
 //! | respond | [`respond::respond`] | the client's answer: the tee around the upstream's, a replay, or a refusal |
 
-mod authenticate;
+pub(crate) mod authenticate;
 mod refusal;
 pub(crate) mod request_body;
 pub(crate) mod respond;
@@ -62,6 +62,10 @@ pub(crate) struct Ctx {
     /// Headers the stages add to whichever answer the client gets (`Tally-Cache`,
     /// `RateLimit-*`).
     pub(crate) response_headers: HeaderMap,
+    /// The client's address (failed authentications are limited per address).
+    pub(crate) peer: std::net::IpAddr,
+    /// The Tally key the request authenticated with, from the authenticate phase on.
+    pub(crate) key: Option<Arc<tally_keys::Key>>,
 }
 
 impl Ctx {
@@ -94,6 +98,7 @@ pub(crate) fn now_ms() -> i64 {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     client: Arc<UpstreamClient>,
+    peer: std::net::IpAddr,
     req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
@@ -109,6 +114,8 @@ pub(crate) async fn handle(
         shared,
         client,
         response_headers: HeaderMap::new(),
+        peer,
+        key: None,
     };
     let answer = run(&mut ctx, parts, body).await;
     let mut resp = respond::respond(ctx, answer);
@@ -119,14 +126,14 @@ pub(crate) async fn handle(
 }
 
 /// The phases that may refuse, in order. See the module docs.
-async fn run(ctx: &mut Ctx, parts: Parts, body: Incoming) -> Result<Answer, Refusal> {
+async fn run(ctx: &mut Ctx, mut parts: Parts, body: Incoming) -> Result<Answer, Refusal> {
     transfer_coding(&parts)?;
     let route = route::route(ctx, &parts)?;
     let tags = tags(ctx, &parts.headers)?;
     let head = request_body::read(ctx, body, &tags).await?;
     request_body::readable_when_metered(ctx, &head, &tags, &parts.headers)?;
     let destination = route::destination(ctx, route.destination, &tags, &head.facts)?;
-    authenticate::authenticate(ctx, &parts.headers)?;
+    authenticate::authenticate(ctx, &mut parts.headers, &destination, &head.facts)?;
     stages::budget::enforce(ctx)?;
     stages::ratelimit::admit(ctx, destination.name(), &tags, &parts.headers).await?;
     let forward = send::Forward {

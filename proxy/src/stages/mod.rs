@@ -108,6 +108,8 @@ pub struct Stages {
     pub rate_limits: Option<Arc<RateLimiter>>,
     /// Routers.
     pub routers: Option<Arc<Routers>>,
+    /// Tally keys (the authenticate phase); none: every request passes with its own key.
+    pub auth: Option<Arc<crate::phases::authenticate::Auth>>,
 }
 
 impl Stages {
@@ -120,6 +122,7 @@ impl Stages {
             cache: Some(Arc::new(ResponseCache::build(&config.cache)?)),
             rate_limits: Some(Arc::new(RateLimiter::build(&config.rate_limits)?)),
             routers: (!routers.is_empty()).then(|| Arc::new(routers)),
+            auth: None,
         })
     }
 }
