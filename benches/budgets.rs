@@ -67,6 +67,7 @@ fn check(c: &mut Criterion) {
         model: Some("gpt-4o-mini"),
         user_id: Some("user-42"),
         properties: &props,
+        key_name: None,
     };
     let (off, _rx1) = engine(false);
     c.bench_function("budgets/check_no_enforcing_budget", |b| {

@@ -35,6 +35,7 @@ fn state(reader: Reader) -> AppState {
         ingest: None,
         auth: None,
         alerts: None,
+        keys: None,
     }
 }
 

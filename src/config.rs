@@ -77,7 +77,17 @@ pub struct AuthConfig {
     /// How long a rotated key's old secret keeps working when the rotation names no grace,
     /// seconds; 86,400 when unset.
     pub rotate_grace_secs: u64,
+    /// Where the events of Tally keys' own budgets (`tally keys create --budget-usd`) go.
+    pub budget_webhooks: Vec<tally_budgets::config::WebhookConfig>,
 }
+
+/// The budgets that hold Tally keys' own limits, one per window a key can choose; each key's
+/// `budget_usd` is its limit there (see `Server::run`).
+pub const KEY_BUDGETS: [(&str, &str); 3] = [
+    ("keys-day", "day"),
+    ("keys-week", "week"),
+    ("keys-month", "month"),
+];
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -87,6 +97,7 @@ impl Default for AuthConfig {
             max_failures_per_minute: 20,
             admin_token: None,
             rotate_grace_secs: 86_400,
+            budget_webhooks: Vec::new(),
         }
     }
 }
@@ -414,8 +425,29 @@ impl Config {
         if self.ingest.channel_capacity == 0 || max_rows == 0 {
             bail!("ingest.channel_capacity and ingest.batch_max_rows must be greater than zero");
         }
+        // Tally keys' own budgets go through the same engine as configured ones: enforced,
+        // with thresholds and webhooks. Their limit is per key (the placeholder is replaced).
+        let budgets: Vec<tally_budgets::BudgetConfig> = self
+            .budgets
+            .iter()
+            .cloned()
+            .chain(
+                KEY_BUDGETS
+                    .iter()
+                    .map(|(name, window)| tally_budgets::BudgetConfig {
+                        name: (*name).to_owned(),
+                        scope: Some("per_key".into()),
+                        limit_usd: 1.0,
+                        window: (*window).to_owned(),
+                        thresholds: None,
+                        webhooks: self.auth.budget_webhooks.clone(),
+                        enforce: true,
+                        timezone: Some("UTC".into()),
+                    }),
+            )
+            .collect();
         let alerts = tally_budgets::config::validate(
-            &self.budgets,
+            &budgets,
             &self.alerts,
             &format!("http://{dashboard_listen}"),
         )?;

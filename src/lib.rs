@@ -49,6 +49,21 @@ pub fn key_store(store: &Store) -> tally_keys::KeyStore {
     }
 }
 
+/// The first load of the keys, before the budgets (whose per-key limits read them) and before
+/// listening (a key that exists must work from the first request).
+async fn load_keys(keyring: &tally_keys::Keyring, config: &Validated) -> anyhow::Result<()> {
+    let n = keyring
+        .refresh(&key_store(&config.store))
+        .await
+        .context("cannot read the Tally keys from the store")?;
+    tracing::info!(
+        keys = n,
+        require_key = config.auth.require_key,
+        "Tally keys loaded"
+    );
+    Ok(())
+}
+
 /// Starts the budgets and alert rules, when any are configured.
 async fn start_alerts(
     config: &Validated,
@@ -109,6 +124,20 @@ impl Server {
             dashboard_listener,
         } = self;
 
+        let mut config = config;
+        let keyring = Arc::new(tally_keys::Keyring::default());
+        for b in &mut config.alerts.budgets {
+            let Some((_, window)) = config::KEY_BUDGETS.iter().find(|(n, _)| *n == b.name) else {
+                continue;
+            };
+            let ring = keyring.clone();
+            b.key_limits = Some(tally_budgets::config::KeyLimits(Arc::new(move |name| {
+                let k = ring.by_name(name)?;
+                (k.policy.budget_window.as_deref() == Some(*window))
+                    .then_some(k.policy.budget_usd)
+                    .flatten()
+            })));
+        }
         let mut registry = Registry::with_prefix("tally");
         let ingest_metrics = IngestMetrics::default();
         ingest_metrics.register(&mut registry);
@@ -131,6 +160,7 @@ impl Server {
                 let mut conn = sqlite::open_writer(path)?;
                 let applied = sqlite::migrate(&mut conn)?;
                 tracing::info!(path = %path.display(), applied, "SQLite store ready");
+                load_keys(&keyring, &config).await?;
                 let alerts =
                     start_alerts(&config, AlertStore::Sqlite(path.clone()), &mut registry).await?;
                 let worker = IngestWorker::spawn_observed(
@@ -152,6 +182,7 @@ impl Server {
                     .await
                     .with_context(|| format!("ClickHouse at {} is not usable", s.url))?;
                 tracing::info!(url = %s.url, database = %s.database, applied, "ClickHouse store ready");
+                load_keys(&keyring, &config).await?;
                 let alerts =
                     start_alerts(&config, AlertStore::clickhouse(s), &mut registry).await?;
                 let worker = IngestWorker::spawn_observed(
@@ -171,17 +202,6 @@ impl Server {
         };
 
         let key_store = key_store(&config.store);
-        let keyring = Arc::new(tally_keys::Keyring::default());
-        // The first load before listening: a key that exists must work from the first request.
-        let n = keyring
-            .refresh(&key_store)
-            .await
-            .context("cannot read the Tally keys from the store")?;
-        tracing::info!(
-            keys = n,
-            require_key = config.auth.require_key,
-            "Tally keys loaded"
-        );
         let refresher = keyring.spawn_refresh(key_store.clone(), config.auth.refresh);
         let stages = Stages {
             budgets: alerts.as_ref().map(|a| a.engine().clone()),

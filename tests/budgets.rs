@@ -27,11 +27,11 @@ use crate::support::clickhouse::ClickHouse;
 use crate::support::{get, post_json, FakeUpstream, TestTally};
 
 /// The model whose price makes the fake's answer (5 completion tokens) cost $1.
-const MODEL: &str = "budget-test-model";
+pub(crate) const MODEL: &str = "budget-test-model";
 const SECRET: &str = "whsec-test";
 
 /// A webhook receiver: keeps every delivery, answers with the configured status.
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<(HeaderMap, Bytes)>>>,
     status: Arc<AtomicU16>,
@@ -45,7 +45,7 @@ impl Drop for Receiver {
 }
 
 impl Receiver {
-    async fn start(status: u16) -> Self {
+    pub(crate) async fn start(status: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -86,7 +86,7 @@ impl Receiver {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook/secret-path", self.addr)
     }
 
@@ -94,7 +94,7 @@ impl Receiver {
         self.got.lock().expect("lock").clone()
     }
 
-    fn events(&self) -> Vec<Value> {
+    pub(crate) fn events(&self) -> Vec<Value> {
         self.deliveries()
             .iter()
             .map(|(_, b)| serde_json::from_slice(b).expect("JSON delivery"))
@@ -102,7 +102,7 @@ impl Receiver {
     }
 
     /// Waits (bounded) for `n` deliveries.
-    async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Bytes)> {
+    pub(crate) async fn wait_for(&self, n: usize) -> Vec<(HeaderMap, Bytes)> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let d = self.deliveries();
@@ -123,7 +123,7 @@ fn budget(v: Value) -> BudgetConfig {
     serde_json::from_value(v).expect("budget config")
 }
 
-fn priced(c: &mut Config) {
+pub(crate) fn priced(c: &mut Config) {
     c.pricing.models.insert(
         MODEL.into(),
         Price {
@@ -138,7 +138,7 @@ fn priced(c: &mut Config) {
 
 /// Fast retries, and no projections: whether one fires depends on the time of day the suite
 /// runs (the engine's unit tests cover them with fixed times).
-fn fast_alerts() -> AlertsConfig {
+pub(crate) fn fast_alerts() -> AlertsConfig {
     AlertsConfig {
         project_after: 1.0,
         webhook_attempts: 3,

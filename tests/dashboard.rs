@@ -664,6 +664,7 @@ async fn the_overview_warns_when_records_were_dropped_or_are_spooled() {
             ingest: Some(metrics.clone()),
             auth: None,
             alerts: None,
+            keys: None,
         })
     };
     let serve = |router: axum::Router| async move {

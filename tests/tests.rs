@@ -15,6 +15,7 @@ mod faults;
 mod gemini;
 mod hardening;
 mod hostile;
+mod keys;
 mod load;
 mod passthrough;
 mod sdk;

@@ -173,6 +173,29 @@ pub struct Budget {
     pub webhooks: Vec<WebhookConfig>,
     /// Reject requests once exhausted.
     pub enforce: bool,
+    /// Per-scope-key limits that replace `limit_usd` (Tally keys' own budgets): a key the
+    /// source gives no limit for is not counted by this budget.
+    pub key_limits: Option<KeyLimits>,
+}
+
+/// Where a budget's per-key limits come from (the keyring, for Tally keys' budgets).
+#[derive(Clone)]
+pub struct KeyLimits(pub std::sync::Arc<dyn Fn(&str) -> Option<f64> + Send + Sync>);
+
+impl std::fmt::Debug for KeyLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLimits(…)")
+    }
+}
+
+impl Budget {
+    /// The limit for scope key `key`, or `None` when this budget does not cover it.
+    pub fn limit_for(&self, key: &str) -> Option<f64> {
+        match &self.key_limits {
+            Some(f) => (f.0)(key).filter(|l| l.is_finite() && *l > 0.0),
+            None => Some(self.limit_usd),
+        }
+    }
 }
 
 /// An alert rule, validated.
@@ -307,6 +330,7 @@ pub fn validate(
             thresholds,
             webhooks: b.webhooks.clone(),
             enforce: b.enforce,
+            key_limits: None,
         });
     }
     let mut rules = Vec::with_capacity(alerts.rules.len());

@@ -193,6 +193,9 @@ impl Engine {
                 let Some(key) = b.scope.key_of(subject) else {
                     continue;
                 };
+                if b.key_limits.is_some() && b.limit_for(key).is_none() {
+                    continue;
+                }
                 let spend = match st.spend[i].get_mut(key) {
                     Some(s) => s,
                     None => st.spend[i].entry(key.to_owned()).or_default(),
@@ -291,10 +294,17 @@ impl Engine {
         let Some(spend) = st.spend[index].get(key) else {
             return;
         };
+        let Some(limit) = b.limit_for(key) else {
+            // A key whose budget was removed (or changed window) is free again.
+            if b.enforce {
+                self.exhausted.write().unwrap_or_else(|p| p.into_inner())[index].remove(key);
+            }
+            return;
+        };
         let total = spend.total(bounds);
-        let used = total / b.limit_usd;
+        let used = total / limit;
         if b.enforce {
-            let exhausted = total >= b.limit_usd;
+            let exhausted = total >= limit;
             let present =
                 self.exhausted.read().unwrap_or_else(|p| p.into_inner())[index].contains_key(key);
             if exhausted && (refresh || !present) {
@@ -303,8 +313,8 @@ impl Engine {
                     scope: b.scope.describe_key(key),
                     scope_key: key.to_owned(),
                     spend_usd: total,
-                    limit_usd: b.limit_usd,
-                    resets_at: spend.below_limit_at(&b.window, bounds, b.limit_usd),
+                    limit_usd: limit,
+                    resets_at: spend.below_limit_at(&b.window, bounds, limit),
                 };
                 self.exhausted.write().unwrap_or_else(|p| p.into_inner())[index]
                     .insert(key.to_owned(), r);
@@ -340,7 +350,7 @@ impl Engine {
                 &self.settings,
                 b,
                 kind,
-                key,
+                (key, limit),
                 bounds,
                 total,
                 t,
@@ -349,13 +359,13 @@ impl Engine {
             ));
         }
         if let Some(p) = projected {
-            if !fired.projected && p >= b.limit_usd && total < b.limit_usd {
+            if !fired.projected && p >= limit && total < limit {
                 next.projected = true;
                 self.emit(budget_event(
                     &self.settings,
                     b,
                     EventKind::ProjectedToExceed,
-                    key,
+                    (key, limit),
                     bounds,
                     total,
                     1.0,
@@ -467,13 +477,14 @@ impl Engine {
                 let bounds = b.window.bounds(now);
                 let mut keys: Vec<KeyStatus> = st.spend[i]
                     .iter()
-                    .map(|(k, s)| {
+                    .filter_map(|(k, s)| Some((k, s, b.limit_for(k)?)))
+                    .map(|(k, s, limit)| {
                         let total = s.total(bounds);
-                        let exhausted = total >= b.limit_usd;
+                        let exhausted = total >= limit;
                         KeyStatus {
                             scope_key: k.clone(),
                             spend_usd: total,
-                            used: total / b.limit_usd,
+                            used: total / limit,
                             projected_spend_usd: projection(
                                 b,
                                 bounds,
@@ -483,7 +494,7 @@ impl Engine {
                             ),
                             exhausted,
                             resets_at: rfc3339(if exhausted {
-                                s.below_limit_at(&b.window, bounds, b.limit_usd)
+                                s.below_limit_at(&b.window, bounds, limit)
                             } else {
                                 bounds.end
                             }),
@@ -544,7 +555,7 @@ fn budget_event(
     settings: &Settings,
     b: &Budget,
     kind: EventKind,
-    key: &str,
+    (key, limit): (&str, f64),
     bounds: Bounds,
     spend: f64,
     threshold: f64,
@@ -565,7 +576,7 @@ fn budget_event(
         window_start: rfc3339(start),
         window_end: rfc3339(end),
         spend_usd: Some(spend),
-        limit_usd: Some(b.limit_usd),
+        limit_usd: Some(limit),
         threshold,
         projected_spend_usd: projected,
         value: None,
@@ -699,6 +710,7 @@ mod tests {
             model: Some("gpt-4o"),
             user_id: Some(user),
             properties: &props,
+            key_name: None,
         };
         e.observe(&record(T0 + 10, "alice", 1.5), T0 + 10);
         e.observe(&record(T0 + 10, "bob", 0.5), T0 + 10);
@@ -728,6 +740,7 @@ mod tests {
             model: None,
             user_id: None,
             properties: &props,
+            key_name: None,
         };
         e.observe(&record(T0, "a", 0.6), T0);
         e.observe(&record(T0 + 30 * 60_000, "a", 0.6), T0 + 30 * 60_000);

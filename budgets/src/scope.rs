@@ -7,8 +7,9 @@ use tally_ingest::Record;
 /// The requests a budget or rule counts.
 ///
 /// Config syntax: `all`, `user:<id>`, `model:<name>`, `provider:<name>`,
-/// `property:<key>=<value>`, and the keyed forms `per_user`, `per_model`, `per_provider`,
-/// `per_property:<key>`, where each distinct value gets its own counter and limit.
+/// `property:<key>=<value>`, `key:<name>` (a Tally key), and the keyed forms `per_user`,
+/// `per_model`, `per_provider`, `per_property:<key>`, `per_key`, where each distinct value
+/// gets its own counter and limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every request.
@@ -21,6 +22,8 @@ pub enum Scope {
     Provider(String),
     /// One property value.
     Property(String, String),
+    /// One Tally key, by name.
+    Key(String),
     /// Each user separately (requests without a user are not counted).
     PerUser,
     /// Each model separately.
@@ -29,6 +32,8 @@ pub enum Scope {
     PerProvider,
     /// Each value of a property key separately.
     PerProperty(String),
+    /// Each Tally key separately (requests without one are not counted).
+    PerKey,
 }
 
 /// The fields of a request a scope looks at, borrowed from a record or from the proxy's view
@@ -43,6 +48,8 @@ pub struct Subject<'a> {
     pub user_id: Option<&'a str>,
     /// Looks up a property by key.
     pub properties: &'a std::collections::BTreeMap<String, String>,
+    /// The Tally key's name.
+    pub key_name: Option<&'a str>,
 }
 
 impl<'a> From<&'a Record> for Subject<'a> {
@@ -52,6 +59,7 @@ impl<'a> From<&'a Record> for Subject<'a> {
             model: r.model.as_deref(),
             user_id: r.user_id.as_deref(),
             properties: &r.properties,
+            key_name: r.key_name.as_deref(),
         }
     }
 }
@@ -65,7 +73,8 @@ impl Scope {
         let bad = || {
             format!(
                 "scope {s:?} is not one of all, user:<id>, model:<name>, provider:<name>, \
-                 property:<key>=<value>, per_user, per_model, per_provider, per_property:<key>"
+                 property:<key>=<value>, key:<name>, per_user, per_model, per_provider, \
+                 per_property:<key>, per_key"
             )
         };
         let nonempty = |v: &str| {
@@ -80,12 +89,14 @@ impl Scope {
             "per_user" => Scope::PerUser,
             "per_model" => Scope::PerModel,
             "per_provider" => Scope::PerProvider,
+            "per_key" => Scope::PerKey,
             other => {
                 let (kind, value) = other.split_once(':').ok_or_else(bad)?;
                 match kind {
                     "user" => Scope::User(nonempty(value)?),
                     "model" => Scope::Model(nonempty(value)?),
                     "provider" => Scope::Provider(nonempty(value)?),
+                    "key" => Scope::Key(nonempty(value)?),
                     "per_property" => Scope::PerProperty(property_key(value).ok_or_else(bad)?),
                     "property" => {
                         let (k, v) = value.split_once('=').ok_or_else(bad)?;
@@ -106,10 +117,12 @@ impl Scope {
             Scope::Model(m) => (s.model == Some(m.as_str())).then_some(SINGLE_KEY),
             Scope::Provider(p) => (s.provider == p).then_some(SINGLE_KEY),
             Scope::Property(k, v) => (s.properties.get(k) == Some(v)).then_some(SINGLE_KEY),
+            Scope::Key(k) => (s.key_name == Some(k.as_str())).then_some(SINGLE_KEY),
             Scope::PerUser => s.user_id,
             Scope::PerModel => s.model,
             Scope::PerProvider => Some(s.provider),
             Scope::PerProperty(k) => s.properties.get(k).map(String::as_str),
+            Scope::PerKey => s.key_name,
         }
     }
 
@@ -117,7 +130,11 @@ impl Scope {
     pub fn is_keyed(&self) -> bool {
         matches!(
             self,
-            Scope::PerUser | Scope::PerModel | Scope::PerProvider | Scope::PerProperty(_)
+            Scope::PerUser
+                | Scope::PerModel
+                | Scope::PerProvider
+                | Scope::PerProperty(_)
+                | Scope::PerKey
         )
     }
 
@@ -140,6 +157,7 @@ impl Scope {
             Scope::PerModel => format!("model {key}"),
             Scope::PerProvider => format!("provider {key}"),
             Scope::PerProperty(k) => format!("{k}={key}"),
+            Scope::PerKey => format!("key {key}"),
             other => other.to_string(),
         }
     }
@@ -161,10 +179,12 @@ impl fmt::Display for Scope {
             Scope::Model(m) => write!(f, "model {m}"),
             Scope::Provider(p) => write!(f, "provider {p}"),
             Scope::Property(k, v) => write!(f, "{k}={v}"),
+            Scope::Key(k) => write!(f, "key {k}"),
             Scope::PerUser => f.write_str("per user"),
             Scope::PerModel => f.write_str("per model"),
             Scope::PerProvider => f.write_str("per provider"),
             Scope::PerProperty(k) => write!(f, "per {k}"),
+            Scope::PerKey => f.write_str("per key"),
         }
     }
 }
@@ -183,6 +203,7 @@ mod tests {
             model: Some("gpt-4o"),
             user_id: Some("alice"),
             properties: &props,
+            key_name: Some("search-team"),
         };
         let key = |text: &str| Scope::parse(text).expect(text).key_of(s).map(str::to_owned);
         assert_eq!(key("all").as_deref(), Some("*"));
@@ -197,6 +218,9 @@ mod tests {
         assert_eq!(key("per_provider").as_deref(), Some("openai"));
         assert_eq!(key("per_property:team").as_deref(), Some("search"));
         assert_eq!(key("per_property:other"), None);
+        assert_eq!(key("key:search-team").as_deref(), Some("*"));
+        assert_eq!(key("key:ads"), None);
+        assert_eq!(key("per_key").as_deref(), Some("search-team"));
         for bad in [
             "",
             "team",

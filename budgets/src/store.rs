@@ -439,6 +439,8 @@ fn sqlite_spend(
             Some(json_path(k)),
             Some(v.clone()),
         ),
+        Scope::Key(k) => ("'*'", "AND key_name = ?4", Some(k.clone()), None),
+        Scope::PerKey => ("key_name", "AND key_name IS NOT NULL", None, None),
         Scope::PerUser => ("user_id", "AND user_id IS NOT NULL", None, None),
         Scope::PerModel => ("model", "AND model IS NOT NULL", None, None),
         Scope::PerProvider => ("provider", "", None, None),
@@ -496,6 +498,13 @@ async fn clickhouse_spend(
         Scope::Model(m) => ("'*'", "AND model = ?", Some(m), None),
         Scope::Provider(p) => ("'*'", "AND provider = ?", Some(p), None),
         Scope::Property(k, v) => ("'*'", "AND properties[?] = ?", Some(k), Some(v)),
+        Scope::Key(k) => ("'*'", "AND key_name = ?", Some(k), None),
+        Scope::PerKey => (
+            "toString(assumeNotNull(key_name))",
+            "AND key_name IS NOT NULL",
+            None,
+            None,
+        ),
         Scope::PerUser => (
             "assumeNotNull(user_id)",
             "AND user_id IS NOT NULL",

@@ -21,6 +21,7 @@ pub(crate) fn enforce(ctx: &mut Ctx) -> Result<(), Refusal> {
         model: r.model.as_deref(),
         user_id: r.user_id.as_deref(),
         properties: &r.properties,
+        key_name: r.key_name.as_deref(),
     };
     let now = now_ms();
     let Some(rejection) = budgets.check(subject, now) else {

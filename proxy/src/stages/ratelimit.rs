@@ -1,4 +1,10 @@
-//! Rate limits: requests or cost per window, keyed by user, API key, property, or global.
+//! Rate limits: requests, tokens or cost per window, keyed by user, API key, property, or
+//! global; and each Tally key's own `rpm` and `tpm`.
+//!
+//! Tokens and cost are only known once a response ends, so those policies are checked before
+//! a request (is the counter already over?) and charged after it. Requests in flight when a
+//! counter fills are not stopped: a token limit can be overshot by the tokens of the requests
+//! admitted before the first of them finished (README, "Rate limits").
 //!
 //! The algorithm is GCRA (the generic cell rate algorithm): one number per key, the
 //! theoretical arrival time (TAT) of the next request. A policy of `q` per window `w` spaces
@@ -88,6 +94,8 @@ pub enum Unit {
     Usd,
     /// Each US cent is one cell (Helicone's `u=cents`).
     Cents,
+    /// Each token, input plus output, is one cell (charged when the response ends).
+    Tokens,
 }
 
 /// Whose requests share a counter.
@@ -219,12 +227,29 @@ impl Policy {
         self.unit != Unit::Requests
     }
 
-    /// Cells a response of `cost_usd` spends.
-    pub(crate) fn cells_for(&self, cost_usd: f64) -> f64 {
+    /// Cells a finished request spends.
+    pub(crate) fn cells_for(&self, record: &Record) -> f64 {
+        let cost = record.cost_usd.unwrap_or(0.0);
         match self.unit {
             Unit::Requests => 1.0,
-            Unit::Usd => cost_usd,
-            Unit::Cents => cost_usd * 100.0,
+            Unit::Usd => cost,
+            Unit::Cents => cost * 100.0,
+            Unit::Tokens => record
+                .tokens
+                .map_or(0.0, |t| t.prompt.saturating_add(t.completion) as f64),
+        }
+    }
+
+    /// A Tally key's own limit: `quota` requests or tokens per minute, counted per key.
+    fn per_key(key: &tally_keys::Key, unit: Unit, quota: u64) -> Self {
+        let what = if unit == Unit::Tokens { "tpm" } else { "rpm" };
+        Self {
+            name: format!("key:{}:{what}", key.name),
+            quota: quota as f64,
+            window_ms: 60_000.0,
+            unit,
+            scope: Scope::Key,
+            providers: Vec::new(),
         }
     }
 
@@ -556,19 +581,33 @@ pub(crate) async fn admit(
         .clone()
         .filter(|_| limiter.header_policies)
         .map(Arc::new);
-    if !limiter.has_policies() && header_policy.is_none() {
+    let tally_key = ctx.key.clone();
+    let key_limits = tally_key
+        .as_ref()
+        .is_some_and(|k| k.policy.rpm.is_some() || k.policy.tpm.is_some());
+    if !limiter.has_policies() && header_policy.is_none() && !key_limits {
         return Ok(());
     }
+    let own = tally_key.iter().flat_map(|k| {
+        let rpm = k.policy.rpm.map(|q| Policy::per_key(k, Unit::Requests, q));
+        let tpm = k.policy.tpm.map(|q| Policy::per_key(k, Unit::Tokens, q));
+        rpm.into_iter().chain(tpm).map(Arc::new)
+    });
     let policies: Vec<Arc<Policy>> = limiter
         .policies_for(destination)
         .cloned()
         .chain(header_policy)
+        .chain(own)
         .collect();
-    let key_id = policies
-        .iter()
-        .any(|p| matches!(p.scope, Scope::Key))
-        .then(|| key_id(headers))
-        .flatten();
+    // A Tally key is the caller's identity; otherwise a digest of the provider key it sent.
+    let key_id = match &tally_key {
+        Some(k) => Some(format!("tly:{}", k.id)),
+        None => policies
+            .iter()
+            .any(|p| matches!(p.scope, Scope::Key))
+            .then(|| key_id(headers))
+            .flatten(),
+    };
     let mut tightest: Option<(Arc<Policy>, Decision)> = None;
     let mut charges = Vec::new();
     for policy in policies {
@@ -625,10 +664,10 @@ fn refuse(ctx: &mut Ctx, policy: &Policy, decision: &Decision) -> Refusal {
         .rate_limited
         .get_or_create(&PolicyLabels { policy: label })
         .inc();
-    let what = if policy.is_cost() {
-        "spend"
-    } else {
-        "requests"
+    let what = match policy.unit {
+        Unit::Requests => "requests",
+        Unit::Tokens => "tokens",
+        Unit::Usd | Unit::Cents => "spend",
     };
     let retry_secs = decision.retry_after_ms.div_ceil(1000);
     let message = format!(
@@ -684,9 +723,8 @@ struct Charge {
 
 impl StageHook for Charge {
     fn on_finish(self: Box<Self>, record: &Record, _complete: bool, metrics: &ProxyMetrics) {
-        let cost = record.cost_usd.unwrap_or(0.0);
         for (policy, key) in self.charges {
-            let cells = policy.cells_for(cost);
+            let cells = policy.cells_for(record);
             let metrics = metrics.clone();
             self.limiter.charge(policy, key, cells, move |e| {
                 metrics.stage_error("rate_limit");
