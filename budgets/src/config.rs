@@ -180,7 +180,10 @@ pub struct Budget {
 
 /// Where a budget's per-key limits come from (the keyring, for Tally keys' budgets).
 #[derive(Clone)]
-pub struct KeyLimits(pub std::sync::Arc<dyn Fn(&str) -> Option<f64> + Send + Sync>);
+pub struct KeyLimits(pub std::sync::Arc<LimitFn>);
+
+/// A scope key's limit, or `None` when it has none.
+pub type LimitFn = dyn Fn(&str) -> Option<f64> + Send + Sync;
 
 impl std::fmt::Debug for KeyLimits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

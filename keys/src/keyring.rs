@@ -118,7 +118,7 @@ impl Keyring {
                     let n = ring.refresh_errors.fetch_add(1, Ordering::Relaxed);
                     // Once per streak start and then every 60 failures: a store that is down
                     // must not flood the log at the refresh rate.
-                    if n % 60 == 0 {
+                    if n.is_multiple_of(60) {
                         tracing::warn!(error = %e, "cannot reload the Tally keys; keeping the last copy");
                     }
                 }
