@@ -609,7 +609,8 @@ mod tests {
             jail.create_file("b.toml", example)?;
             let c = Config::load(Some(Path::new("b.toml"))).expect("loads");
             let v = c.validate().expect("valid");
-            assert_eq!(v.alerts.budgets.len(), 2);
+            // The two of the example, then the Tally keys' own three.
+            assert_eq!(v.alerts.budgets.len(), 2 + KEY_BUDGETS.len());
             assert_eq!(v.alerts.rules.len(), 1);
             assert!(v.alerts.budgets[1].enforce);
             assert_eq!(v.alerts.budgets[0].thresholds, vec![0.5, 0.8, 1.0]);

@@ -482,3 +482,54 @@ async fn the_admin_api_takes_its_own_token_and_never_lists_secrets() {
     assert!(!listed.contains("hash"), "{listed}");
     t.stop().await;
 }
+
+/// 50 requests at once at the edge of a key's $10 budget, each costing $1 and asking for at
+/// most 5 output tokens ($1 at the test price). Every one is in flight (the upstream holds its
+/// answer 300 ms) before any is counted. How many are admitted is the overshoot; the count is
+/// printed for GUARANTEES.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_at_the_edge_of_a_budget_overshoot_by_at_most_one() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let hold = holding(dir.path());
+    let t = TestTally::start_with(&up.url(), move |c| {
+        hold(c);
+        priced(c);
+        c.alerts = fast_alerts();
+    })
+    .await;
+    let (secret, _) = create(
+        &t,
+        json!({"name": "edge", "budget_usd": 10.0, "window": "day"}),
+    )
+    .await;
+    let bearer = format!("Bearer {secret}");
+    let url = t.url("/v1/chat/completions");
+    let body = json!({"model": MODEL, "max_tokens": 5,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let calls = (0..50).map(|_| {
+        let (url, bearer, body) = (url.clone(), bearer.clone(), body.clone());
+        tokio::spawn(async move {
+            post_json(
+                &url,
+                &[("authorization", &bearer), ("x-fake-delay-ms", "300")],
+                &body,
+            )
+            .await
+            .0
+        })
+    });
+    let mut admitted = 0;
+    for c in calls.collect::<Vec<_>>() {
+        if c.await.expect("join") == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    eprintln!("50 concurrent at a $10 budget of $1 requests: {admitted} admitted");
+    assert!(admitted >= 10, "the budget's room was used: {admitted}");
+    assert!(
+        admitted <= 11,
+        "overshoot beyond one request: {admitted} admitted"
+    );
+    t.stop().await;
+}

@@ -116,7 +116,21 @@ struct State {
     health: Vec<HashMap<String, Health>>,
     /// What fired, per budget (config order) then per rule, by scope key.
     fired: Vec<HashMap<String, Fired>>,
+    /// Per budget: USD held by requests admitted and not yet counted, by scope key.
+    reserved: Vec<HashMap<String, f64>>,
+    /// The holds of each request in flight, released when its record is counted (or, should
+    /// the record never come, when the hold expires).
+    holds: HashMap<Uuid, Hold>,
 }
+
+/// What one admitted request holds until its record is counted.
+struct Hold {
+    expires: i64,
+    parts: Vec<(usize, String, f64)>,
+}
+
+/// A hold no record released is dropped after this long: longer than any request runs.
+const HOLD_TTL_MS: i64 = 15 * 60 * 1000;
 
 /// The shared engine. Cheap to call from the ingest thread (`observe`), the proxy
 /// (`check`, a read lock on a small map) and the dashboard (`status`).
@@ -138,6 +152,8 @@ impl Engine {
             spend: vec![HashMap::new(); settings.budgets.len()],
             health: settings.rules.iter().map(|_| HashMap::new()).collect(),
             fired: vec![HashMap::new(); settings.budgets.len() + settings.rules.len()],
+            reserved: vec![HashMap::new(); settings.budgets.len()],
+            holds: HashMap::new(),
         };
         Self {
             enforcing: settings.budgets.iter().any(|b| b.enforce),
@@ -188,6 +204,11 @@ impl Engine {
     pub fn observe(&self, record: &Record, now: i64) {
         let subject = Subject::from(record);
         let mut st = self.lock();
+        // Its hold gives way to its cost in the same lock: spend is never counted twice or
+        // not at all in between.
+        if let Some(hold) = st.holds.remove(&record.request_id) {
+            release(&mut st, hold);
+        }
         if let Some(cost) = record.cost_usd.filter(|c| *c > 0.0) {
             for (i, b) in self.settings.budgets.iter().enumerate() {
                 let Some(key) = b.scope.key_of(subject) else {
@@ -276,6 +297,17 @@ impl Engine {
         }
         for m in &mut st.fired {
             m.retain(|_, f| f.until > now);
+        }
+        let stale: Vec<Uuid> = st
+            .holds
+            .iter()
+            .filter(|(_, h)| h.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(hold) = st.holds.remove(&id) {
+                release(&mut st, hold);
+            }
         }
         if self.enforcing {
             let mut ex = self.exhausted.write().unwrap_or_else(|p| p.into_inner());
@@ -466,6 +498,102 @@ impl Engine {
         None
     }
 
+    /// Admits a request against the enforcing budgets covering it, counting what requests in
+    /// flight hold, and holds `estimate()` USD (its worst cost) for it until its record is
+    /// counted. A scope is refused once its spend plus its holds reach the limit, so requests
+    /// started together cannot all pass an almost spent budget: the overshoot is at most one
+    /// request's estimate plus whatever requests cost beyond their estimates (GUARANTEES.md).
+    /// `estimate` runs only when an enforcing budget covers the request.
+    pub fn reserve(
+        &self,
+        subject: Subject<'_>,
+        request_id: Uuid,
+        estimate: impl FnOnce() -> f64,
+        now: i64,
+    ) -> Result<bool, Rejection> {
+        if !self.enforcing {
+            return Ok(false);
+        }
+        if let Some(r) = self.check(subject, now) {
+            return Err(r);
+        }
+        let covering: Vec<(usize, &str, f64)> = self
+            .settings
+            .budgets
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.enforce)
+            .filter_map(|(i, b)| {
+                let key = b.scope.key_of(subject)?;
+                Some((i, key, b.limit_for(key)?))
+            })
+            .collect();
+        if covering.is_empty() {
+            return Ok(false);
+        }
+        let usd = estimate();
+        let usd = if usd.is_finite() { usd.max(0.0) } else { 0.0 };
+        let mut st = self.lock();
+        for &(i, key, limit) in &covering {
+            let b = &self.settings.budgets[i];
+            let bounds = b.window.bounds(now);
+            let spent = st.spend[i].get(key).map_or(0.0, |s| s.total(bounds));
+            let held = st.reserved[i].get(key).copied().unwrap_or(0.0);
+            if spent + held >= limit {
+                return Err(Rejection {
+                    budget: b.name.clone(),
+                    scope: b.scope.describe_key(key),
+                    scope_key: key.to_owned(),
+                    spend_usd: spent + held,
+                    limit_usd: limit,
+                    // Room may come back as soon as the requests in flight are counted.
+                    resets_at: now + 1000,
+                });
+            }
+        }
+        if usd > 0.0 {
+            let parts: Vec<(usize, String, f64)> = covering
+                .iter()
+                .map(|&(i, key, _)| (i, key.to_owned(), usd))
+                .collect();
+            for (i, key, usd) in &parts {
+                *st.reserved[*i].entry(key.clone()).or_insert(0.0) += usd;
+            }
+            st.holds.insert(
+                request_id,
+                Hold {
+                    expires: now + HOLD_TTL_MS,
+                    parts,
+                },
+            );
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The request's cost is known (its response ended): its hold becomes that cost until
+    /// the record is counted, so the estimate stops blocking others and nothing goes uncounted
+    /// in between. A hold already released (the record was counted first) stays released.
+    pub fn settle(&self, request_id: Uuid, cost_usd: f64) {
+        let cost = if cost_usd.is_finite() {
+            cost_usd.max(0.0)
+        } else {
+            0.0
+        };
+        let mut st = self.lock();
+        let State {
+            holds, reserved, ..
+        } = &mut *st;
+        let Some(hold) = holds.get_mut(&request_id) else {
+            return;
+        };
+        for (i, key, usd) in &mut hold.parts {
+            let r = reserved[*i].entry(key.clone()).or_insert(0.0);
+            *r = (*r - *usd + cost).max(0.0);
+            *usd = cost;
+        }
+    }
+
     /// Every budget's current state.
     pub fn status(&self, now: i64) -> Vec<BudgetStatus> {
         let st = self.lock();
@@ -538,6 +666,17 @@ impl Engine {
                 }
             })
             .collect()
+    }
+}
+
+fn release(st: &mut State, hold: Hold) {
+    for (i, key, usd) in hold.parts {
+        if let Some(r) = st.reserved[i].get_mut(&key) {
+            *r -= usd;
+            if *r <= 1e-12 {
+                st.reserved[i].remove(&key);
+            }
+        }
     }
 }
 
@@ -832,5 +971,51 @@ mod tests {
         assert_eq!(ev, vec![(EventKind::ErrorRateAbove, "gpt-4o".into(), 0.2)]);
         e.tick(T0 + 200);
         assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn holds_stop_concurrent_requests_at_the_edge_and_give_way_to_the_real_cost() {
+        let (e, _rx) = engine(
+            r#"[{"name":"u","limit_usd":3,"window":"day","scope":"per_user","enforce":true}]"#,
+        );
+        let props = BTreeMap::new();
+        let alice = Subject {
+            provider: "openai",
+            model: Some("gpt-4o"),
+            user_id: Some("alice"),
+            properties: &props,
+            key_name: None,
+        };
+        let now = T0 + 10;
+        // Three requests of at most $1 each fill the $3; the fourth is refused while they run.
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        for id in &ids {
+            assert_eq!(e.reserve(alice, *id, || 1.0, now), Ok(true));
+        }
+        let refused = e
+            .reserve(alice, Uuid::now_v7(), || 1.0, now)
+            .expect_err("full");
+        assert_eq!(refused.spend_usd, 3.0);
+        // Another user is not held back.
+        let bob = Subject {
+            user_id: Some("bob"),
+            ..alice
+        };
+        assert_eq!(e.reserve(bob, Uuid::now_v7(), || 1.0, now), Ok(true));
+        // The first cost only $0.25: settling frees the rest of its hold at once...
+        e.settle(ids[0], 0.25);
+        assert!(e.reserve(alice, Uuid::now_v7(), || 0.5, now).is_ok());
+        // ...and counting its record replaces the hold: no double count.
+        let mut r = record(now, "alice", 0.25);
+        r.request_id = ids[0];
+        e.observe(&r, now);
+        let held: f64 = e.lock().reserved[0].get("alice").copied().unwrap_or(0.0);
+        assert!(
+            (held - 2.5).abs() < 1e-9,
+            "two $1 holds and one $0.5: {held}"
+        );
+        // Holds whose record never comes expire.
+        e.tick(now + HOLD_TTL_MS + 1);
+        assert!(e.lock().reserved[0].get("alice").is_none());
     }
 }

@@ -115,6 +115,15 @@ impl Exchange {
             .expect("an exchange is only used before it is finished")
     }
 
+    /// The record-to-be, read-only (for phases that also read other parts of the context).
+    pub(crate) fn record_ref(&self) -> &Record {
+        &self
+            .state
+            .as_ref()
+            .expect("an exchange is only used before it is finished")
+            .record
+    }
+
     /// Adds a stage that wants to see the response and the finished record.
     pub(crate) fn hook(&mut self, hook: Box<dyn StageHook>) {
         self.state().hooks.push(hook);

@@ -134,7 +134,7 @@ async fn run(ctx: &mut Ctx, mut parts: Parts, body: Incoming) -> Result<Answer, 
     request_body::readable_when_metered(ctx, &head, &tags, &parts.headers)?;
     let destination = route::destination(ctx, route.destination, &tags, &head.facts)?;
     authenticate::authenticate(ctx, &mut parts.headers, &destination, &head.facts)?;
-    stages::budget::enforce(ctx)?;
+    stages::budget::enforce(ctx, &head)?;
     stages::ratelimit::admit(ctx, destination.name(), &tags, &parts.headers).await?;
     let forward = send::Forward {
         parts,
