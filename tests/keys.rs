@@ -533,3 +533,26 @@ async fn fifty_concurrent_requests_at_the_edge_of_a_budget_overshoot_by_at_most_
     );
     t.stop().await;
 }
+
+/// A dashboard listening beyond loopback (with its read token) and no admin token: the admin
+/// API refuses everything, whatever the caller sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_is_off_on_a_public_listen_without_its_token() {
+    let up = FakeUpstream::start().await;
+    let t = TestTally::start_with(&up.url(), |c| {
+        c.dashboard.listen = "0.0.0.0:0".into();
+        c.dashboard.auth_token = Some("read-token".into());
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{}/api/admin/keys", t.dashboard.port());
+    for auth in [vec![], vec![("authorization", "Bearer read-token")]] {
+        let (status, _, body) = post_json(&url, &auth, &json!({"name": "x"})).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{auth:?}");
+        assert!(
+            contains(&body, "admin_token"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    t.stop().await;
+}

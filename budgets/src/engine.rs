@@ -1016,6 +1016,6 @@ mod tests {
         );
         // Holds whose record never comes expire.
         e.tick(now + HOLD_TTL_MS + 1);
-        assert!(e.lock().reserved[0].get("alice").is_none());
+        assert!(!e.lock().reserved[0].contains_key("alice"));
     }
 }
