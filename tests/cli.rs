@@ -183,7 +183,7 @@ fn migrate_is_idempotent_and_bad_config_is_explained() {
     ]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "version\n1\n2\n3\n4\n5\n"
+        "version\n1\n2\n3\n4\n5\n6\n"
     );
 
     let bad = dir.path().join("bad.toml");
