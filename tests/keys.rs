@@ -296,7 +296,8 @@ async fn per_key_token_limits_and_budgets_refuse_and_tell() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(body.to_string().contains("keys-day"), "{body}");
-    hook.wait_for(1).await;
+    // 50 % at the first dollar, then `budget_exceeded` at the second.
+    hook.wait_for(2).await;
     let events = hook.events();
     let exceeded = events
         .iter()
