@@ -51,9 +51,13 @@ pub fn key_store(store: &Store) -> tally_keys::KeyStore {
 
 /// The first load of the keys, before the budgets (whose per-key limits read them) and before
 /// listening (a key that exists must work from the first request).
-async fn load_keys(keyring: &tally_keys::Keyring, config: &Validated) -> anyhow::Result<()> {
+async fn load_keys(
+    keyring: &tally_keys::Keyring,
+    store: &tally_keys::KeyStore,
+    config: &Validated,
+) -> anyhow::Result<()> {
     let n = keyring
-        .refresh(&key_store(&config.store))
+        .refresh(store)
         .await
         .context("cannot read the Tally keys from the store")?;
     tracing::info!(
@@ -125,6 +129,7 @@ impl Server {
         } = self;
 
         let mut config = config;
+        let key_store = key_store(&config.store);
         let keyring = Arc::new(tally_keys::Keyring::default());
         for b in &mut config.alerts.budgets {
             let Some((_, window)) = config::KEY_BUDGETS.iter().find(|(n, _)| *n == b.name) else {
@@ -160,7 +165,7 @@ impl Server {
                 let mut conn = sqlite::open_writer(path)?;
                 let applied = sqlite::migrate(&mut conn)?;
                 tracing::info!(path = %path.display(), applied, "SQLite store ready");
-                load_keys(&keyring, &config).await?;
+                load_keys(&keyring, &key_store, &config).await?;
                 let alerts =
                     start_alerts(&config, AlertStore::Sqlite(path.clone()), &mut registry).await?;
                 let worker = IngestWorker::spawn_observed(
@@ -182,7 +187,7 @@ impl Server {
                     .await
                     .with_context(|| format!("ClickHouse at {} is not usable", s.url))?;
                 tracing::info!(url = %s.url, database = %s.database, applied, "ClickHouse store ready");
-                load_keys(&keyring, &config).await?;
+                load_keys(&keyring, &key_store, &config).await?;
                 let alerts =
                     start_alerts(&config, AlertStore::clickhouse(s), &mut registry).await?;
                 let worker = IngestWorker::spawn_observed(
@@ -201,7 +206,6 @@ impl Server {
             }
         };
 
-        let key_store = key_store(&config.store);
         let refresher = keyring.spawn_refresh(key_store.clone(), config.auth.refresh);
         let stages = Stages {
             budgets: alerts.as_ref().map(|a| a.engine().clone()),
@@ -230,7 +234,6 @@ impl Server {
             keys: Some(Arc::new(tally_dashboard::admin::KeysAdmin {
                 admin: tally_keys::Admin::new(key_store.clone()),
                 keyring: keyring.clone(),
-                store: key_store,
                 token: config.auth.admin_token.clone(),
                 loopback: config.dashboard_listen.ip().is_loopback(),
                 default_grace_ms: config.auth.rotate_grace.as_millis() as i64,

@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tally_keys::admin::{Issued, KeyView};
-use tally_keys::{Admin, AdminError, CreateOptions, KeyStore, Keyring};
+use tally_keys::{Admin, AdminError, CreateOptions, Keyring};
 
 /// What the admin API needs.
 pub struct KeysAdmin {
@@ -32,8 +32,6 @@ pub struct KeysAdmin {
     /// The keyring of this process, reloaded after each change so this replica applies it
     /// at once (others within their refresh interval).
     pub keyring: Arc<Keyring>,
-    /// Where the keys live.
-    pub store: KeyStore,
     /// `[auth] admin_token`.
     pub token: Option<String>,
     /// Whether the dashboard listens on loopback (the API is open there without a token).
@@ -110,7 +108,7 @@ fn failed(e: AdminError) -> Response {
 
 /// Applies a change to this replica's keyring now.
 async fn reload(a: &KeysAdmin) {
-    if let Err(e) = a.keyring.refresh(&a.store).await {
+    if let Err(e) = a.keyring.refresh(a.admin.store()).await {
         tracing::warn!(error = %e, "admin API: reloading the keys failed; the next refresh will");
     }
 }

@@ -198,6 +198,11 @@ impl Admin {
         Self { store }
     }
 
+    /// The store the operations write.
+    pub fn store(&self) -> &KeyStore {
+        &self.store
+    }
+
     /// Every key.
     pub async fn list(&self) -> Result<Vec<Key>, AdminError> {
         Ok(self.store.load().await?)

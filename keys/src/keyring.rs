@@ -77,7 +77,7 @@ impl Default for Keyring {
 }
 
 impl Keyring {
-    /// A keyring holding `keys` (tests and the first load).
+    /// A keyring holding `keys`, without a store (tests).
     pub fn with(keys: Vec<Key>) -> Self {
         let ring = Self::default();
         ring.replace(keys);

@@ -180,6 +180,16 @@ pub fn key_hint(headers: &HeaderMap, key_headers: &[&str]) -> Option<String> {
     hint_of(raw)
 }
 
+/// The headers SDKs send their key in, across every wire format.
+pub(crate) const SDK_KEY_HEADERS: [&str; 4] =
+    ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
+/// The Tally key (`tly-…`) a key header's value carries, if it carries one.
+pub(crate) fn tally_key(value: &http::HeaderValue) -> Option<&str> {
+    let bare = bare_key(value.to_str().ok()?);
+    tally_keys::secret::is_tally_key(bare).then_some(bare)
+}
+
 /// A key header's value without its `Bearer ` scheme: the key itself. For an AWS SigV4
 /// `Authorization`, the access key id it names (the signature changes with every request and
 /// says nothing about whose it is).

@@ -60,11 +60,8 @@ impl Presented {
     /// Takes the Tally key out of the keys forwarded (the held credential replaces it) but
     /// keeps masking it.
     pub(crate) fn forget_tally_key(&mut self, text: &str) {
-        self.headers.retain(|v| {
-            v.to_str().map_or(true, |s| {
-                !tally_keys::secret::is_tally_key(crate::headers::bare_key(s))
-            })
-        });
+        self.headers
+            .retain(|v| crate::headers::tally_key(v).is_none());
         self.tally_key = Some(text.to_owned());
     }
 

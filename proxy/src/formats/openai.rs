@@ -219,7 +219,7 @@ fn is_empty_array(v: &[u8]) -> bool {
 
 impl Format for OpenAi {
     fn key_headers(&self) -> &'static [&'static str] {
-        &["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+        &crate::headers::SDK_KEY_HEADERS
     }
 
     fn request(&self, path: &str, body: &[u8]) -> RequestFacts {

@@ -22,10 +22,8 @@ use tally_keys::{AuthError, Key, Keyring};
 use super::route::Destination;
 use super::{Ctx, Refusal};
 use crate::formats::RequestFacts;
+use crate::headers::{tally_key, SDK_KEY_HEADERS};
 use crate::providers::Provider;
-
-/// Headers an SDK puts its key in.
-const KEY_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
 /// Failure windows remembered at most; past it, ended windows go first, then all (an
 /// attacker spraying addresses can reset the counts, but not grow memory).
@@ -80,11 +78,11 @@ impl Auth {
 
 /// The Tally key a request presents: the header it came in and its text.
 fn presented(headers: &HeaderMap) -> Option<(&'static str, String)> {
-    KEY_HEADERS.iter().find_map(|h| {
-        headers.get_all(*h).iter().find_map(|v| {
-            let bare = crate::headers::bare_key(v.to_str().ok()?);
-            tally_keys::secret::is_tally_key(bare).then(|| (*h, bare.to_owned()))
-        })
+    SDK_KEY_HEADERS.iter().find_map(|h| {
+        headers
+            .get_all(*h)
+            .iter()
+            .find_map(|v| Some((*h, tally_key(v)?.to_owned())))
     })
 }
 
@@ -122,8 +120,8 @@ pub(crate) fn authenticate(
         }
     };
     // The key stops here: upstream gets the credential Tally holds instead.
-    for h in KEY_HEADERS {
-        if h == header || headers.get(h).is_some_and(carries_tally_key) {
+    for h in SDK_KEY_HEADERS {
+        if h == header || headers.get(h).and_then(tally_key).is_some() {
             headers.remove(h);
         }
     }
@@ -137,11 +135,6 @@ pub(crate) fn authenticate(
     allowed(ctx, &key, destination, facts)?;
     ctx.key = Some(key);
     Ok(())
-}
-
-fn carries_tally_key(v: &HeaderValue) -> bool {
-    v.to_str()
-        .is_ok_and(|s| tally_keys::secret::is_tally_key(crate::headers::bare_key(s)))
 }
 
 fn refuse(ctx: &mut Ctx, e: AuthError) -> Refusal {

@@ -708,7 +708,7 @@ fn rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, d: &Decision) {
 /// without the key itself reaching memory dumps of the limiter or Redis.
 fn key_id(headers: &HeaderMap) -> Option<String> {
     use sha2::{Digest, Sha256};
-    let v = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+    let v = crate::headers::SDK_KEY_HEADERS
         .iter()
         .find_map(|h| headers.get(*h))?;
     let d = Sha256::digest(v.as_bytes());
