@@ -48,9 +48,14 @@ fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Unsupported> {
         Some(Value::Array(parts)) => parts
             .iter()
             .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(json!({ "type": "text", "text": p.get("text").cloned().unwrap_or(json!("")) })),
+                Some("text") => Ok(
+                    json!({ "type": "text", "text": p.get("text").cloned().unwrap_or(json!("")) }),
+                ),
                 Some("image_url") => {
-                    let url = p.pointer("/image_url/url").and_then(Value::as_str).unwrap_or("");
+                    let url = p
+                        .pointer("/image_url/url")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     Ok(image(url))
                 }
                 other => Err(Unsupported::new(
@@ -60,7 +65,11 @@ fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Unsupported> {
                 )),
             })
             .collect(),
-        Some(_) => Err(Unsupported::new("content", ME, "content must be a string or an array of parts")),
+        Some(_) => Err(Unsupported::new(
+            "content",
+            ME,
+            "content must be a string or an array of parts",
+        )),
     }
 }
 
@@ -566,11 +575,7 @@ pub fn parse_response(v: &Value) -> Option<Answer> {
                     .to_owned(),
             )),
             Some("tool_use") => content.push(Block::Tool {
-                id: b
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
+                id: b.get("id").and_then(Value::as_str).unwrap_or("").to_owned(),
                 name: b
                     .get("name")
                     .and_then(Value::as_str)
@@ -691,7 +696,10 @@ impl Decoder {
                         if let Some(&(_, n)) = self.tools.iter().find(|(i, _)| *i == index) {
                             let arguments = s("partial_json");
                             if !arguments.is_empty() {
-                                out.push(Delta::ToolArguments { index: n, arguments });
+                                out.push(Delta::ToolArguments {
+                                    index: n,
+                                    arguments,
+                                });
                             }
                         }
                     }

@@ -177,7 +177,10 @@ pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupport
         }
         if budget > 0 {
             let budget = budget.max(1024);
-            let limit = config.get("maxTokens").and_then(Value::as_u64).unwrap_or(4096);
+            let limit = config
+                .get("maxTokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(4096);
             config.insert("maxTokens".into(), json!(limit + budget));
             out.insert(
                 "additionalModelRequestFields".into(),
@@ -354,9 +357,7 @@ impl Decoder {
                             arguments: args.to_owned(),
                         });
                     }
-                } else if let Some(t) = d
-                    .pointer("/reasoningContent/text")
-                    .and_then(Value::as_str)
+                } else if let Some(t) = d.pointer("/reasoningContent/text").and_then(Value::as_str)
                 {
                     out.push(Delta::Reasoning(t.to_owned()));
                 }
@@ -372,12 +373,12 @@ impl Decoder {
                 }
             }
             // An exception frame: its `:exception-type` is the kind.
-            k if k.ends_with("Exception") || k.ends_with("exception") => out.push(Delta::Error(
-                format!(
+            k if k.ends_with("Exception") || k.ends_with("exception") => {
+                out.push(Delta::Error(format!(
                     "{k}: {}",
                     v.get("message").and_then(Value::as_str).unwrap_or("")
-                ),
-            )),
+                )))
+            }
             _ => {}
         }
     }

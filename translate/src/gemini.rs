@@ -11,7 +11,11 @@ const ME: Dialect = Dialect::Gemini;
 
 /// A media type guessed from a URL's extension; Gemini's `fileData` needs one.
 fn media_type_of(url: &str) -> &'static str {
-    let path = url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase();
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
     match path.rsplit('.').next() {
         Some("png") => "image/png",
         Some("gif") => "image/gif",
@@ -138,7 +142,9 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
                 push(
                     &mut contents,
                     "user",
-                    vec![json!({ "functionResponse": { "id": id, "name": name, "response": response } })],
+                    vec![
+                        json!({ "functionResponse": { "id": id, "name": name, "response": response } }),
+                    ],
                 );
             }
             other => {
@@ -153,10 +159,7 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
     let mut out = Map::new();
     out.insert("contents".into(), Value::Array(contents));
     if !system.is_empty() {
-        out.insert(
-            "systemInstruction".into(),
-            json!({ "parts": system }),
-        );
+        out.insert("systemInstruction".into(), json!({ "parts": system }));
     }
     let mut config = Map::new();
     for (from, to) in [
@@ -186,7 +189,10 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
             }
             Some("json_schema") => {
                 config.insert("responseMimeType".into(), json!("application/json"));
-                let schema = f.pointer("/json_schema/schema").cloned().unwrap_or(json!({}));
+                let schema = f
+                    .pointer("/json_schema/schema")
+                    .cloned()
+                    .unwrap_or(json!({}));
                 config.insert("responseJsonSchema".into(), schema);
             }
             _ => {
@@ -215,7 +221,11 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
             .iter()
             .map(|t| {
                 if t.get("type").and_then(Value::as_str) != Some("function") {
-                    return Err(Unsupported::new("tools", ME, "only function tools translate"));
+                    return Err(Unsupported::new(
+                        "tools",
+                        ME,
+                        "only function tools translate",
+                    ));
                 }
                 let f = t.get("function").cloned().unwrap_or(json!({}));
                 let mut d = json!({ "name": f.get("name").cloned().unwrap_or(json!("")) });
@@ -229,10 +239,7 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
                 Ok(d)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        out.insert(
-            "tools".into(),
-            json!([{ "functionDeclarations": decls }]),
-        );
+        out.insert("tools".into(), json!([{ "functionDeclarations": decls }]));
     }
     let mode = match body.get("tool_choice") {
         None | Some(Value::Null) => None,
@@ -315,7 +322,9 @@ pub fn parse_response(v: &Value, model: &str) -> Option<Answer> {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned(),
-                arguments: call.get("args").map_or_else(|| "{}".into(), Value::to_string),
+                arguments: call
+                    .get("args")
+                    .map_or_else(|| "{}".into(), Value::to_string),
             });
             calls += 1;
         } else if let Some(t) = p.get("text").and_then(Value::as_str) {
@@ -407,7 +416,9 @@ impl Decoder {
                 });
                 out.push(Delta::ToolArguments {
                     index,
-                    arguments: call.get("args").map_or_else(|| "{}".into(), Value::to_string),
+                    arguments: call
+                        .get("args")
+                        .map_or_else(|| "{}".into(), Value::to_string),
                 });
             } else if let Some(t) = p.get("text").and_then(Value::as_str) {
                 if t.is_empty() {

@@ -35,9 +35,16 @@ fn openai_to_anthropic_keeps_every_turn_tool_and_image() {
     assert_eq!(a["max_tokens"], 100);
     assert_eq!(a["stop_sequences"], json!(["END"]));
     assert_eq!(a["tool_choice"], json!({"type": "any"}));
-    assert_eq!(a["tools"][0]["input_schema"]["properties"]["city"]["type"], "string");
+    assert_eq!(
+        a["tools"][0]["input_schema"]["properties"]["city"]["type"],
+        "string"
+    );
     let m = a["messages"].as_array().expect("messages");
-    assert_eq!(m.len(), 3, "user, assistant, one user turn of both results: {m:?}");
+    assert_eq!(
+        m.len(),
+        3,
+        "user, assistant, one user turn of both results: {m:?}"
+    );
     assert_eq!(m[0]["content"][1]["source"]["type"], "base64");
     assert_eq!(m[0]["content"][1]["source"]["media_type"], "image/png");
     assert_eq!(m[1]["content"][1]["input"], json!({"city": "Rome"}));
@@ -57,16 +64,28 @@ fn openai_to_gemini_answers_calls_by_name() {
     assert_eq!(c[1]["role"], "model");
     assert_eq!(c[1]["parts"][0]["functionCall"]["args"]["city"], "Paris");
     assert_eq!(c[2]["parts"][1]["functionResponse"]["name"], "weather");
-    assert_eq!(c[2]["parts"][1]["functionResponse"]["response"]["content"], "24C");
+    assert_eq!(
+        c[2]["parts"][1]["functionResponse"]["response"]["content"],
+        "24C"
+    );
 }
 
 #[test]
 fn openai_to_converse_and_its_refusals() {
-    let c = request(Dialect::OpenAi, Dialect::Converse, &hub(), "anthropic.claude-x").expect("ok");
+    let c = request(
+        Dialect::OpenAi,
+        Dialect::Converse,
+        &hub(),
+        "anthropic.claude-x",
+    )
+    .expect("ok");
     assert_eq!(c["inferenceConfig"]["maxTokens"], 100);
     assert_eq!(c["toolConfig"]["toolChoice"], json!({"any": {}}));
     assert_eq!(c["messages"][0]["content"][1]["image"]["format"], "png");
-    assert_eq!(c["messages"][2]["content"][1]["toolResult"]["toolUseId"], "call_2");
+    assert_eq!(
+        c["messages"][2]["content"][1]["toolResult"]["toolUseId"],
+        "call_2"
+    );
     let mut by_url = hub();
     by_url["messages"][1]["content"][1]["image_url"]["url"] = json!("https://example.com/a.png");
     let e = request(Dialect::OpenAi, Dialect::Converse, &by_url, "m").expect_err("no URLs");
@@ -76,16 +95,27 @@ fn openai_to_converse_and_its_refusals() {
     let e = request(Dialect::OpenAi, Dialect::Converse, &json_mode, "m").expect_err("no JSON mode");
     assert_eq!(e.feature, "response_format");
     let g = request(Dialect::OpenAi, Dialect::Gemini, &json_mode, "m").expect("Gemini has it");
-    assert_eq!(g["generationConfig"]["responseMimeType"], "application/json");
+    assert_eq!(
+        g["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
     let mut unknown = hub();
     unknown["frobnicate"] = json!(1);
     let e = request(Dialect::OpenAi, Dialect::Anthropic, &unknown, "m").expect_err("unknown");
     assert_eq!(e.feature, "frobnicate");
     let mut n2 = hub();
     n2["n"] = json!(2);
-    assert_eq!(request(Dialect::OpenAi, Dialect::Anthropic, &n2, "m").expect_err("n").feature, "n");
+    assert_eq!(
+        request(Dialect::OpenAi, Dialect::Anthropic, &n2, "m")
+            .expect_err("n")
+            .feature,
+        "n"
+    );
     n2["n"] = json!(1);
-    assert!(request(Dialect::OpenAi, Dialect::Anthropic, &n2, "m").is_ok(), "n=1 is the default");
+    assert!(
+        request(Dialect::OpenAi, Dialect::Anthropic, &n2, "m").is_ok(),
+        "n=1 is the default"
+    );
 }
 
 #[test]
@@ -96,7 +126,10 @@ fn reasoning_effort_becomes_a_budget_that_fits() {
     assert_eq!(a["thinking"]["budget_tokens"], 1024);
     assert_eq!(a["max_tokens"], 1124, "the answer keeps its 100");
     let g = request(Dialect::OpenAi, Dialect::Gemini, &b, "m").expect("ok");
-    assert_eq!(g["generationConfig"]["thinkingConfig"]["thinkingBudget"], 1024);
+    assert_eq!(
+        g["generationConfig"]["thinkingConfig"]["thinkingBudget"],
+        1024
+    );
 }
 
 #[test]
@@ -114,25 +147,46 @@ fn anthropic_requests_become_openai_ones() {
     });
     let o = request(Dialect::Anthropic, Dialect::OpenAi, &body, "gpt-x").expect("ok");
     assert_eq!(o["model"], "gpt-x");
-    assert_eq!(o["messages"][0], json!({"role": "system", "content": "Be brief."}));
-    assert_eq!(o["messages"][1]["content"][0]["image_url"]["url"], "https://e.com/a.jpg");
-    assert_eq!(o["messages"][2]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Oslo\"}");
-    assert_eq!(o["messages"][3], json!({"role": "tool", "tool_call_id": "tu_1", "content": "3C"}));
+    assert_eq!(
+        o["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(
+        o["messages"][1]["content"][0]["image_url"]["url"],
+        "https://e.com/a.jpg"
+    );
+    assert_eq!(
+        o["messages"][2]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Oslo\"}"
+    );
+    assert_eq!(
+        o["messages"][3],
+        json!({"role": "tool", "tool_call_id": "tu_1", "content": "3C"})
+    );
     assert_eq!(o["messages"][4]["content"][0]["text"], "and?");
     assert_eq!(o["stream_options"]["include_usage"], true);
     assert_eq!(o["reasoning_effort"], "medium");
     assert_eq!(o["parallel_tool_calls"], false);
     assert_eq!(o["tool_choice"]["function"]["name"], "weather");
     // Through the hub to Gemini too.
-    let e = request(Dialect::Anthropic, Dialect::Gemini, &body, "gemini-x").expect_err("Gemini cannot");
+    let e =
+        request(Dialect::Anthropic, Dialect::Gemini, &body, "gemini-x").expect_err("Gemini cannot");
     assert_eq!(e.feature, "parallel_tool_calls");
     let mut parallel = body.clone();
     parallel["tool_choice"] = json!({"type": "tool", "name": "weather"});
     let g = request(Dialect::Anthropic, Dialect::Gemini, &parallel, "gemini-x").expect("ok");
-    assert_eq!(g["contents"][2]["parts"][0]["functionResponse"]["name"], "weather");
+    assert_eq!(
+        g["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "weather"
+    );
     let mut top_k = body.clone();
     top_k["top_k"] = json!(5);
-    assert_eq!(request(Dialect::Anthropic, Dialect::OpenAi, &top_k, "m").expect_err("top_k").feature, "top_k");
+    assert_eq!(
+        request(Dialect::Anthropic, Dialect::OpenAi, &top_k, "m")
+            .expect_err("top_k")
+            .feature,
+        "top_k"
+    );
 }
 
 #[test]
@@ -143,22 +197,43 @@ fn answers_translate_both_ways() {
         "stop_reason": "tool_use",
         "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 4, "cache_creation_input_tokens": 2},
     });
-    let o = response(Dialect::Anthropic, Dialect::OpenAi, claude.to_string().as_bytes(), "m");
+    let o = response(
+        Dialect::Anthropic,
+        Dialect::OpenAi,
+        claude.to_string().as_bytes(),
+        "m",
+    );
     assert_eq!(o["choices"][0]["message"]["content"], "Checking.");
-    assert_eq!(o["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"city\":\"Oslo\"}");
+    assert_eq!(
+        o["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Oslo\"}"
+    );
     assert_eq!(o["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(o["usage"]["prompt_tokens"], 16);
     assert_eq!(o["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
-    let back = response(Dialect::OpenAi, Dialect::Anthropic, o.to_string().as_bytes(), "m");
+    let back = response(
+        Dialect::OpenAi,
+        Dialect::Anthropic,
+        o.to_string().as_bytes(),
+        "m",
+    );
     assert_eq!(back["content"][1]["input"], json!({"city": "Oslo"}));
     assert_eq!(back["stop_reason"], "tool_use");
     assert_eq!(back["usage"]["input_tokens"], 12, "16 less the 4 cached");
     let gemini = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Hi"}]}, "finishReason": "MAX_TOKENS"}],
         "usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 3, "thoughtsTokenCount": 2}, "modelVersion": "gemini-x"});
-    let o = response(Dialect::Gemini, Dialect::OpenAi, gemini.to_string().as_bytes(), "m");
+    let o = response(
+        Dialect::Gemini,
+        Dialect::OpenAi,
+        gemini.to_string().as_bytes(),
+        "m",
+    );
     assert_eq!(o["choices"][0]["finish_reason"], "length");
     assert_eq!(o["usage"]["completion_tokens"], 5);
-    assert_eq!(o["usage"]["completion_tokens_details"]["reasoning_tokens"], 2);
+    assert_eq!(
+        o["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        2
+    );
     let bad = response(Dialect::Gemini, Dialect::Anthropic, b"not json", "m");
     assert_eq!(bad["type"], "error");
 }
@@ -188,16 +263,31 @@ fn an_anthropic_stream_becomes_openai_chunks() {
     let mut t = StreamTranslator::new(Dialect::Anthropic, Dialect::OpenAi, true, "m");
     let mut out = Vec::new();
     for e in &events {
-        t.event(e["type"].as_str().expect("type"), e.to_string().as_bytes(), &mut out);
+        t.event(
+            e["type"].as_str().expect("type"),
+            e.to_string().as_bytes(),
+            &mut out,
+        );
     }
     t.finish(&mut out);
     assert!(out.ends_with(b"data: [DONE]\n\n"));
     let chunks = sse_data(&out);
-    let text: String = chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/content")?.as_str()).collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c.pointer("/choices/0/delta/content")?.as_str())
+        .collect();
     assert_eq!(text, "Hello");
-    let args: String = chunks.iter().filter_map(|c| c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?.as_str()).collect();
+    let args: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c.pointer("/choices/0/delta/tool_calls/0/function/arguments")?
+                .as_str()
+        })
+        .collect();
     assert_eq!(args, "{\"city\":\"Oslo\"}");
-    assert!(chunks.iter().any(|c| c.pointer("/choices/0/finish_reason") == Some(&json!("tool_calls"))));
+    assert!(chunks
+        .iter()
+        .any(|c| c.pointer("/choices/0/finish_reason") == Some(&json!("tool_calls"))));
     let last = chunks.last().expect("usage chunk");
     assert_eq!(last["choices"], json!([]));
     assert_eq!(last["usage"]["prompt_tokens"], 9);
@@ -225,8 +315,17 @@ fn an_openai_stream_becomes_anthropic_events() {
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
         types,
-        ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
-         "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
     );
     assert_eq!(events[4]["content_block"]["name"], "f");
     assert_eq!(events[7]["delta"]["stop_reason"], "tool_use");
@@ -235,7 +334,8 @@ fn an_openai_stream_becomes_anthropic_events() {
 
 #[test]
 fn errors_take_the_clients_shape() {
-    let body = br#"{"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED"}}"#;
+    let body =
+        br#"{"error":{"code":429,"message":"Resource exhausted","status":"RESOURCE_EXHAUSTED"}}"#;
     let m = error_message(body);
     assert_eq!(m, "Resource exhausted");
     let o = error(Dialect::OpenAi, 429, &m);
