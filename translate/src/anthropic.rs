@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::openai::{check_members, max_tokens, stop_sequences};
-use crate::{Answer, Block, Delta, Dialect, Finish, Unsupported, Usage};
+use crate::{push_turn, Answer, Block, Delta, Dialect, Finish, Unsupported, Usage};
 
 const ME: Dialect = Dialect::Anthropic;
 
@@ -73,23 +73,6 @@ fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Unsupported> {
     }
 }
 
-/// Appends a message, merging it into the previous one when the role repeats: Anthropic wants
-/// turns to alternate, and consecutive tool results are one user turn.
-fn push(messages: &mut Vec<Value>, role: &str, mut content: Vec<Value>) {
-    if content.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(a) = last["content"].as_array_mut() {
-                a.append(&mut content);
-                return;
-            }
-        }
-    }
-    messages.push(json!({ "role": role, "content": content }));
-}
-
 /// A hub (OpenAI) request as an Anthropic Messages request.
 pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupported> {
     check_members(
@@ -130,7 +113,7 @@ pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupport
                 let t = crate::content_text(m.get("content"));
                 system.push(json!({ "type": "text", "text": t }));
             }
-            Some("user") => push(&mut messages, "user", blocks(m.get("content"))?),
+            Some("user") => push_turn(&mut messages, "user", "content", blocks(m.get("content"))?),
             Some("assistant") => {
                 let mut content = blocks(m.get("content"))?;
                 for call in m
@@ -151,7 +134,7 @@ pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupport
                         "input": input,
                     }));
                 }
-                push(&mut messages, "assistant", content);
+                push_turn(&mut messages, "assistant", "content", content);
             }
             Some("tool") => {
                 let result = json!({
@@ -159,7 +142,7 @@ pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupport
                     "tool_use_id": m.get("tool_call_id").cloned().unwrap_or(json!("")),
                     "content": crate::content_text(m.get("content")),
                 });
-                push(&mut messages, "user", vec![result]);
+                push_turn(&mut messages, "user", "content", vec![result]);
             }
             other => {
                 return Err(Unsupported::new(

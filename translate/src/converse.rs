@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::openai::{check_members, max_tokens, stop_sequences};
-use crate::{Answer, Block, Delta, Dialect, Finish, Unsupported, Usage};
+use crate::{push_turn, Answer, Block, Delta, Dialect, Finish, Unsupported, Usage};
 
 const ME: Dialect = Dialect::Converse;
 
@@ -54,21 +54,6 @@ fn blocks(content: Option<&Value>) -> Result<Vec<Value>, Unsupported> {
     }
 }
 
-fn push(messages: &mut Vec<Value>, role: &str, mut content: Vec<Value>) {
-    if content.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(a) = last["content"].as_array_mut() {
-                a.append(&mut content);
-                return;
-            }
-        }
-    }
-    messages.push(json!({ "role": role, "content": content }));
-}
-
 /// A hub (OpenAI) request as a Converse body, for `model` (a Bedrock model id).
 pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupported> {
     check_members(
@@ -109,7 +94,7 @@ pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupport
             Some("system" | "developer") => {
                 system.push(json!({ "text": crate::content_text(m.get("content")) }));
             }
-            Some("user") => push(&mut messages, "user", blocks(m.get("content"))?),
+            Some("user") => push_turn(&mut messages, "user", "content", blocks(m.get("content"))?),
             Some("assistant") => {
                 let mut content = blocks(m.get("content"))?;
                 for call in m
@@ -128,14 +113,14 @@ pub fn request_from_openai(body: &Value, model: &str) -> Result<Value, Unsupport
                         "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
                     }}));
                 }
-                push(&mut messages, "assistant", content);
+                push_turn(&mut messages, "assistant", "content", content);
             }
             Some("tool") => {
                 let result = json!({ "toolResult": {
                     "toolUseId": m.get("tool_call_id").cloned().unwrap_or(json!("")),
                     "content": [{ "text": crate::content_text(m.get("content")) }],
                 }});
-                push(&mut messages, "user", vec![result]);
+                push_turn(&mut messages, "user", "content", vec![result]);
             }
             other => {
                 return Err(Unsupported::new(

@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::openai::{check_members, max_tokens, stop_sequences, tool_names};
-use crate::{Answer, Block, Delta, Dialect, Finish, Unsupported, Usage};
+use crate::{push_turn, Answer, Block, Delta, Dialect, Finish, Unsupported, Usage};
 
 const ME: Dialect = Dialect::Gemini;
 
@@ -52,21 +52,6 @@ fn parts(content: Option<&Value>) -> Result<Vec<Value>, Unsupported> {
     }
 }
 
-fn push(contents: &mut Vec<Value>, role: &str, mut p: Vec<Value>) {
-    if p.is_empty() {
-        return;
-    }
-    if let Some(last) = contents.last_mut() {
-        if last["role"] == role {
-            if let Some(a) = last["parts"].as_array_mut() {
-                a.append(&mut p);
-                return;
-            }
-        }
-    }
-    contents.push(json!({ "role": role, "parts": p }));
-}
-
 /// A hub (OpenAI) request as a `generateContent` body.
 pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
     check_members(
@@ -104,7 +89,7 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
             Some("system" | "developer") => {
                 system.push(json!({ "text": crate::content_text(m.get("content")) }));
             }
-            Some("user") => push(&mut contents, "user", parts(m.get("content"))?),
+            Some("user") => push_turn(&mut contents, "user", "parts", parts(m.get("content"))?),
             Some("assistant") => {
                 let mut p = parts(m.get("content"))?;
                 for call in m
@@ -123,7 +108,7 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
                         "args": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({})),
                     }}));
                 }
-                push(&mut contents, "model", p);
+                push_turn(&mut contents, "model", "parts", p);
             }
             Some("tool") => {
                 let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
@@ -139,9 +124,10 @@ pub fn request_from_openai(body: &Value) -> Result<Value, Unsupported> {
                     .ok()
                     .filter(Value::is_object)
                     .unwrap_or_else(|| json!({ "content": text }));
-                push(
+                push_turn(
                     &mut contents,
                     "user",
+                    "parts",
                     vec![
                         json!({ "functionResponse": { "id": id, "name": name, "response": response } }),
                     ],

@@ -299,6 +299,24 @@ pub fn error(client: Dialect, status: u16, message: &str) -> Value {
     }
 }
 
+/// Appends a turn of `content` under `key` (`content` or Gemini's `parts`), merging it into the
+/// previous turn when the role repeats: Anthropic, Gemini and Converse want turns to alternate,
+/// and consecutive OpenAI tool results are one user turn there.
+pub(crate) fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, mut content: Vec<Value>) {
+    if content.is_empty() {
+        return;
+    }
+    if let Some(last) = turns.last_mut() {
+        if last["role"] == role {
+            if let Some(a) = last[key].as_array_mut() {
+                a.append(&mut content);
+                return;
+            }
+        }
+    }
+    turns.push(json!({ "role": role, key: content }));
+}
+
 /// Whether a member is absent or holds the value that means "not set".
 pub(crate) fn unset(v: Option<&Value>, default: &Value) -> bool {
     match v {
