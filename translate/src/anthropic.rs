@@ -705,12 +705,7 @@ impl Decoder {
                 }
                 out.push(Delta::Usage(self.usage));
             }
-            Some("error") => out.push(Delta::Error(
-                v.pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the provider reported an error")
-                    .to_owned(),
-            )),
+            Some("error") => out.push(Delta::from_error(&v["error"])),
             _ => {}
         }
     }

@@ -231,6 +231,18 @@ pub enum Delta {
     Error(String),
 }
 
+impl Delta {
+    /// An error the provider put inside a stream, from its `error` member.
+    pub(crate) fn from_error(e: &Value) -> Delta {
+        Delta::Error(
+            e.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the provider reported an error")
+                .to_owned(),
+        )
+    }
+}
+
 /// Translates a whole response body from the upstream's dialect to the client's. A body that
 /// does not parse as the upstream's answer becomes an error in the client's shape.
 pub fn response(upstream: Dialect, client: Dialect, body: &[u8], model: &str) -> Value {

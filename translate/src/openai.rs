@@ -280,12 +280,7 @@ impl Decoder {
             return;
         };
         if let Some(e) = v.get("error") {
-            out.push(Delta::Error(
-                e.get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("the provider reported an error")
-                    .to_owned(),
-            ));
+            out.push(Delta::from_error(e));
             return;
         }
         if !self.started {
