@@ -155,15 +155,23 @@ async fn a_500_from_the_first_target_falls_back_to_the_second() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&body).contains("configured: smart"));
-    // An OpenAI-format router cannot take an Anthropic-format body.
-    let (status, _, body) = post_json(
+    // An OpenAI-format router takes an Anthropic-format body by translating it both ways.
+    let (status, headers, body) = post_json(
         &t.url("/anthropic/v1/messages"),
         &[("Tally-Router", "smart")],
-        &json!({"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []}),
+        &json!({"model": "claude-haiku-4-5", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}),
     )
     .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(String::from_utf8_lossy(&body).contains("tally_router_format"));
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert_eq!(answer["role"], "assistant", "{answer}");
+    let sent: serde_json::Value =
+        serde_json::from_slice(&a.received().last().expect("sent").body).expect("json");
+    assert_eq!(sent["messages"][0]["content"][0]["text"], "hi", "{sent}");
+    let rec = t.record(&request_id(&headers)).await;
+    assert_eq!(rec["properties"]["translated"], "anthropic>openai", "{rec}");
     t.stop().await;
 }
 

@@ -53,6 +53,14 @@ pub(crate) struct ExchangeState {
     pub(crate) units: Option<formats::Units>,
     /// The stages that let this request through and want to see how it ends.
     hooks: Vec<Box<dyn StageHook>>,
+    /// The request came in on the unified API (`/unified/…`).
+    pub(crate) unified: bool,
+    /// The attempt that answered was translated (`translation.rs`); set by the send phase.
+    pub(crate) translation: Option<crate::translation::ResponsePlan>,
+    /// Rewrites the answer for the client, from the response head on.
+    translator: Option<crate::translation::ResponseTranslator>,
+    /// What a whole translated answer said, read from the upstream's own body.
+    translated_observed: Option<formats::Observed>,
 }
 
 /// A response head as a stage sees it.
@@ -104,6 +112,10 @@ impl Exchange {
                 header_tokens: None,
                 units: None,
                 hooks: Vec::new(),
+                unified: false,
+                translation: None,
+                translator: None,
+                translated_observed: None,
             })),
         }
     }
@@ -129,9 +141,16 @@ impl Exchange {
         self.state().hooks.push(hook);
     }
 
-    /// Marks the response head as received; `stream` when it is an event stream.
-    pub(crate) fn responded(&mut self, status: u16, headers: &HeaderMap, stream: bool) {
+    /// Marks the response head as received; `stream` when it is an event stream. A translated
+    /// answer's head is rewritten for the client here (its type and length change).
+    pub(crate) fn responded(&mut self, status: u16, headers: &mut HeaderMap, stream: bool) {
         let s = self.state();
+        // Usage is read in the format of the bytes that carry it: the upstream's.
+        let format = s
+            .translation
+            .as_ref()
+            .map(|p| p.upstream_format)
+            .or(s.format);
         let encoding = Encoding::from_header(
             headers
                 .get(http::header::CONTENT_ENCODING)
@@ -141,13 +160,29 @@ impl Exchange {
         s.record.status = status;
         s.record.stream = stream;
         s.encoding = encoding;
-        s.header_tokens = s.format.and_then(|f| f.adapter().header_usage(headers));
+        s.header_tokens = format.and_then(|f| f.adapter().header_usage(headers));
         s.decoder = Decoder::new(encoding, s.shared.settings.max_body_bytes);
         let readable = encoding == Encoding::Identity || s.decoder.is_some();
         if stream && readable {
-            if let Some(format) = s.format {
+            if let Some(format) = format {
                 s.observer = Some(StreamObserver::new(format));
             }
+        }
+        if let Some(plan) = s.translation.as_ref().filter(|p| p.rewrites()) {
+            let limit = s.shared.settings.max_body_bytes;
+            let t = crate::translation::ResponseTranslator::new(plan, status, stream, limit);
+            headers.remove(http::header::CONTENT_LENGTH);
+            headers.remove(http::header::CONTENT_ENCODING);
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(t.content_type()),
+            );
+            s.record.stream = t.content_type() == "text/event-stream";
+            if encoding != Encoding::Identity {
+                // Tally asked for an uncoded answer; one that is coded anyway cannot be read.
+                s.decoder = None;
+            }
+            s.translator = Some(t);
         }
         let head = ResponseHead {
             headers,
@@ -179,25 +214,34 @@ impl Drop for Exchange {
 }
 
 impl BodyObserver for Exchange {
-    fn on_data(&mut self, chunk: &Bytes) {
+    fn on_data(&mut self, chunk: Bytes) -> Bytes {
         let s = self.state();
         if chunk.is_empty() {
-            return;
+            return chunk;
         }
         if s.record.ttft_ms.is_none() {
             s.record.ttft_ms = Some(s.started.elapsed().as_millis() as u64);
         }
         s.record.response_bytes += chunk.len() as u64;
+        if let Some(t) = s.translator.as_mut() {
+            // The upstream's bytes tell the usage; the client's are what is kept and shown.
+            if let Some(o) = s.observer.as_mut() {
+                o.feed(&chunk);
+            }
+            let out = t.chunk(&chunk);
+            s.client_bytes(&out);
+            return out;
+        }
         match s.decoder.as_mut() {
             None => {
-                s.capture.push(chunk);
+                s.capture.push(&chunk);
                 if let Some(o) = s.observer.as_mut() {
-                    o.feed(chunk);
+                    o.feed(&chunk);
                 }
             }
             Some(d) => {
                 let (capture, observer) = (&mut s.capture, &mut s.observer);
-                d.feed(chunk, |decoded| {
+                d.feed(&chunk, |decoded| {
                     capture.push_slice(decoded);
                     if let Some(o) = observer.as_mut() {
                         o.feed(decoded);
@@ -206,8 +250,21 @@ impl BodyObserver for Exchange {
             }
         }
         for h in &mut s.hooks {
-            h.on_data(chunk);
+            h.on_data(&chunk);
         }
+        chunk
+    }
+
+    fn on_last(&mut self) -> Option<Bytes> {
+        let s = self.state.as_mut()?;
+        let (out, observed) = s.translator.as_mut()?.finish();
+        s.translated_observed = observed;
+        s.client_bytes(&out);
+        Some(out)
+    }
+
+    fn rewrites(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.translator.is_some())
     }
 
     fn on_end(mut self, end: StreamEnd) {
@@ -218,6 +275,18 @@ impl BodyObserver for Exchange {
 }
 
 impl ExchangeState {
+    /// Bytes of a translated answer on their way to the client: kept, and shown to the stages
+    /// (a cached answer replays what the client got).
+    fn client_bytes(&mut self, out: &Bytes) {
+        if out.is_empty() {
+            return;
+        }
+        self.capture.push(out);
+        for h in &mut self.hooks {
+            h.on_data(out);
+        }
+    }
+
     fn finish(mut self: Box<Self>, end: StreamEnd) {
         let shared = self.shared.clone();
         shared.metrics.in_flight.dec();
@@ -281,8 +350,14 @@ impl ExchangeState {
         let format = self.format;
         let (encoding, responded, stream) = (self.encoding, self.responded, r.stream);
         let observer = self.observer.take();
+        let translated = self.translated_observed.take();
+        let read_as = self
+            .translation
+            .as_ref()
+            .map_or(format, |p| Some(p.upstream_format));
         let parsed = guarded(&shared.metrics, "reading usage", || {
-            match (format, observer) {
+            match (read_as, observer) {
+                _ if translated.is_some() => translated.unwrap_or_default(),
                 (_, Some(o)) => o.finish(),
                 (Some(f), None) if responded && encoding != Encoding::Other => {
                     // A stream that came back as JSON (Gemini without `alt=sse` sends one

@@ -42,6 +42,7 @@ mod secrets;
 mod settings;
 pub mod sse;
 pub mod stages;
+mod translation;
 
 use std::convert::Infallible;
 use std::future::Future;

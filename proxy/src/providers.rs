@@ -229,6 +229,11 @@ impl Provider {
             .build()
     }
 
+    /// The base URL's path prefix (empty for a bare host).
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
     /// The upstream's `scheme://host[:port]`, for logs.
     pub fn origin(&self) -> String {
         format!("{}://{}", self.scheme, self.authority)

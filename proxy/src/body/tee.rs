@@ -23,10 +23,23 @@ pub enum StreamEnd {
     Cancelled,
 }
 
-/// Watches a body go by. `on_data` runs on the hot path: it must be cheap and never block.
+/// Watches a body go by, and may rewrite it (a translated answer). `on_data` runs on the hot
+/// path: it must be cheap and never block.
 pub trait BodyObserver: Send + 'static {
-    /// Called with every data frame, before the frame is forwarded.
-    fn on_data(&mut self, chunk: &Bytes);
+    /// Called with every data frame, before the frame is forwarded; returns what is forwarded
+    /// in its place (the chunk itself, unless the observer rewrites the body). An empty
+    /// return forwards nothing for that frame.
+    fn on_data(&mut self, chunk: Bytes) -> Bytes;
+    /// Called once when the inner body has ended, before [`BodyObserver::on_end`]: the last
+    /// bytes a rewriting observer still owes the client.
+    fn on_last(&mut self) -> Option<Bytes> {
+        None
+    }
+    /// Whether `on_data` may return other bytes than it got; then the inner body's size
+    /// says nothing about the forwarded one.
+    fn rewrites(&self) -> bool {
+        false
+    }
     /// Called exactly once, when the stream ends in any way.
     fn on_end(self, end: StreamEnd);
 }
@@ -46,6 +59,9 @@ pin_project! {
         idle: Sleep,
         idle_timeout: Duration,
         observer: Option<O>,
+        // The observer's last bytes, forwarded after the inner body ended.
+        last: Option<Bytes>,
+        rewrites: bool,
     }
 
     impl<B, O: BodyObserver> PinnedDrop for TeeBody<B, O> {
@@ -64,8 +80,11 @@ impl<B: Body, O: BodyObserver> TeeBody<B, O> {
     /// hyper never polls such a body, it only drops it, which would otherwise read as a client
     /// that went away.
     pub fn new(inner: B, observer: O, idle_timeout: Duration) -> Self {
+        let rewrites = observer.rewrites();
         let mut observer = Some(observer);
+        let mut last = None;
         if inner.is_end_stream() {
+            last = observer.as_mut().and_then(O::on_last);
             finish(&mut observer, StreamEnd::Complete);
         }
         Self {
@@ -73,8 +92,18 @@ impl<B: Body, O: BodyObserver> TeeBody<B, O> {
             idle: tokio::time::sleep(idle_timeout),
             idle_timeout,
             observer,
+            last,
+            rewrites,
         }
     }
+}
+
+/// The inner body ended: takes the observer's last bytes, then finishes it as complete.
+fn end<O: BodyObserver>(observer: &mut Option<O>, last: &mut Option<Bytes>) {
+    if let Some(o) = observer.as_mut() {
+        *last = o.on_last().filter(|b| !b.is_empty());
+    }
+    finish(observer, StreamEnd::Complete);
 }
 
 fn finish<O: BodyObserver>(observer: &mut Option<O>, end: StreamEnd) {
@@ -97,45 +126,64 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Some(o) = this.observer.as_mut() {
-                        o.on_data(data);
+        loop {
+            if this.inner.is_end_stream() || this.observer.is_none() {
+                if let Some(last) = this.last.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(last))));
+                }
+            }
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let frame = match (frame.into_data(), this.observer.as_mut()) {
+                        (Ok(data), Some(o)) => {
+                            let deadline = Instant::now() + *this.idle_timeout;
+                            this.idle.as_mut().reset(deadline);
+                            Frame::data(o.on_data(data))
+                        }
+                        (Ok(data), None) => Frame::data(data),
+                        (Err(frame), _) => frame,
+                    };
+                    if this.inner.is_end_stream() {
+                        end(this.observer, this.last);
                     }
-                    let deadline = Instant::now() + *this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    // A rewriting observer may have nothing to forward yet (a whole answer
+                    // still arriving): poll on rather than send an empty frame.
+                    if frame.data_ref().is_some_and(|d| d.is_empty()) {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                if this.inner.is_end_stream() {
-                    finish(this.observer, StreamEnd::Complete);
+                Poll::Ready(Some(Err(e))) => {
+                    let e: BoxError = e.into();
+                    finish(this.observer, StreamEnd::Error(error_chain(&*e)));
+                    return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let e: BoxError = e.into();
-                finish(this.observer, StreamEnd::Error(error_chain(&*e)));
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                finish(this.observer, StreamEnd::Complete);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.observer.is_some() {
-                    ready!(this.idle.poll(cx));
-                    finish(this.observer, StreamEnd::IdleTimeout);
-                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_timeout)))));
+                Poll::Ready(None) => {
+                    end(this.observer, this.last);
+                    return Poll::Ready(this.last.take().map(|b| Ok(Frame::data(b))));
                 }
-                Poll::Pending
+                Poll::Pending => {
+                    if this.observer.is_some() {
+                        ready!(this.idle.poll(cx));
+                        finish(this.observer, StreamEnd::IdleTimeout);
+                        return Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle_timeout)))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+            && self.last.is_none()
+            && !(self.rewrites && self.observer.is_some())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.rewrites {
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }
@@ -163,8 +211,9 @@ mod tests {
     struct Log(Arc<Mutex<(Vec<u8>, Vec<StreamEnd>)>>);
 
     impl BodyObserver for Log {
-        fn on_data(&mut self, chunk: &Bytes) {
-            self.0.lock().expect("lock").0.extend_from_slice(chunk);
+        fn on_data(&mut self, chunk: Bytes) -> Bytes {
+            self.0.lock().expect("lock").0.extend_from_slice(&chunk);
+            chunk
         }
         fn on_end(self, end: StreamEnd) {
             self.0.lock().expect("lock").1.push(end);

@@ -157,6 +157,8 @@ fn allowed(
     let providers: Vec<&Arc<Provider>> = match destination {
         Destination::Provider(p) => vec![p],
         Destination::Router(r) => r.targets.iter().map(|t| &t.provider).collect(),
+        // Resolved by the destination phase, which runs first.
+        Destination::Unified => Vec::new(),
     };
     let forbidden = |message: String, details| {
         Refusal::new(StatusCode::FORBIDDEN, "tally_key_forbidden", message).details(details)

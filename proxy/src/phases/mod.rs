@@ -13,12 +13,12 @@
 //! | route | [`route::route`] | the API the client speaks: a provider or router by path, its wire format, the path to forward |
 //! | tags | [`tags`] | who and what the request is for (`Tally-*` headers) |
 //! | body head | [`request_body::read`] | the bounded body head; model, stream flag, user, read as the upstream will; an unreadable JSON body is refused where budgets or limits apply |
-//! | destination | [`route::destination`] | who serves it: the path's provider, or a router (`Tally-Router`, a model alias) |
+//! | destination | [`route::destination`] | who serves it: the path's provider, a router (`Tally-Router`, a model alias), or on the unified API the body's `provider/model` |
 //! | authenticate | [`authenticate::authenticate`] | the caller's Tally key: checked, its allow-lists applied, and taken off the request |
 //! | budgets | [`crate::stages::budget::enforce`] | an exhausted enforcing budget refuses |
 //! | rate limits | [`crate::stages::ratelimit::admit`] | a policy over its limit refuses |
 //! | cache | [`crate::stages::cache::lookup`] | a stored answer is replayed |
-//! | send | [`send::send`] | the upstream request: headers, injection, attempts, retries, fallbacks |
+//! | send | [`send::send`] | the upstream request: headers, injection, translation to the target's dialect, attempts, retries, fallbacks |
 //! | respond | [`respond::respond`] | the client's answer: the tee around the upstream's, a replay, or a refusal |
 
 pub(crate) mod authenticate;
@@ -130,9 +130,9 @@ async fn run(ctx: &mut Ctx, mut parts: Parts, body: Incoming) -> Result<Answer, 
     transfer_coding(&parts)?;
     let route = route::route(ctx, &parts)?;
     let tags = tags(ctx, &parts.headers)?;
-    let head = request_body::read(ctx, body, &tags).await?;
+    let mut head = request_body::read(ctx, body, &tags).await?;
     request_body::readable_when_metered(ctx, &head, &tags, &parts.headers)?;
-    let destination = route::destination(ctx, route.destination, &tags, &head.facts)?;
+    let destination = route::destination(ctx, route.destination, &tags, &mut head.facts)?;
     authenticate::authenticate(ctx, &mut parts.headers, &destination, &head.facts)?;
     stages::budget::enforce(ctx, &head)?;
     stages::ratelimit::admit(ctx, destination.name(), &tags, &parts.headers).await?;

@@ -89,7 +89,7 @@ where
     B::Error: Into<crate::body::BoxError>,
 {
     let is_sse = is_event_stream(&headers);
-    exchange.responded(status.as_u16(), &headers, is_sse);
+    exchange.responded(status.as_u16(), &mut headers, is_sse);
     let s = exchange.state();
     let strip = s.injected && is_sse && s.encoding == Encoding::Identity;
     let format = s.format.unwrap_or(crate::formats::WireFormat::OpenAi);

@@ -12,15 +12,18 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{Ctx, Refusal};
-use crate::formats::{RequestFacts, WireFormat};
+use crate::formats::RequestFacts;
 use crate::headers::{self, Attribution};
 use crate::providers::{Provider, DEFAULT_PROVIDER};
 use crate::stages::routing::Router;
+use crate::translation;
 
-/// Who serves a request: one provider, or a router over several.
+/// Who serves a request: one provider, or a router over several. A request on the unified
+/// API is `Unified` until its body's model picks one of the other two.
 pub(crate) enum Destination {
     Provider(Arc<Provider>),
     Router(Arc<Router>),
+    Unified,
 }
 
 impl Destination {
@@ -29,14 +32,7 @@ impl Destination {
         match self {
             Destination::Provider(p) => &p.name,
             Destination::Router(r) => &r.name,
-        }
-    }
-
-    /// The wire format the upstream speaks.
-    fn format(&self) -> WireFormat {
-        match self {
-            Destination::Provider(p) => p.format,
-            Destination::Router(r) => r.format(),
+            Destination::Unified => "unified",
         }
     }
 }
@@ -54,15 +50,44 @@ pub(crate) struct Route {
 pub(crate) fn route(ctx: &mut Ctx, parts: &Parts) -> Result<Route, Refusal> {
     let path = parts.uri.path();
     no_dot_segments(path)?;
-    let (destination, forward_path) = match path.strip_prefix("/router/") {
-        Some(rest) => {
-            let (name, fwd) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let fwd = if fwd.is_empty() { "/" } else { fwd };
-            ctx.record().provider = "router".to_owned();
-            (Destination::Router(router(ctx, name)?), fwd)
-        }
-        None => match ctx.shared.providers.route(path) {
-            Ok((p, fwd)) => (Destination::Provider(p.clone()), fwd),
+    let (destination, forward_path, format) = if let Some(rest) = path.strip_prefix("/router/") {
+        let (name, fwd) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let fwd = if fwd.is_empty() { "/" } else { fwd };
+        ctx.record().provider = "router".to_owned();
+        let r = router(ctx, name)?;
+        // A router may mix formats: on a chat path the client speaks the dialect the path
+        // says, which the first target's format decides only when it is the same dialect.
+        let own = r.format().adapter().for_path(fwd).unwrap_or(r.format());
+        let format = match translation::client_format(fwd) {
+            Some(f) if translation::dialect(f) != translation::dialect(own) => f,
+            _ => own,
+        };
+        (Destination::Router(r), fwd, format)
+    } else if let Some(rest) = path.strip_prefix(translation::UNIFIED_PREFIX) {
+        let fwd = &path[translation::UNIFIED_PREFIX.len() - 1..];
+        let format = translation::ENDPOINTS
+            .contains(&fwd)
+            .then(|| translation::client_format(fwd))
+            .flatten();
+        let Some(format) = format else {
+            ctx.record().provider = "unified".to_owned();
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "tally_unified_path",
+                format!(
+                    "the unified API has no endpoint /{rest}; it serves {}",
+                    translation::ENDPOINTS.join(" and ")
+                ),
+            ));
+        };
+        ctx.exchange.state().unified = true;
+        (Destination::Unified, fwd, format)
+    } else {
+        match ctx.shared.providers.route(path) {
+            Ok((p, fwd)) => {
+                let format = p.format.adapter().for_path(fwd).unwrap_or(p.format);
+                (Destination::Provider(p.clone()), fwd, format)
+            }
             Err(e) => {
                 let names = ctx.shared.providers.names();
                 let message = format!(
@@ -76,15 +101,14 @@ pub(crate) fn route(ctx: &mut Ctx, parts: &Parts) -> Result<Route, Refusal> {
                         .details(json!({ "providers": names })),
                 );
             }
-        },
+        }
     };
-    let format = destination.format();
-    let format = format.adapter().for_path(forward_path).unwrap_or(format);
     let s = ctx.exchange.state();
     s.format = Some(format);
     s.record.provider = match &destination {
         Destination::Provider(p) => p.name.clone(),
         Destination::Router(r) => r.targets[0].provider.name.clone(),
+        Destination::Unified => "unified".to_owned(),
     };
     s.record.endpoint = forward_path.to_owned();
     let key_headers = format.adapter().key_headers();
@@ -101,17 +125,18 @@ pub(crate) fn route(ctx: &mut Ctx, parts: &Parts) -> Result<Route, Refusal> {
 }
 
 /// The destination phase: a request to a provider goes through a router instead when
-/// `Tally-Router` names one or its model is a router's alias. A router must speak the route's
-/// wire format, or the body would not fit.
+/// `Tally-Router` names one or its model is a router's alias; a request on the unified API goes
+/// where its model says (`provider/model`, or a router's alias). A router whose targets speak
+/// another format than the route's translates for them (`translation.rs`).
 pub(crate) fn destination(
     ctx: &mut Ctx,
     routed: Destination,
     tags: &Attribution,
-    facts: &RequestFacts,
+    facts: &mut RequestFacts,
 ) -> Result<Destination, Refusal> {
-    let Destination::Provider(_) = &routed else {
+    if let Destination::Router(_) = &routed {
         return Ok(with_router_name(ctx, routed));
-    };
+    }
     let by_header = match tags.router.as_deref() {
         Some(name) => Some(router(ctx, name)?),
         None => None,
@@ -120,22 +145,81 @@ pub(crate) fn destination(
         let routers = ctx.shared.stages.routers.as_ref()?;
         routers.for_alias(facts.model.as_deref()?).cloned()
     };
-    let Some(r) = by_header.or_else(by_alias) else {
-        return Ok(routed);
-    };
-    let format = ctx.format();
-    if r.format() != format {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "tally_router_format",
-            format!(
-                "router {:?} sends to {:?}-format providers; this route speaks {format:?}, so its body would not fit",
-                r.name,
-                r.format()
-            ),
-        ));
+    if let Some(r) = by_header.or_else(by_alias) {
+        if !matches!(routed, Destination::Unified) {
+            translatable(ctx, &r)?;
+        }
+        return Ok(with_router_name(ctx, Destination::Router(r)));
     }
-    Ok(with_router_name(ctx, Destination::Router(r)))
+    match routed {
+        Destination::Unified => unified(ctx, facts),
+        other => Ok(other),
+    }
+}
+
+/// A router whose targets speak another format than the route can only serve a chat path,
+/// the one thing Tally translates.
+fn translatable(ctx: &mut Ctx, r: &Router) -> Result<(), Refusal> {
+    let format = ctx.format();
+    let path = ctx.exchange.record_ref().endpoint.clone();
+    let mixed = r.targets.iter().any(|t| t.provider.format != format);
+    if !mixed || translation::client_format(&path).is_some() {
+        return Ok(());
+    }
+    Err(Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "tally_router_format",
+        format!(
+            "router {:?} has targets that speak another format than {format:?}; Tally translates {} only, not {path}",
+            r.name,
+            translation::ENDPOINTS.join(" and ")
+        ),
+    ))
+}
+
+/// A unified request's provider, from its model: `provider/model`. The record's model becomes
+/// the one called. An unknown model is a 404 listing what is known.
+fn unified(ctx: &mut Ctx, facts: &mut RequestFacts) -> Result<Destination, Refusal> {
+    let model = facts.model.clone().unwrap_or_default();
+    let found = model
+        .split_once('/')
+        .and_then(|(p, m)| Some((ctx.shared.providers.get(p)?.clone(), m)))
+        .filter(|(_, m)| !m.is_empty());
+    let Some((provider, called)) = found else {
+        let mut known: Vec<String> = ctx
+            .shared
+            .stages
+            .routers
+            .as_ref()
+            .map(|r| r.aliases())
+            .unwrap_or_default();
+        known.extend(
+            ctx.shared
+                .providers
+                .names()
+                .into_iter()
+                .map(|p| format!("{p}/<model>")),
+        );
+        let message = if model.is_empty() {
+            "the request names no model; the unified API routes by model".to_owned()
+        } else {
+            format!("unknown model {model:?}")
+        };
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "tally_unknown_model",
+            format!(
+                "{message}: use provider/model or an alias; known: {}",
+                known.join(", ")
+            ),
+        )
+        .details(json!({ "models": known })));
+    };
+    let s = ctx.exchange.state();
+    s.record.provider = provider.name.clone();
+    s.record.model = Some(called.to_owned());
+    facts.model = Some(called.to_owned());
+    Ok(Destination::Provider(provider))
 }
 
 fn with_router_name(ctx: &mut Ctx, d: Destination) -> Destination {

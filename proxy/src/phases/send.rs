@@ -117,6 +117,29 @@ pub(crate) async fn send(
     let original_length = headers.remove(header::CONTENT_LENGTH);
     let query = uri.query();
     match destination {
+        Destination::Provider(provider) if ctx.exchange.state().unified => {
+            whole(ctx, &head, "translated")?;
+            let model = ctx.record().model.clone().unwrap_or_default();
+            let mut headers = headers;
+            let t = translated(ctx, &provider, &model, &head, &mut headers)?;
+            let leaving = Leaving {
+                method: &method,
+                path: &t.path,
+                query: t.query.as_deref(),
+                body: Some(&t.body[..]),
+            };
+            credentials(ctx, &provider, &leaving, &mut headers).await?;
+            let out = Outbound {
+                method: &method,
+                path: &t.path,
+                query: t.query.as_deref(),
+                headers,
+                body: full(t.body.clone()),
+            };
+            let sent = send_upstream(&ctx.shared, &ctx.client, &provider, out).await;
+            delivered(ctx, t.plan);
+            sent
+        }
         Destination::Provider(provider) => {
             let mut headers = headers;
             let leaving = Leaving {
@@ -151,17 +174,13 @@ pub(crate) async fn send(
             };
             send_upstream(&ctx.shared, &ctx.client, &provider, out).await
         }
+        Destination::Unified => Err(Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "tally_internal",
+            "a unified request reached the send phase without a provider",
+        )),
         Destination::Router(router) => {
-            if !head.complete() {
-                let limit = ctx.shared.settings.max_body_bytes;
-                return Err(Refusal::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "tally_request_body",
-                    format!(
-                        "a routed request body must fit in proxy.max_body_bytes ({limit} bytes): it is kept to be sent again on a retry"
-                    ),
-                ));
-            }
+            whole(ctx, &head, "routed")?;
             let attempt = stages::routing::Attempt {
                 method: &method,
                 path: &path,
@@ -172,6 +191,51 @@ pub(crate) async fn send(
             stages::routing::send(ctx, &router, attempt).await
         }
     }
+}
+
+/// A routed or translated request must be whole: it is kept to be sent again, or rewritten.
+fn whole(ctx: &Ctx, head: &BodyHead, what: &str) -> Result<(), Refusal> {
+    if head.complete() {
+        return Ok(());
+    }
+    let limit = ctx.shared.settings.max_body_bytes;
+    Err(Refusal::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "tally_request_body",
+        format!(
+            "a {what} request body must fit in proxy.max_body_bytes ({limit} bytes): Tally keeps it whole to send again or to rewrite"
+        ),
+    ))
+}
+
+/// The request for `provider` in its own dialect (see `translation.rs`). Across dialects the
+/// client's keys were for another API and are dropped, so the credentials Tally holds for
+/// `provider` sign it.
+pub(crate) fn translated(
+    ctx: &mut Ctx,
+    provider: &Provider,
+    model: &str,
+    head: &BodyHead,
+    headers: &mut HeaderMap,
+) -> Result<crate::translation::Translated, Refusal> {
+    let client = ctx.format();
+    let t = crate::translation::outbound(client, provider, model, &head.bytes, headers)?;
+    if t.plan.rewrites() {
+        ctx.exchange.state().presented = Default::default();
+    }
+    Ok(t)
+}
+
+/// The attempt that answers was translated: the response side rewrites it, and the record
+/// says so.
+pub(crate) fn delivered(ctx: &mut Ctx, plan: crate::translation::ResponsePlan) {
+    let s = ctx.exchange.state();
+    if plan.rewrites() {
+        s.record
+            .properties
+            .insert("translated".to_owned(), plan.label());
+    }
+    s.translation = Some(plan);
 }
 
 /// A request as it leaves, for the credentials that sign it.

@@ -176,7 +176,8 @@ pub(crate) enum Next {
 }
 
 impl Router {
-    /// The wire format its targets speak (all the same; checked when it is built).
+    /// The wire format of its first target: what a request on its route speaks, unless the
+    /// route's chat path says otherwise.
     pub(crate) fn format(&self) -> WireFormat {
         self.targets[0].provider.format
     }
@@ -362,9 +363,8 @@ pub struct Routers {
 }
 
 impl Routers {
-    /// Resolves the config against the providers. Every target must exist, and all targets of
-    /// a router must speak the same wire format (a request body is sent to each unchanged but
-    /// for its model).
+    /// Resolves the config against the providers. Every target must exist; targets may speak
+    /// different formats (a chat request is translated for each that needs it).
     pub fn build(
         config: &BTreeMap<String, RouterConfig>,
         providers: &Providers,
@@ -398,14 +398,6 @@ impl Routers {
                         latency: Mutex::new((0.0, None)),
                     },
                 });
-            }
-            if targets
-                .iter()
-                .any(|t| t.provider.format != targets[0].provider.format)
-            {
-                return Err(bad(
-                    "all targets must use the same wire format (openai or anthropic)".into(),
-                ));
             }
             if c.strategy == Strategy::Weighted && targets.iter().all(|t| t.weight == 0) {
                 return Err(bad(
@@ -455,6 +447,13 @@ impl Routers {
         self.by_alias.get(model)
     }
 
+    /// Model aliases, sorted, for error messages.
+    pub(crate) fn aliases(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.by_alias.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     /// Router names, sorted, for error messages.
     pub(crate) fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.by_name.keys().cloned().collect();
@@ -499,6 +498,53 @@ pub(crate) struct Attempt<'a> {
     pub(crate) head: &'a BodyHead,
 }
 
+/// One target's request: the client's as is (its model replaced when the target names one,
+/// and stream usage asked for), or translated for a target of another format.
+struct Prepared {
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    injected: bool,
+    plan: Option<crate::translation::ResponsePlan>,
+}
+
+fn prepare(ctx: &mut Ctx, target: &Target, a: &Attempt<'_>) -> Result<Prepared, Refusal> {
+    let mut headers = a.headers.clone();
+    if ctx.exchange.state().unified || target.provider.format != ctx.format() {
+        let model = target
+            .model
+            .clone()
+            .or_else(|| a.head.facts.model.clone())
+            .unwrap_or_default();
+        let t =
+            crate::phases::send::translated(ctx, &target.provider, &model, a.head, &mut headers)?;
+        return Ok(Prepared {
+            path: t.path,
+            query: t.query,
+            headers,
+            body: t.body,
+            injected: false,
+            plan: Some(t.plan),
+        });
+    }
+    let body = match &target.model {
+        Some(m) => with_model(&a.head.bytes, m).unwrap_or_else(|| a.head.bytes.clone()),
+        None => a.head.bytes.clone(),
+    };
+    let injected = wants_injection(&target.provider, a.path, a.head)
+        .then(|| target.provider.format.adapter().inject(&body))
+        .flatten();
+    Ok(Prepared {
+        path: a.path.to_owned(),
+        query: a.query.map(str::to_owned),
+        headers,
+        injected: injected.is_some(),
+        body: injected.unwrap_or(body),
+        plan: None,
+    })
+}
+
 /// The send phase of a routed request: targets in the router's order, retries with backoff on
 /// one target, then the next. Each attempt is judged on its response head alone, so once a
 /// response is returned (and its first byte can reach the client) nothing is retried. Every
@@ -513,15 +559,15 @@ pub(crate) async fn send(
     let mut last_failure = None;
     for (pos, &ti) in order.iter().enumerate() {
         let target = &router.targets[ti];
-        let body = match &target.model {
-            Some(m) => with_model(&a.head.bytes, m).unwrap_or_else(|| a.head.bytes.clone()),
-            None => a.head.bytes.clone(),
-        };
-        let injected = wants_injection(&target.provider, a.path, a.head)
-            .then(|| target.provider.format.adapter().inject(&body))
-            .flatten();
-        let is_injected = injected.is_some();
-        let body = injected.unwrap_or(body);
+        let Prepared {
+            path,
+            query,
+            headers: target_headers,
+            body,
+            injected,
+            plan,
+        } = prepare(ctx, target, &a)?;
+        let is_injected = injected;
         let more_targets = pos + 1 < order.len();
         let mut retry = 0u32;
         loop {
@@ -529,18 +575,18 @@ pub(crate) async fn send(
             let attempt_ts = now_ms();
             let t0 = Instant::now();
             router.started(ti);
-            let mut headers = a.headers.clone();
+            let mut headers = target_headers.clone();
             let leaving = crate::phases::send::Leaving {
                 method: a.method,
-                path: a.path,
-                query: a.query,
+                path: &path,
+                query: query.as_deref(),
                 body: Some(&body[..]),
             };
             crate::phases::send::credentials(ctx, &target.provider, &leaving, &mut headers).await?;
             let out = Outbound {
                 method: a.method,
-                path: a.path,
-                query: a.query,
+                path: &path,
+                query: query.as_deref(),
                 headers,
                 body: full(body.clone()),
             };
@@ -578,6 +624,9 @@ pub(crate) async fn send(
                 s.injected = is_injected;
                 if let Some(m) = &target.model {
                     s.record.model = Some(m.clone());
+                }
+                if let Some(plan) = plan {
+                    crate::phases::send::delivered(ctx, plan);
                 }
                 return sent;
             }
@@ -762,7 +811,18 @@ mod tests {
         };
         assert!(one(vec![]).contains("at least one target"));
         assert!(one(vec![t("nope")]).contains("not configured"));
-        assert!(one(vec![t("openai"), t("anthropic")]).contains("wire format"));
+        let mut mixed = BTreeMap::new();
+        mixed.insert(
+            "r".to_owned(),
+            RouterConfig {
+                targets: vec![t("openai"), t("anthropic")],
+                ..RouterConfig::default()
+            },
+        );
+        assert!(
+            Routers::build(&mixed, &providers).is_ok(),
+            "targets of different formats are translated for"
+        );
     }
 
     #[test]

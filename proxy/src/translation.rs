@@ -1,0 +1,363 @@
+//! One API across providers, on the proxy path: a request in the client's dialect sent to a
+//! provider that speaks another, and its answer translated back as it passes.
+//!
+//! The shapes themselves are `tally-translate`'s (a pure crate); this module is the part that
+//! knows HTTP and Tally's providers: which dialect a provider's wire format is, the path, query
+//! and headers a target wants ([`outbound`]), and the response side ([`ResponseTranslator`]),
+//! which the exchange runs on each upstream chunk before the client, the record's copy and the
+//! stages see it. Usage is still read from the upstream's own bytes, in its own format, so the
+//! record keeps what the serving provider reported.
+//!
+//! Passthrough stays the default: nothing here runs unless the request came in on
+//! `/unified/…` or a router sends it to a target whose format differs from the route's.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::StatusCode;
+use serde_json::{json, Value};
+use tally_translate::{Dialect, StreamTranslator};
+
+use crate::eventstream::EventStreamParser;
+use crate::formats::{self, Observed, WireFormat};
+use crate::phases::Refusal;
+use crate::providers::Provider;
+use crate::sse::SseParser;
+
+/// The prefix of the unified routes.
+pub(crate) const UNIFIED_PREFIX: &str = "/unified/";
+
+/// The endpoints a translated request may call, as the client spells them.
+pub(crate) const ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/messages"];
+
+/// The Anthropic API version Tally asks for when it writes an Anthropic request itself.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Azure OpenAI's GA data-plane version, for requests Tally addresses to a deployment.
+const AZURE_API_VERSION: &str = "2024-10-21";
+
+/// The dialect a wire format's chat API speaks, or `None` where Tally cannot address it
+/// without more than a model name (Vertex needs a project in the path).
+pub(crate) fn dialect(format: WireFormat) -> Option<Dialect> {
+    match format {
+        WireFormat::OpenAi | WireFormat::Azure => Some(Dialect::OpenAi),
+        WireFormat::Anthropic | WireFormat::VertexAnthropic => Some(Dialect::Anthropic),
+        WireFormat::Gemini => Some(Dialect::Gemini),
+        WireFormat::Bedrock => Some(Dialect::Converse),
+        WireFormat::Vertex => None,
+    }
+}
+
+/// The dialect a client speaks on a chat path (`…/chat/completions` or `…/messages`).
+pub(crate) fn client_format(path: &str) -> Option<WireFormat> {
+    if path.ends_with("/chat/completions") {
+        Some(WireFormat::OpenAi)
+    } else if path.ends_with("/v1/messages") {
+        Some(WireFormat::Anthropic)
+    } else {
+        None
+    }
+}
+
+/// What the response side needs to know about a translated attempt.
+#[derive(Debug, Clone)]
+pub(crate) struct ResponsePlan {
+    pub(crate) upstream: Dialect,
+    pub(crate) client: Dialect,
+    /// The format the upstream's bytes are read in, for usage.
+    pub(crate) upstream_format: WireFormat,
+    /// The model called, for answers that do not name it.
+    pub(crate) model: String,
+    /// The OpenAI client's `stream_options.include_usage`.
+    pub(crate) include_usage: bool,
+}
+
+impl ResponsePlan {
+    /// Whether the answer's shape changes on the way back (an OpenAI client served by Azure
+    /// reads Azure's answer as it is).
+    pub(crate) fn rewrites(&self) -> bool {
+        self.upstream != self.client
+    }
+
+    /// `openai>anthropic`, for the record's `translated` property.
+    pub(crate) fn label(&self) -> String {
+        format!("{}>{}", self.client.name(), self.upstream.name())
+    }
+}
+
+/// A request ready for a target: where it goes and what it carries.
+pub(crate) struct Translated {
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) body: Bytes,
+    pub(crate) plan: ResponsePlan,
+}
+
+/// Translates a request in `client`'s format (whose whole body is `body`) for `provider`,
+/// calling `model` there. Fixes the headers: the client's provider keys go (they were for
+/// another API; Tally's held credentials sign the request), and the target's required ones
+/// are added.
+pub(crate) fn outbound(
+    client: WireFormat,
+    provider: &Provider,
+    model: &str,
+    body: &[u8],
+    headers: &mut HeaderMap,
+) -> Result<Translated, Refusal> {
+    let (Some(from), Some(to)) = (dialect(client), dialect(provider.format)) else {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "tally_untranslatable",
+            format!(
+                "provider {} speaks {:?}, which the unified API cannot address by model alone; call it on its own route",
+                provider.name, provider.format
+            ),
+        ));
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "tally_invalid_json",
+            format!("the request body is not valid JSON, so it cannot be translated: {e}"),
+        )
+    })?;
+    let translated = tally_translate::request(from, to, &value, model).map_err(|u| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "tally_unsupported_feature",
+            u.to_string(),
+        )
+        .details(json!({ "feature": u.feature, "target": u.target }))
+    })?;
+    let stream = value.get("stream").and_then(Value::as_bool) == Some(true);
+    let include_usage = value.pointer("/stream_options/include_usage") == Some(&json!(true));
+    let (path, query) = target_path(provider, model, stream);
+    if from != to {
+        for h in crate::headers::SDK_KEY_HEADERS {
+            headers.remove(h);
+        }
+        let theirs: Vec<_> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("anthropic-") || k.as_str().starts_with("openai-"))
+            .cloned()
+            .collect();
+        for k in theirs {
+            headers.remove(k);
+        }
+    }
+    // The answer is read (and, across dialects, rewritten) as it passes: it must come as is.
+    headers.remove(header::ACCEPT_ENCODING);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if to == Dialect::Anthropic && !headers.contains_key("anthropic-version") {
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(ANTHROPIC_VERSION),
+        );
+    }
+    let body = serde_json::to_vec(&translated).map_err(|e| {
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "tally_internal",
+            format!("could not write the translated request: {e}"),
+        )
+    })?;
+    Ok(Translated {
+        path,
+        query,
+        body: body.into(),
+        plan: ResponsePlan {
+            upstream: to,
+            client: from,
+            upstream_format: provider.format,
+            model: model.to_owned(),
+            include_usage,
+        },
+    })
+}
+
+/// A path segment: model ids may hold `/` and `:` (Bedrock ARNs, inference profiles).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The chat endpoint of `provider` for `model`, relative to its base URL.
+fn target_path(provider: &Provider, model: &str, stream: bool) -> (String, Option<String>) {
+    let m = percent_encoding::utf8_percent_encode(model, SEGMENT);
+    match provider.format {
+        WireFormat::OpenAi => {
+            // A base URL that already ends in its API's version (`…/v1beta/openai`, `…/v1`)
+            // takes the endpoint without another `/v1`.
+            let base = provider.base_path().trim_end_matches('/');
+            let versioned = base.ends_with("/openai")
+                || base.rsplit('/').next().is_some_and(|s| {
+                    s.len() > 1 && s.starts_with('v') && s[1..2].chars().all(|c| c.is_ascii_digit())
+                });
+            let path = if versioned {
+                "/chat/completions"
+            } else {
+                "/v1/chat/completions"
+            };
+            (path.to_owned(), None)
+        }
+        WireFormat::Azure => (
+            format!("/openai/deployments/{m}/chat/completions"),
+            Some(format!("api-version={AZURE_API_VERSION}")),
+        ),
+        WireFormat::Anthropic | WireFormat::VertexAnthropic => ("/v1/messages".to_owned(), None),
+        WireFormat::Gemini | WireFormat::Vertex => match stream {
+            true => (
+                format!("/v1beta/models/{m}:streamGenerateContent"),
+                Some("alt=sse".to_owned()),
+            ),
+            false => (format!("/v1beta/models/{m}:generateContent"), None),
+        },
+        WireFormat::Bedrock => match stream {
+            true => (format!("/model/{m}/converse-stream"), None),
+            false => (format!("/model/{m}/converse"), None),
+        },
+    }
+}
+
+/// How a stream's events are cut.
+pub(crate) enum Framing {
+    Sse(SseParser),
+    EventStream(EventStreamParser),
+}
+
+/// Rewrites one answer from the upstream's dialect to the client's. A stream is rewritten
+/// event by event as its chunks arrive; a whole answer (or an error) is kept until it ends,
+/// since a JSON document cannot be rewritten before it is whole, then written out at once.
+pub(crate) enum ResponseTranslator {
+    Stream {
+        framing: Framing,
+        inner: Box<StreamTranslator>,
+        out: Vec<u8>,
+    },
+    Whole {
+        plan: ResponsePlan,
+        status: u16,
+        buffer: Vec<u8>,
+        limit: usize,
+        overflow: bool,
+    },
+}
+
+impl ResponseTranslator {
+    /// For an answer with `status` that is an event stream when `stream`; `limit` bounds a
+    /// whole answer kept for rewriting.
+    pub(crate) fn new(plan: &ResponsePlan, status: u16, stream: bool, limit: usize) -> Self {
+        if stream && (200..300).contains(&status) {
+            let framing = match plan.upstream_format {
+                WireFormat::Bedrock => Framing::EventStream(EventStreamParser::new()),
+                _ => Framing::Sse(SseParser::new()),
+            };
+            let inner =
+                StreamTranslator::new(plan.upstream, plan.client, plan.include_usage, &plan.model);
+            return Self::Stream {
+                framing,
+                inner: Box::new(inner),
+                out: Vec::new(),
+            };
+        }
+        Self::Whole {
+            plan: plan.clone(),
+            status,
+            buffer: Vec::new(),
+            limit,
+            overflow: false,
+        }
+    }
+
+    /// The content type of what the client gets.
+    pub(crate) fn content_type(&self) -> &'static str {
+        match self {
+            Self::Stream { .. } => "text/event-stream",
+            Self::Whole { .. } => "application/json",
+        }
+    }
+
+    /// One upstream chunk in; the client's bytes for it out (empty while a whole answer is
+    /// still arriving, or when the chunk ended no event).
+    pub(crate) fn chunk(&mut self, chunk: &[u8]) -> Bytes {
+        match self {
+            Self::Stream {
+                framing,
+                inner,
+                out,
+            } => {
+                let mut on_event = |e: crate::sse::Event<'_>| inner.event(e.event, e.data, out);
+                match framing {
+                    Framing::Sse(p) => p.feed(chunk, &mut on_event),
+                    Framing::EventStream(p) => {
+                        if let Some(why) = p.feed(chunk, &mut on_event) {
+                            tracing::warn!(reason = %why, "a translated event stream became unreadable");
+                        }
+                    }
+                }
+                Bytes::from(std::mem::take(out))
+            }
+            Self::Whole {
+                buffer,
+                limit,
+                overflow,
+                ..
+            } => {
+                if buffer.len() + chunk.len() > *limit {
+                    *overflow = true;
+                } else {
+                    buffer.extend_from_slice(chunk);
+                }
+                Bytes::new()
+            }
+        }
+    }
+
+    /// The upstream ended: the client's last bytes, and for a whole answer what its usage
+    /// said (read from the upstream's own body, in its own format).
+    pub(crate) fn finish(&mut self) -> (Bytes, Option<Observed>) {
+        match self {
+            Self::Stream { inner, out, .. } => {
+                inner.finish(out);
+                (Bytes::from(std::mem::take(out)), None)
+            }
+            Self::Whole {
+                plan,
+                status,
+                buffer,
+                limit,
+                overflow,
+            } => {
+                let body = std::mem::take(buffer);
+                let (client, observed) = if *overflow {
+                    let message = format!(
+                        "the {} answer was larger than proxy.max_body_bytes ({limit} bytes), the most Tally keeps to translate",
+                        plan.upstream.name()
+                    );
+                    let e = tally_translate::error(plan.client, 502, &message);
+                    (
+                        e,
+                        Observed {
+                            error: Some(message),
+                            ..Default::default()
+                        },
+                    )
+                } else if (200..300).contains(status) {
+                    let answer =
+                        tally_translate::response(plan.upstream, plan.client, &body, &plan.model);
+                    (answer, formats::from_json(plan.upstream_format, &body))
+                } else {
+                    let message = tally_translate::error_message(&body);
+                    let e = tally_translate::error(plan.client, *status, &message);
+                    (e, formats::from_json(plan.upstream_format, &body))
+                };
+                let bytes = serde_json::to_vec(&client).unwrap_or_default();
+                (bytes.into(), Some(observed))
+            }
+        }
+    }
+}
