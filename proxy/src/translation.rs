@@ -17,11 +17,9 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use tally_translate::{Dialect, StreamTranslator};
 
-use crate::eventstream::EventStreamParser;
-use crate::formats::{self, Observed, WireFormat};
+use crate::formats::{self, Framing, Observed, WireFormat};
 use crate::phases::Refusal;
 use crate::providers::Provider;
-use crate::sse::SseParser;
 
 /// The prefix of the unified routes.
 pub(crate) const UNIFIED_PREFIX: &str = "/unified/";
@@ -223,12 +221,6 @@ fn target_path(provider: &Provider, model: &str, stream: bool) -> (String, Optio
     }
 }
 
-/// How a stream's events are cut.
-pub(crate) enum Framing {
-    Sse(SseParser),
-    EventStream(EventStreamParser),
-}
-
 /// Rewrites one answer from the upstream's dialect to the client's. A stream is rewritten
 /// event by event as its chunks arrive; a whole answer (or an error) is kept until it ends,
 /// since a JSON document cannot be rewritten before it is whole, then written out at once.
@@ -252,10 +244,7 @@ impl ResponseTranslator {
     /// whole answer kept for rewriting.
     pub(crate) fn new(plan: &ResponsePlan, status: u16, stream: bool, limit: usize) -> Self {
         if stream && (200..300).contains(&status) {
-            let framing = match plan.upstream_format {
-                WireFormat::Bedrock => Framing::EventStream(EventStreamParser::new()),
-                _ => Framing::Sse(SseParser::new()),
-            };
+            let framing = plan.upstream_format.framing();
             let inner =
                 StreamTranslator::new(plan.upstream, plan.client, plan.include_usage, &plan.model);
             return Self::Stream {

@@ -99,7 +99,7 @@ impl WireFormat {
     }
 
     /// How this format's streams are framed.
-    fn framing(self) -> Framing {
+    pub(crate) fn framing(self) -> Framing {
         match self {
             WireFormat::Bedrock => Framing::EventStream(EventStreamParser::new()),
             _ => Framing::Sse(SseParser::new()),
@@ -110,7 +110,7 @@ impl WireFormat {
 /// A stream's framing: SSE for every provider but Bedrock, whose streams are AWS's binary
 /// event stream.
 #[derive(Debug)]
-enum Framing {
+pub(crate) enum Framing {
     Sse(SseParser),
     EventStream(EventStreamParser),
 }

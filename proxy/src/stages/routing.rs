@@ -567,7 +567,6 @@ pub(crate) async fn send(
             injected,
             plan,
         } = prepare(ctx, target, &a)?;
-        let is_injected = injected;
         let more_targets = pos + 1 < order.len();
         let mut retry = 0u32;
         loop {
@@ -621,7 +620,7 @@ pub(crate) async fn send(
                 let s = ctx.exchange.state();
                 s.record.provider = target.provider.name.clone();
                 s.record.attempts = attempts;
-                s.injected = is_injected;
+                s.injected = injected;
                 if let Some(m) = &target.model {
                     s.record.model = Some(m.clone());
                 }
