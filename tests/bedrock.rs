@@ -2,39 +2,18 @@
 //! request signed again with the credentials Tally holds (the fake checks every signature);
 //! event streams byte for byte with exact usage; a corrupt frame forwarded and recorded.
 
-use std::path::Path;
-
 use http::{HeaderMap, Method};
 use serde_json::json;
 use tally_proxy::credentials::aws::{AwsConfig, AwsSigner};
 use tally_proxy::providers::SecretSource;
-use tally_proxy::ProviderConfig;
 
-use crate::support::fake_bedrock::{ACCESS_KEY, BEDROCK_USAGE, REGION, SECRET_KEY};
+use crate::support::fake_bedrock::{with_bedrock, ACCESS_KEY, BEDROCK_USAGE, REGION, SECRET_KEY};
 use crate::support::fake_upstream::WORDS;
 use crate::support::*;
 
 /// What boto3 signs with for Tally's host: not the credentials the upstream accepts.
 const CLIENT_KEY: &str = "AKIACLIENTSIDEONLY00";
 const CLIENT_SECRET: &str = "client-side-secret-never-forwarded-0123";
-
-/// Points `bedrock` at the fake, with credentials in files under `dir`.
-fn with_bedrock(c: &mut tally::Config, upstream: &str, dir: &Path, secret: &str) {
-    let id = dir.join("aws_access_key_id");
-    let key = dir.join("aws_secret_access_key");
-    std::fs::write(&id, ACCESS_KEY).expect("id file");
-    std::fs::write(&key, format!("{secret}\n")).expect("secret file");
-    c.providers.insert(
-        "bedrock".into(),
-        ProviderConfig {
-            base_url: Some(upstream.to_owned()),
-            region: Some(REGION.into()),
-            aws_access_key_id: Some(SecretSource::File(id)),
-            aws_secret_access_key: Some(SecretSource::File(key)),
-            ..Default::default()
-        },
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boto3_works_unmodified_and_every_request_is_signed_again() {

@@ -22,4 +22,5 @@ mod sdk;
 mod secrets;
 mod stages;
 mod stream_endings;
+mod unified;
 mod usage;

@@ -192,30 +192,34 @@ fn dispatch(
     Ok(())
 }
 
+/// One event frame as AWS writes it (with the SDK's own encoder), for tests.
+#[cfg(test)]
+pub(crate) fn frame(event: &str, payload: &str) -> Vec<u8> {
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let m = Message::new(payload.as_bytes().to_vec())
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String("event".into()),
+        ))
+        .add_header(Header::new(
+            ":event-type",
+            HeaderValue::String(event.to_owned().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    write_message_to(&m, &mut out).expect("frame");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use aws_smithy_eventstream::frame::write_message_to;
     use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
-
-    fn frame(event: &str, payload: &str) -> Vec<u8> {
-        let m = Message::new(payload.as_bytes().to_vec())
-            .add_header(Header::new(
-                ":message-type",
-                HeaderValue::String("event".into()),
-            ))
-            .add_header(Header::new(
-                ":event-type",
-                HeaderValue::String(event.to_owned().into()),
-            ))
-            .add_header(Header::new(
-                ":content-type",
-                HeaderValue::String("application/json".into()),
-            ));
-        let mut out = Vec::new();
-        write_message_to(&m, &mut out).expect("frame");
-        out
-    }
 
     #[test]
     fn frames_are_read_wherever_the_chunks_are_cut() {

@@ -118,7 +118,7 @@ pub(crate) fn outbound(
             format!("the request body is not valid JSON, so it cannot be translated: {e}"),
         )
     })?;
-    let translated = tally_translate::request(from, to, &value, model).map_err(|u| {
+    let mut translated = tally_translate::request(from, to, &value, model).map_err(|u| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
             "tally_unsupported_feature",
@@ -126,6 +126,17 @@ pub(crate) fn outbound(
         )
         .details(json!({ "feature": u.feature, "target": u.target }))
     })?;
+    // OpenAI's own reasoning models refuse `max_tokens`; every OpenAI chat model takes
+    // `max_completion_tokens`. Compatible servers (Ollama, vLLM, Groq…) may know only the
+    // older name, so only OpenAI and Azure get the new one.
+    if from != to && (provider.name == "openai" || provider.format == WireFormat::Azure) {
+        if let Some(n) = translated
+            .as_object_mut()
+            .and_then(|o| o.remove("max_tokens"))
+        {
+            translated["max_completion_tokens"] = n;
+        }
+    }
     let stream = value.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = value.pointer("/stream_options/include_usage") == Some(&json!(true));
     let (path, query) = target_path(provider, model, stream);
@@ -183,6 +194,17 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Whether an OpenAI-compatible base path already ends in its API's version (`/v1`,
+/// `/api/v3`, `/v1beta/openai`), so the chat endpoint follows it without another `/v1`.
+fn versioned(base_path: &str) -> bool {
+    let base = base_path.trim_end_matches('/');
+    base.ends_with("/openai")
+        || base.rsplit('/').next().is_some_and(|s| {
+            let mut c = s.chars();
+            c.next() == Some('v') && c.next().is_some_and(|d| d.is_ascii_digit())
+        })
+}
+
 /// The chat endpoint of `provider` for `model`, relative to its base URL.
 fn target_path(provider: &Provider, model: &str, stream: bool) -> (String, Option<String>) {
     let m = percent_encoding::utf8_percent_encode(model, SEGMENT);
@@ -190,12 +212,7 @@ fn target_path(provider: &Provider, model: &str, stream: bool) -> (String, Optio
         WireFormat::OpenAi => {
             // A base URL that already ends in its API's version (`…/v1beta/openai`, `…/v1`)
             // takes the endpoint without another `/v1`.
-            let base = provider.base_path().trim_end_matches('/');
-            let versioned = base.ends_with("/openai")
-                || base.rsplit('/').next().is_some_and(|s| {
-                    s.len() > 1 && s.starts_with('v') && s[1..2].chars().all(|c| c.is_ascii_digit())
-                });
-            let path = if versioned {
+            let path = if versioned(provider.base_path()) {
                 "/chat/completions"
             } else {
                 "/v1/chat/completions"
@@ -346,6 +363,236 @@ impl ResponseTranslator {
                 };
                 let bytes = serde_json::to_vec(&client).unwrap_or_default();
                 (bytes.into(), Some(observed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_versioned_base_path_takes_the_endpoint_without_another_v1() {
+        for (base, yes) in [
+            ("", false),
+            ("/", false),
+            ("/proxy", false),
+            ("/v", false),
+            ("/video", false),
+            ("/v1", true),
+            ("/v1/", true),
+            ("/api/v3", true),
+            ("/v1beta/openai", true),
+            ("/openai", true),
+        ] {
+            assert_eq!(versioned(base), yes, "{base:?}");
+        }
+    }
+
+    fn plan(upstream: WireFormat, client: WireFormat) -> ResponsePlan {
+        ResponsePlan {
+            upstream: dialect(upstream).expect("translatable"),
+            client: dialect(client).expect("translatable"),
+            upstream_format: upstream,
+            model: "m".into(),
+            include_usage: true,
+        }
+    }
+
+    fn sse(events: &[(&str, Value)]) -> Vec<u8> {
+        events
+            .iter()
+            .map(|(name, v)| match name {
+                &"" => format!("data: {v}\n\n"),
+                name => format!("event: {name}\ndata: {v}\n\n"),
+            })
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    /// Upstream streams with text, two tool calls whose arguments arrive in pieces, and usage:
+    /// (upstream format, client format, bytes, what the client must find in its stream).
+    fn streams() -> Vec<(WireFormat, WireFormat, Vec<u8>, &'static str)> {
+        let anthropic = sse(&[
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [], "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Héllo ✓"}}),
+            ),
+            (
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "tu_1", "name": "weather", "input": {}}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+            ),
+            (
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 1}),
+            ),
+            (
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 7}}),
+            ),
+            ("message_stop", json!({"type": "message_stop"})),
+        ]);
+        let chunk = |delta: Value, finish: Value| {
+            (
+                "",
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}),
+            )
+        };
+        let mut openai = sse(&[
+            chunk(
+                json!({"role": "assistant", "content": "Héllo ✓"}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+                Value::Null,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                Value::Null,
+            ),
+            chunk(json!({}), json!("tool_calls")),
+            (
+                "",
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 7, "total_tokens": 10}}),
+            ),
+        ]);
+        openai.extend_from_slice(b"data: [DONE]\n\n");
+        let gemini = sse(&[
+            (
+                "",
+                json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Héllo ✓"}]}, "index": 0}], "usageMetadata": {"promptTokenCount": 3}}),
+            ),
+            (
+                "",
+                json!({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "weather", "args": {"city": "Paris"}}}]}, "finishReason": "STOP", "index": 0}], "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 7, "totalTokenCount": 10}}),
+            ),
+        ]);
+        let mut bedrock = Vec::new();
+        for (event, payload) in [
+            ("messageStart", json!({"role": "assistant"})),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"text": "Héllo ✓"}}),
+            ),
+            ("contentBlockStop", json!({"contentBlockIndex": 0})),
+            (
+                "contentBlockStart",
+                json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tu_1", "name": "weather"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"city\":"}}}),
+            ),
+            (
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "\"Paris\"}"}}}),
+            ),
+            ("contentBlockStop", json!({"contentBlockIndex": 1})),
+            ("messageStop", json!({"stopReason": "tool_use"})),
+            (
+                "metadata",
+                json!({"usage": {"inputTokens": 3, "outputTokens": 7, "totalTokens": 10}}),
+            ),
+        ] {
+            bedrock.extend(crate::eventstream::frame(event, &payload.to_string()));
+        }
+        use WireFormat::*;
+        vec![
+            (Anthropic, OpenAi, anthropic, "Paris"),
+            (OpenAi, Anthropic, openai, "Paris"),
+            (Gemini, OpenAi, gemini.clone(), "Paris"),
+            (Gemini, Anthropic, gemini, "Paris"),
+            (Bedrock, OpenAi, bedrock.clone(), "Paris"),
+            (Bedrock, Anthropic, bedrock, "Paris"),
+        ]
+    }
+
+    /// The client's stream, its events parsed and the members that carry the time of day
+    /// (`created`, ids made from it) left out.
+    fn translate(plan: &ResponsePlan, stream: &[u8], cuts: &[usize]) -> Vec<Value> {
+        let mut t = ResponseTranslator::new(plan, 200, true, 1 << 20);
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        for c in cuts {
+            out.extend_from_slice(&t.chunk(&stream[at..c]));
+            at = c;
+        }
+        out.extend_from_slice(&t.chunk(&stream[at..]));
+        out.extend_from_slice(&t.finish().0);
+        let text = String::from_utf8(out).expect("the client's stream is UTF-8");
+        text.split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let data = e
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .unwrap_or("");
+                let mut v: Value = serde_json::from_str(data).unwrap_or(json!(data));
+                for p in ["/created", "/id", "/message/id"] {
+                    if let Some(x) = v.pointer_mut(p) {
+                        *x = Value::Null;
+                    }
+                }
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_translated_stream_carries_its_tool_call_and_usage() {
+        for (up, client, bytes, needle) in streams() {
+            let events = translate(&plan(up, client), &bytes, &[]);
+            let all = serde_json::to_string(&events).expect("json");
+            assert!(all.contains(needle), "{up:?}>{client:?}: {all}");
+            assert!(all.contains("Héllo ✓"), "{up:?}>{client:?}: {all}");
+            let usage = match client {
+                WireFormat::OpenAi => "\"completion_tokens\":7",
+                _ => "\"output_tokens\":7",
+            };
+            assert!(all.contains(usage), "{up:?}>{client:?}: {all}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Chunks cut anywhere, inside a frame, a UTF-8 character or a JSON string, give the
+        /// client the same events as the stream in one piece.
+        #[test]
+        fn a_translated_stream_does_not_depend_on_where_chunks_are_cut(
+            cuts in prop::collection::vec(0usize..4096, 0..16)
+        ) {
+            for (up, client, bytes, _) in streams() {
+                let plan = plan(up, client);
+                prop_assert_eq!(translate(&plan, &bytes, &[]), translate(&plan, &bytes, &cuts));
             }
         }
     }

@@ -9,7 +9,9 @@
 //! frames with its own CRC checks, vouches for the framing.
 //!
 //! Modes (`x-fake-mode`): `corrupt-crc` flips the message CRC of a `ConverseStream`'s third
-//! frame; `throttle-event` ends a stream with a `throttlingException` frame.
+//! frame; `error429` is a throttled 429; `throttle-event` ends a stream with a `throttlingException` frame; `tools` answers
+//! `Converse` and `ConverseStream` with the calls of [`TOOL_CALLS`], a stream opening each
+//! `toolUse` block with `contentBlockStart` and sending its input in two pieces.
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -17,7 +19,7 @@ use http::{request::Parts, Response, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::fake_upstream::{full, sse_bytes, Body, WORDS};
+use super::fake_upstream::{argument_pieces, full, sse_bytes, Body, TOOL_CALLS, WORDS};
 
 /// The AWS credentials the fake Bedrock accepts signatures from.
 pub const ACCESS_KEY: &str = "AKIATALLYFAKEBEDROCK";
@@ -49,6 +51,19 @@ pub fn respond(parts: &Parts, body: &Bytes, mode: &str) -> Response<Body> {
         );
         return r;
     }
+    if mode == "error429" {
+        // As Bedrock throttles: the error type in a header, the message in the body.
+        let mut r = full(
+            StatusCode::TOO_MANY_REQUESTS,
+            "application/json",
+            json!({"message": "Too many requests, please wait before trying again."}).to_string(),
+        );
+        r.headers_mut().insert(
+            "x-amzn-errortype",
+            "ThrottlingException".parse().expect("header"),
+        );
+        return r;
+    }
     let path = parts.uri.path();
     let mut segments = path.trim_start_matches('/').split('/');
     let (_, model, operation) = (
@@ -62,6 +77,46 @@ pub fn respond(parts: &Parts, body: &Bytes, mode: &str) -> Response<Body> {
         "cacheReadInputTokens": read, "cacheWriteInputTokens": write});
     let text = WORDS.concat();
     match operation.unwrap_or("") {
+        "converse" if mode == "tools" => {
+            let blocks: Vec<Value> = TOOL_CALLS
+                .iter()
+                .map(|(id, name, args)| {
+                    let input: Value = serde_json::from_str(args).expect("json");
+                    json!({"toolUse": {"toolUseId": id, "name": name, "input": input}})
+                })
+                .collect();
+            full(
+                StatusCode::OK,
+                "application/json",
+                json!({"output": {"message": {"role": "assistant", "content": blocks}},
+                    "stopReason": "tool_use", "usage": usage, "metrics": {"latencyMs": 120}})
+                .to_string(),
+            )
+        }
+        "converse-stream" if mode == "tools" => {
+            let mut frames = vec![event("messageStart", &json!({"role": "assistant"}))];
+            for (i, (id, name, args)) in TOOL_CALLS.iter().enumerate() {
+                frames.push(event(
+                    "contentBlockStart",
+                    &json!({"contentBlockIndex": i,
+                    "start": {"toolUse": {"toolUseId": id, "name": name}}}),
+                ));
+                for piece in argument_pieces(args) {
+                    frames.push(event(
+                        "contentBlockDelta",
+                        &json!({"contentBlockIndex": i,
+                        "delta": {"toolUse": {"input": piece}}}),
+                    ));
+                }
+                frames.push(event("contentBlockStop", &json!({"contentBlockIndex": i})));
+            }
+            frames.push(event("messageStop", &json!({"stopReason": "tool_use"})));
+            frames.push(event(
+                "metadata",
+                &json!({"usage": usage, "metrics": {"latencyMs": 120}}),
+            ));
+            sse_bytes(frames, "application/vnd.amazon.eventstream")
+        }
         "converse" => full(
             StatusCode::OK,
             "application/json",
@@ -146,6 +201,24 @@ pub fn respond(parts: &Parts, body: &Bytes, mode: &str) -> Response<Body> {
             json!({ "message": format!("unknown operation {other:?} for {model}") }).to_string(),
         ),
     }
+}
+
+/// Points `bedrock` at the fake, with credentials in files under `dir`.
+pub fn with_bedrock(c: &mut tally::Config, upstream: &str, dir: &std::path::Path, secret: &str) {
+    let id = dir.join("aws_access_key_id");
+    let key = dir.join("aws_secret_access_key");
+    std::fs::write(&id, ACCESS_KEY).expect("id file");
+    std::fs::write(&key, format!("{secret}\n")).expect("secret file");
+    c.providers.insert(
+        "bedrock".into(),
+        tally_proxy::ProviderConfig {
+            base_url: Some(upstream.to_owned()),
+            region: Some(REGION.into()),
+            aws_access_key_id: Some(tally_proxy::providers::SecretSource::File(id)),
+            aws_secret_access_key: Some(tally_proxy::providers::SecretSource::File(key)),
+            ..Default::default()
+        },
+    );
 }
 
 /// One event-stream message: `:event-type`, `:content-type`, `:message-type` headers and a

@@ -30,7 +30,10 @@
 //! - `binary`: a non-JSON binary body;
 //! - `big`: an event stream of `x-fake-bytes` bytes, generated as it is read;
 //! - `content-filter`: Azure's 400 for a prompt its content filter refused (Azure answers
-//!   otherwise carry all-safe `prompt_filter_results` and `content_filter_results`).
+//!   otherwise carry all-safe `prompt_filter_results` and `content_filter_results`);
+//! - `tools`: chat, Messages, Gemini and Converse answer with the two parallel calls of
+//!   [`TOOL_CALLS`] in their own shapes; streams split each call's arguments across events as
+//!   OpenAI, Anthropic and Converse do (Gemini sends each call whole).
 //!
 //! `x-fake-delay-ms` delays the response head; `x-fake-interval-ms` spaces stream events.
 //! [`FakeUpstream::script`] queues modes for the next requests, whatever their headers say, so
@@ -56,6 +59,22 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Words the fake model always answers with.
 pub const WORDS: [&str; 5] = ["Hello", " from", " the", " fake", " upstream."];
+
+/// The calls the fake makes in `tools` mode: (call id, function, arguments as JSON text).
+pub const TOOL_CALLS: [(&str, &str, &str); 2] = [
+    ("call_paris", "get_weather", r#"{"city":"Paris"}"#),
+    ("call_tokyo", "get_weather", r#"{"city":"Tokyo"}"#),
+];
+
+/// A call's arguments in the two pieces a stream sends them in.
+pub fn argument_pieces(arguments: &str) -> [&str; 2] {
+    let (a, b) = arguments.split_at(arguments.len() / 2);
+    [a, b]
+}
+
+fn arguments_value(arguments: &str) -> Value {
+    serde_json::from_str(arguments).expect("TOOL_CALLS hold JSON")
+}
 
 /// Usage the fake reports for OpenAI chat and legacy completions.
 pub const OPENAI_USAGE: (u64, u64, u64, u64) = (21, 5, 4, 2); // prompt, completion, cached, reasoning
@@ -191,6 +210,31 @@ fn gemini_response(
         json!({"candidates": [candidate], "usageMetadata": usage,
             "modelVersion": model, "responseId": "gemini-fake-response"})
     };
+    if mode == "tools" && method.ends_with("enerateContent") {
+        // Gemini sends no call ids; each call is one part, whole.
+        let call = |(_, name, args): (&str, &str, &str)| json!({"functionCall": {"name": name, "args": arguments_value(args)}});
+        let usage = json!({"promptTokenCount": prompt, "cachedContentTokenCount": cached,
+            "candidatesTokenCount": candidates, "thoughtsTokenCount": thoughts,
+            "totalTokenCount": prompt + candidates + thoughts});
+        let answer = |parts: Vec<Value>, last: bool| {
+            let mut v = json!({"candidates": [{"content": {"parts": parts, "role": "model"}, "index": 0}],
+                "modelVersion": model, "responseId": "gemini-fake-tools"});
+            if last {
+                v["candidates"][0]["finishReason"] = json!("STOP");
+                v["usageMetadata"] = usage.clone();
+            }
+            v
+        };
+        if method == "generateContent" {
+            return json_response(answer(TOOL_CALLS.map(call).to_vec(), true));
+        }
+        let steps = TOOL_CALLS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Step::Data(format!("data: {}\r\n\r\n", answer(vec![call(*c)], i == 1))))
+            .collect();
+        return sse(steps, interval);
+    }
     match method {
         "countTokens" => json_response(json!({"totalTokens": prompt})),
         // The Gemini API reports no usage for embeddings (ai.google.dev/api/embeddings).
@@ -481,6 +525,9 @@ async fn handle(
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let v = if anthropic {
                 json!({"type": "error", "error": {"type": "overloaded_error", "message": "Fake overload"}})
+            } else if path.contains("/models/") && path.contains(':') {
+                // Google's shape: the HTTP code, a message and the canonical status name.
+                json!({"error": {"code": status.as_u16(), "message": "Fake failure", "status": "RESOURCE_EXHAUSTED"}})
             } else {
                 json!({"error": {"message": "Fake failure", "type": "server_error", "param": null, "code": null}})
             };
@@ -587,6 +634,9 @@ async fn handle(
                     "hate": {"filtered": false, "severity": "safe"}, "jailbreak": {"filtered": false, "detected": false},
                     "self_harm": {"filtered": false, "severity": "safe"}, "sexual": {"filtered": false, "severity": "safe"},
                     "violence": {"filtered": true, "severity": "medium"}}}}}).to_string());
+        }
+        if mode == "tools" {
+            return openai_tool_calls(&model, stream, include_usage);
         }
         if !stream {
             let mut v = json!({
@@ -801,6 +851,104 @@ async fn handle(
     resp
 }
 
+/// A chat completion calling [`TOOL_CALLS`], as platform.openai.com documents function calling:
+/// a stream opens each call with its id and name and sends the arguments in pieces.
+fn openai_tool_calls(model: &str, stream: bool, include_usage: bool) -> Response<Body> {
+    let model = response_model(model);
+    if !stream {
+        let calls: Vec<Value> = TOOL_CALLS
+            .iter()
+            .map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}}))
+            .collect();
+        return json_response(
+            json!({"id": "chatcmpl-tools", "object": "chat.completion", "created": 1700000000,
+            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": calls, "refusal": null}, "finish_reason": "tool_calls"}], "usage": openai_usage("")}),
+        );
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let mut v = json!({"id": "chatcmpl-tools", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if include_usage {
+            v["usage"] = Value::Null;
+        }
+        Step::Data(data(v))
+    };
+    let mut events = Vec::new();
+    for (i, (id, name, args)) in TOOL_CALLS.iter().enumerate() {
+        let mut open = json!({"tool_calls": [{"index": i, "id": id, "type": "function",
+            "function": {"name": name, "arguments": ""}}]});
+        if i == 0 {
+            open["role"] = json!("assistant");
+            open["content"] = Value::Null;
+        }
+        events.push(chunk(open, Value::Null));
+        for piece in argument_pieces(args) {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                Value::Null,
+            ));
+        }
+    }
+    events.push(chunk(json!({}), json!("tool_calls")));
+    if include_usage {
+        events.push(Step::Data(data(
+            json!({"id": "chatcmpl-tools", "object": "chat.completion.chunk",
+            "created": 1700000000, "model": model, "choices": [], "usage": openai_usage("")}),
+        )));
+    }
+    events.push(Step::Data("data: [DONE]\n\n".into()));
+    sse(events, Duration::ZERO)
+}
+
+/// A Messages answer calling [`TOOL_CALLS`], as docs.claude.com documents tool use: a stream
+/// opens a `tool_use` block per call and sends its input as `input_json_delta` pieces.
+fn anthropic_tool_calls(model: &str, stream: bool) -> Response<Body> {
+    let (input, cache_write, cache_read, output) = ANTHROPIC_USAGE;
+    let usage = json!({"input_tokens": input, "cache_creation_input_tokens": cache_write,
+        "cache_read_input_tokens": cache_read, "output_tokens": output});
+    if !stream {
+        let blocks: Vec<Value> = TOOL_CALLS
+            .iter()
+            .map(|(id, name, args)| json!({"type": "tool_use", "id": id, "name": name, "input": arguments_value(args)}))
+            .collect();
+        return json_response(
+            json!({"id": "msg_tools", "type": "message", "role": "assistant",
+            "model": model, "content": blocks, "stop_reason": "tool_use", "stop_sequence": null, "usage": usage}),
+        );
+    }
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
+    let mut events = vec![Step::Data(event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_tools", "type": "message",
+            "role": "assistant", "model": model, "content": [], "stop_reason": null,
+            "stop_sequence": null, "usage": start_usage}}),
+    ))];
+    for (i, (id, name, args)) in TOOL_CALLS.iter().enumerate() {
+        events.push(Step::Data(event("content_block_start", json!({"type": "content_block_start",
+            "index": i, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}))));
+        for piece in std::iter::once("").chain(argument_pieces(args)) {
+            events.push(Step::Data(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta",
+                "index": i, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            )));
+        }
+        events.push(Step::Data(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": i}),
+        )));
+    }
+    events.push(Step::Data(event("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": output}}))));
+    events.push(Step::Data(event(
+        "message_stop",
+        json!({"type": "message_stop"}),
+    )));
+    sse(events, Duration::ZERO)
+}
+
 fn anthropic_response(
     model: &str,
     stream: bool,
@@ -808,6 +956,9 @@ fn anthropic_response(
     interval: Duration,
     text: &str,
 ) -> Response<Body> {
+    if mode == "tools" {
+        return anthropic_tool_calls(model, stream);
+    }
     let (input, cache_write, cache_read, output) = ANTHROPIC_USAGE;
     if !stream {
         return json_response(

@@ -94,7 +94,20 @@ pub fn request(
         return Ok(same);
     }
     let hub = match client {
-        Dialect::Anthropic => anthropic::request_to_openai(body, model)?,
+        // The refusal names the target the client asked for, not the hub it passes through.
+        Dialect::Anthropic => {
+            anthropic::request_to_openai(body, model).map_err(|e| match target {
+                Dialect::OpenAi => e,
+                _ => Unsupported {
+                    target: target.name(),
+                    why: format!(
+                        "{} (Tally reads Anthropic requests through OpenAI's shape)",
+                        e.why
+                    ),
+                    ..e
+                },
+            })?
+        }
         _ => body.clone(),
     };
     match target {

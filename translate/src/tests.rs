@@ -187,6 +187,13 @@ fn anthropic_requests_become_openai_ones() {
             .feature,
         "top_k"
     );
+    // Past the hub, the refusal names the target the client asked for.
+    let refused = request(Dialect::Anthropic, Dialect::Gemini, &top_k, "g").expect_err("top_k");
+    assert_eq!(
+        (refused.feature.as_str(), refused.target),
+        ("top_k", "gemini")
+    );
+    assert!(refused.why.contains("through OpenAI's shape"), "{refused}");
 }
 
 #[test]

@@ -1,0 +1,359 @@
+//! #19, one API for every model: the real OpenAI and Anthropic Python SDKs, pointed at
+//! `/unified/v1` and `/unified`, call Anthropic, Gemini, Bedrock Converse and OpenAI fakes by
+//! `provider/model`. Each SDK parses what it gets with its own types (tool calls reassembled by
+//! its stream accumulators, errors raised as its own classes); the fakes see each request in
+//! their own dialect; each record keeps the provider that served, its usage and its cost.
+
+use serde_json::{json, Value};
+
+use crate::support::fake_bedrock::{with_bedrock, BEDROCK_USAGE, SECRET_KEY};
+use crate::support::fake_upstream::{ANTHROPIC_USAGE, GEMINI_USAGE, OPENAI_USAGE, WORDS};
+use crate::support::*;
+
+const CLAUDE: &str = "anthropic/claude-sonnet-4-5";
+const GEMINI: &str = "google/gemini-2.5-flash";
+const BEDROCK: &str = "bedrock/anthropic.claude-3-haiku-20240307-v1:0";
+const GPT: &str = "openai/gpt-4o";
+
+/// What each target reports, as (prompt tokens all told, completion tokens all told, cached).
+fn usage_of(target: &str) -> (u64, u64, u64) {
+    match target {
+        CLAUDE => {
+            let (input, write, read, output) = ANTHROPIC_USAGE;
+            (input + write + read, output, read)
+        }
+        GEMINI => {
+            let (prompt, candidates, cached, thoughts) = GEMINI_USAGE;
+            (prompt, candidates + thoughts, cached)
+        }
+        BEDROCK => {
+            let (input, output, read, write) = BEDROCK_USAGE;
+            (input + read + write, output, read)
+        }
+        GPT => (OPENAI_USAGE.0, OPENAI_USAGE.1, OPENAI_USAGE.2),
+        other => panic!("no usage for {other}"),
+    }
+}
+
+fn dialect(target: &str) -> &'static str {
+    match target.split('/').next() {
+        Some("anthropic") => "anthropic",
+        Some("google") => "gemini",
+        Some("bedrock") => "bedrock-converse",
+        _ => "openai",
+    }
+}
+
+/// The calls the fake made, as each SDK must see them.
+fn expected_calls(ids: bool) -> Vec<(Option<&'static str>, &'static str, Value)> {
+    crate::support::fake_upstream::TOOL_CALLS
+        .iter()
+        .map(|(id, name, args)| {
+            (
+                ids.then_some(*id),
+                *name,
+                serde_json::from_str(args).expect("json"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdks_call_every_provider_through_the_unified_api() {
+    let up = FakeUpstream::start().await;
+    let keys = tempfile::tempdir().expect("dir");
+    let tally = TestTally::start_with(&up.url(), |c| {
+        with_bedrock(c, &up.url(), keys.path(), SECRET_KEY)
+    })
+    .await;
+    let proxy = format!("http://{}", tally.proxy);
+    let openai_targets = [CLAUDE, GEMINI, BEDROCK];
+    let anthropic_targets = [GPT, GEMINI, BEDROCK];
+    let r = run_sdk_script(
+        "unified.py",
+        &[
+            &proxy,
+            &openai_targets.join(","),
+            &anthropic_targets.join(","),
+        ],
+    )
+    .await;
+    let text = WORDS.concat();
+
+    for (sdk, targets) in [("openai", openai_targets), ("anthropic", anthropic_targets)] {
+        for target in targets {
+            let calls = &r[sdk][target];
+            let at = format!("{sdk} SDK > {target}");
+            let (prompt, completion, cached) = usage_of(target);
+            let model = target.split_once('/').expect("provider/model").1;
+            for call in ["plain", "stream", "round_trip"] {
+                assert_eq!(calls[call]["text"], text.as_str(), "{at} {call}");
+            }
+            // Finish reasons and usage, in the client's own terms.
+            if sdk == "openai" {
+                for call in ["plain", "stream"] {
+                    assert_eq!(calls[call]["finish"], "stop", "{at} {call}");
+                    let u = &calls[call]["usage"];
+                    assert_eq!(u["prompt_tokens"], prompt, "{at} {call}: {u}");
+                    assert_eq!(u["completion_tokens"], completion, "{at} {call}: {u}");
+                    assert_eq!(
+                        u["prompt_tokens_details"]["cached_tokens"], cached,
+                        "{at} {call}: {u}"
+                    );
+                }
+                assert_eq!(calls["plain"]["model"], model, "{at}");
+            } else {
+                for call in ["plain", "stream"] {
+                    assert_eq!(calls[call]["stop"], "end_turn", "{at} {call}");
+                    let u = &calls[call]["usage"];
+                    assert_eq!(u["cache_read_input_tokens"], cached, "{at} {call}: {u}");
+                    let all = u["input_tokens"].as_u64().unwrap_or(0)
+                        + u["cache_read_input_tokens"].as_u64().unwrap_or(0)
+                        + u["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+                    assert_eq!(all, prompt, "{at} {call}: {u}");
+                    assert_eq!(u["output_tokens"], completion, "{at} {call}: {u}");
+                }
+            }
+            // Two parallel tool calls, whole and reassembled from streamed pieces. Gemini
+            // sends no call ids, so Tally makes them up (and maps them back on the way in).
+            let ids = dialect(target) != "gemini";
+            for call in ["tools", "tools_stream"] {
+                let got: Vec<(Option<&str>, &str, Value)> = calls[call]["calls"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{at} {call}: {}", calls[call]))
+                    .iter()
+                    .map(|c| {
+                        let args = if sdk == "openai" {
+                            &c["arguments"]
+                        } else {
+                            &c["input"]
+                        };
+                        (
+                            ids.then(|| c["id"].as_str().expect("id")),
+                            c["name"].as_str().expect("name"),
+                            args.clone(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, expected_calls(ids), "{at} {call}");
+                let finish = if sdk == "openai" { "finish" } else { "stop" };
+                let want = if sdk == "openai" {
+                    "tool_calls"
+                } else {
+                    "tool_use"
+                };
+                assert_eq!(calls[call][finish], want, "{at} {call}");
+                if !ids {
+                    let id = calls[call]["calls"][0]["id"].as_str().unwrap_or("");
+                    assert!(!id.is_empty(), "{at} {call}: a made-up id");
+                }
+            }
+            // Errors in the client's own shape, with the provider's status.
+            let e = &calls["error"];
+            assert_eq!(
+                (e["class"].as_str(), e["status"].as_u64()),
+                (Some("RateLimitError"), Some(429)),
+                "{at}: {e}"
+            );
+            let kind = if sdk == "openai" {
+                &e["body"]["type"]
+            } else {
+                &e["body"]["error"]["type"]
+            };
+            assert_eq!(kind, "rate_limit_error", "{at}: {e}");
+            let e = &calls["unknown"];
+            assert_eq!(
+                (e["class"].as_str(), e["status"].as_u64()),
+                (Some("NotFoundError"), Some(404)),
+                "{at}: {e}"
+            );
+            assert!(e.to_string().contains("tally_unknown_model"), "{at}: {e}");
+
+            // The record: the provider that served, the model called, its usage and price.
+            for call in ["plain", "stream", "tools", "tools_stream", "round_trip"] {
+                let id = calls[call]["id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{at} {call}: no Tally-Request-Id"));
+                let rec = tally.record(id).await;
+                let provider = target.split('/').next().expect("provider");
+                assert_eq!(rec["provider"], provider, "{at} {call}: {rec}");
+                assert_eq!(rec["model"], model, "{at} {call}: {rec}");
+                assert_eq!(rec["status"], 200, "{at} {call}: {rec}");
+                assert!(rec["error"].is_null(), "{at} {call}: {rec}");
+                assert_eq!(
+                    rec["properties"]["translated"],
+                    format!("{sdk}>{}", dialect(target)),
+                    "{at} {call}"
+                );
+                assert_eq!(rec["prompt_tokens"], prompt, "{at} {call}: {rec}");
+                assert_eq!(rec["completion_tokens"], completion, "{at} {call}: {rec}");
+                assert_eq!(rec["tokens_estimated"], false, "{at} {call}");
+                assert!(
+                    rec["cost_usd"].as_f64().is_some_and(|c| c > 0.0),
+                    "{at} {call}: priced at the serving model: {rec}"
+                );
+            }
+            let rec = tally
+                .record(calls["error"]["id"].as_str().expect("id"))
+                .await;
+            assert_eq!(rec["status"], 429, "{at}: {rec}");
+        }
+    }
+
+    // The Anthropic SDK's top_k has no counterpart past OpenAI's shape: a 400 naming it and
+    // the target the client asked for.
+    for target in anthropic_targets {
+        let e = &r["anthropic"][target]["unsupported"];
+        assert_eq!(e["status"], 400, "{target}: {e}");
+        assert_eq!(e["body"]["error"]["type"], "tally_unsupported_feature");
+        assert_eq!(e["body"]["error"]["feature"], "top_k");
+        assert_eq!(e["body"]["error"]["target"], dialect(target), "{e}");
+    }
+    for (feature, target) in [
+        ("response_format", "anthropic"),
+        ("image_url", "bedrock-converse"),
+    ] {
+        let e = &r["unsupported"][feature];
+        assert_eq!(
+            (e["class"].as_str(), e["status"].as_u64()),
+            (Some("BadRequestError"), Some(400)),
+            "{feature}: {e}"
+        );
+        assert_eq!(e["body"]["code"], "tally_unsupported_feature", "{e}");
+        assert_eq!(e["body"]["feature"], feature, "{e}");
+        assert_eq!(e["body"]["target"], target, "{e}");
+    }
+
+    // What each provider received was its own dialect.
+    let sent: Vec<(String, Value)> = up
+        .received()
+        .iter()
+        .map(|r| {
+            let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            (r.path_and_query.clone(), body)
+        })
+        .collect();
+    let first = |path: &str| {
+        sent.iter()
+            .find(|(p, _)| p.starts_with(path))
+            .map(|(_, b)| b.clone())
+            .unwrap_or_else(|| panic!("nothing sent to {path}"))
+    };
+    let with = |path: &str, needle: &str| {
+        sent.iter()
+            .filter(|(p, _)| p.starts_with(path))
+            .map(|(_, b)| b.clone())
+            .find(|b| b.to_string().contains(needle))
+            .unwrap_or_else(|| panic!("nothing with {needle} sent to {path}"))
+    };
+    let png = "iVBORw0KGgogZmFrZSBpbWFnZSBieXRlcw==";
+
+    let claude = first("/v1/messages");
+    assert_eq!(claude["system"][0]["text"], "Answer briefly.", "{claude}");
+    assert_eq!(claude["max_tokens"], 50);
+    assert_eq!(claude["temperature"], 0.2);
+    assert_eq!(claude["top_p"], 0.9);
+    assert_eq!(claude["stop_sequences"], json!(["END"]));
+    let parts = &claude["messages"][0]["content"];
+    assert_eq!(
+        parts[1]["source"],
+        json!({"type": "url", "url": "https://example.com/cat.png"})
+    );
+    assert_eq!(
+        parts[2]["source"],
+        json!({"type": "base64", "media_type": "image/png", "data": png})
+    );
+    assert_eq!(claude["messages"][1]["role"], "assistant");
+    let results = with("/v1/messages", "tool_result");
+    let turns = results["messages"].as_array().expect("messages");
+    assert_eq!(turns[1]["content"][1]["type"], "tool_use", "{results}");
+    assert_eq!(
+        turns[2]["content"][1]["tool_use_id"], "call_tokyo",
+        "{results}"
+    );
+    assert_eq!(
+        turns.len(),
+        3,
+        "the two tool results share one user turn: {results}"
+    );
+
+    let gemini = first("/v1beta/models/gemini-2.5-flash:generateContent");
+    assert_eq!(
+        gemini["systemInstruction"]["parts"][0]["text"],
+        "Answer briefly."
+    );
+    assert_eq!(
+        gemini["generationConfig"],
+        json!({"maxOutputTokens": 50, "stopSequences": ["END"], "temperature": 0.2, "topP": 0.9})
+    );
+    let parts = &gemini["contents"][0]["parts"];
+    assert_eq!(
+        parts[1]["fileData"]["fileUri"],
+        "https://example.com/cat.png"
+    );
+    assert_eq!(
+        parts[2]["inlineData"],
+        json!({"mimeType": "image/png", "data": png})
+    );
+    assert_eq!(gemini["contents"][1]["role"], "model");
+    assert!(sent
+        .iter()
+        .any(|(p, _)| p == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"));
+    let results = with("/v1beta/models/", "functionResponse");
+    let response = &results["contents"][2]["parts"][1]["functionResponse"];
+    assert_eq!(response["name"], "get_weather", "{results}");
+    assert_eq!(
+        response["response"]["content"], "get_weather: 18C",
+        "{results}"
+    );
+
+    let bedrock_path = "/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse";
+    let converse = first(bedrock_path);
+    assert_eq!(converse["system"][0]["text"], "Answer briefly.");
+    assert_eq!(
+        converse["inferenceConfig"],
+        json!({"maxTokens": 50, "stopSequences": ["END"], "temperature": 0.2, "topP": 0.9})
+    );
+    assert_eq!(
+        converse["messages"][0]["content"][2]["image"],
+        json!({"format": "png", "source": {"bytes": png}})
+    );
+    let results = with(bedrock_path, "toolResult");
+    let result = &results["messages"][2]["content"][0]["toolResult"];
+    assert_eq!(result["toolUseId"], "call_paris", "{results}");
+    assert_eq!(
+        result["content"][0]["text"], "get_weather: 18C",
+        "{results}"
+    );
+
+    // The Anthropic SDK's request reached OpenAI as Chat Completions, with the newer token
+    // limit OpenAI's reasoning models insist on, and its stream asking for usage.
+    let gpt = first("/v1/chat/completions");
+    assert_eq!(
+        gpt["messages"][0],
+        json!({"role": "system", "content": "Answer briefly."})
+    );
+    assert_eq!(gpt["max_completion_tokens"], 50, "{gpt}");
+    assert!(gpt.get("max_tokens").is_none(), "{gpt}");
+    assert_eq!(
+        gpt["messages"][1]["content"][1]["image_url"]["url"],
+        format!("data:image/png;base64,{png}")
+    );
+    let streamed = with("/v1/chat/completions", "\"stream\":true");
+    assert_eq!(streamed["stream_options"]["include_usage"], true);
+    let results = with("/v1/chat/completions", "tool_call_id");
+    assert_eq!(results["messages"][1]["tool_calls"][0]["id"], "call_paris");
+    assert_eq!(results["messages"][3]["tool_call_id"], "call_tokyo");
+
+    // Across dialects the client's own key never travels: the held credential signs.
+    for r in up.received() {
+        for (name, value) in &r.headers {
+            assert!(
+                !value.to_str().unwrap_or("").contains("client-side"),
+                "{}: the client's key went upstream in {name}",
+                r.path_and_query
+            );
+        }
+    }
+    tally.stop().await;
+}
