@@ -357,3 +357,72 @@ async fn the_sdks_call_every_provider_through_the_unified_api() {
     }
     tally.stop().await;
 }
+
+/// A router may mix formats: GPT first, Claude when GPT fails. Both SDKs stream from it; the
+/// failed attempt is retried on Claude before any byte reached the client, and the answer is
+/// translated to each SDK's dialect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_falls_back_from_gpt_to_claude_for_either_sdk() {
+    use tally_proxy::stages::{RouterConfig, Strategy, TargetConfig};
+    let (gpt, claude) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    gpt.script(&["error500", "error500"]);
+    let tally = TestTally::start_with(&gpt.url(), |c| {
+        c.providers.get_mut("anthropic").expect("built in").base_url = Some(claude.url());
+        let target = |provider: &str, model: &str| TargetConfig {
+            provider: provider.into(),
+            model: Some(model.into()),
+            weight: 1,
+        };
+        c.routers.insert(
+            "gpt-then-claude".into(),
+            RouterConfig {
+                strategy: Strategy::Fallback,
+                targets: vec![
+                    target("openai", "gpt-4o"),
+                    target("anthropic", "claude-sonnet-4-5"),
+                ],
+                aliases: vec!["best".into()],
+                retries: 0,
+                ..RouterConfig::default()
+            },
+        );
+    })
+    .await;
+    let proxy = format!("http://{}", tally.proxy);
+    let r = run_sdk_script("unified.py", &[&proxy, "", "", "best"]).await;
+    let (input, write, read, output) = ANTHROPIC_USAGE;
+    for sdk in ["openai", "anthropic"] {
+        let got = &r["router"][sdk];
+        assert_eq!(got["text"], WORDS.concat().as_str(), "{sdk}: {got}");
+        let rec = tally.record(got["id"].as_str().expect("id")).await;
+        assert_eq!(
+            (rec["provider"].as_str(), rec["model"].as_str()),
+            (Some("anthropic"), Some("claude-sonnet-4-5")),
+            "{sdk}: {rec}"
+        );
+        assert_eq!(rec["router"], "gpt-then-claude", "{sdk}");
+        assert_eq!(rec["attempts"], 2, "{sdk}: {rec}");
+        assert_eq!(rec["prompt_tokens"], input + write + read, "{sdk}: {rec}");
+        assert_eq!(rec["completion_tokens"], output, "{sdk}: {rec}");
+        let label = format!("{sdk}>anthropic");
+        let want = if sdk == "anthropic" {
+            None
+        } else {
+            Some(label.as_str())
+        };
+        assert_eq!(
+            rec["properties"]["translated"].as_str(),
+            want,
+            "{sdk}: {rec}"
+        );
+    }
+    assert_eq!(r["router"]["openai"]["usage"]["completion_tokens"], output);
+    assert_eq!(gpt.received().len(), 2, "one failed attempt per SDK");
+    let sent: Value = serde_json::from_slice(&claude.received()[0].body).expect("json");
+    assert_eq!(sent["stream"], true, "{sent}");
+    assert_eq!(
+        sent["messages"][0]["content"][0]["text"], "Say hello",
+        "{sent}"
+    );
+    tally.stop().await;
+}

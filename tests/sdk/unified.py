@@ -1,11 +1,12 @@
 """Drives Tally's unified API with the real OpenAI and Anthropic Python SDKs, unmodified but for
 the base URL, against providers that speak other dialects (#19).
 
-Usage: unified.py PROXY_URL OPENAI_TARGETS ANTHROPIC_TARGETS -> prints one JSON object:
+Usage: unified.py PROXY_URL OPENAI_TARGETS ANTHROPIC_TARGETS [ALIAS] -> prints one JSON object:
 {"openai": {target: {call: result}}, "anthropic": {target: {call: result}}}, where the targets
 are comma-separated `provider/model` names and each result holds what the SDK itself parsed
 (text, tool calls with their arguments, finish reasons, usage, errors) and the Tally-Request-Id
-of the call. The fake upstream answers tool calls when asked with `x-fake-mode: tools`.
+of the call. The fake upstream answers tool calls when asked with `x-fake-mode: tools`. With
+ALIAS (a router), each SDK also streams one answer from it: {"router": {sdk: result}}.
 """
 import base64
 import json
@@ -174,6 +175,22 @@ ant = anthropic.Anthropic(base_url=f"{proxy}/unified", api_key="sk-ant-client-si
                               event_hooks={"response": [hook]}))
 out = {"openai": {m: openai_calls(oai, m) for m in openai_targets.split(",") if m},
        "anthropic": {m: anthropic_calls(ant, m) for m in anthropic_targets.split(",") if m}}
+
+if len(sys.argv) > 4:
+    alias = sys.argv[4]
+    ask = [{"role": "user", "content": "Say hello"}]
+    stream = oai.chat.completions.create(model=alias, messages=ask, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    out["router"] = {"openai": {
+        "id": rid(), "text": "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+        "usage": next((c.usage.model_dump() for c in chunks if c.usage), None)}}
+    with ant.messages.stream(model=alias, max_tokens=50, messages=ask) as s:
+        final = s.get_final_message()
+    out["router"]["anthropic"] = {"id": rid(), "text": "".join(b.text for b in final.content),
+                                  "usage": final.usage.model_dump()}
+    print(json.dumps(out))
+    sys.exit(0)
 
 # Where a target cannot honour a member, the SDK gets a 400 naming it.
 out["unsupported"] = {
