@@ -352,3 +352,137 @@ fn errors_take_the_clients_shape() {
     assert_eq!(error_message(br#"{"message":"bad sig"}"#), "bad sig");
     assert_eq!(error_message(b"plain text"), "plain text");
 }
+
+#[test]
+fn finish_reasons_map_from_every_upstream_to_both_clients() {
+    // (upstream, its answer with the reason, OpenAI finish_reason, Anthropic stop_reason)
+    let text = |reason: &str| {
+        json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "c",
+            "content": [{"type": "text", "text": "x"}], "stop_reason": reason,
+            "usage": {"input_tokens": 1, "output_tokens": 1}})
+    };
+    let gemini = |reason: &str| json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "x"}]}, "finishReason": reason}]});
+    let converse = |reason: &str| {
+        json!({"output": {"message": {"role": "assistant", "content": [{"text": "x"}]}},
+            "stopReason": reason, "usage": {"inputTokens": 1, "outputTokens": 1, "totalTokens": 2}})
+    };
+    let openai = |reason: &str| {
+        json!({"id": "c", "object": "chat.completion", "model": "g", "choices": [{"index": 0,
+            "message": {"role": "assistant", "content": "x"}, "finish_reason": reason}]})
+    };
+    let cases = [
+        (Dialect::Anthropic, text("end_turn"), "stop", "end_turn"),
+        (
+            Dialect::Anthropic,
+            text("stop_sequence"),
+            "stop",
+            "end_turn",
+        ),
+        (
+            Dialect::Anthropic,
+            text("max_tokens"),
+            "length",
+            "max_tokens",
+        ),
+        (
+            Dialect::Anthropic,
+            text("refusal"),
+            "content_filter",
+            "refusal",
+        ),
+        (Dialect::Gemini, gemini("STOP"), "stop", "end_turn"),
+        (
+            Dialect::Gemini,
+            gemini("MAX_TOKENS"),
+            "length",
+            "max_tokens",
+        ),
+        (
+            Dialect::Gemini,
+            gemini("SAFETY"),
+            "content_filter",
+            "refusal",
+        ),
+        (Dialect::Converse, converse("end_turn"), "stop", "end_turn"),
+        (
+            Dialect::Converse,
+            converse("max_tokens"),
+            "length",
+            "max_tokens",
+        ),
+        (
+            Dialect::Converse,
+            converse("guardrail_intervened"),
+            "content_filter",
+            "refusal",
+        ),
+        (Dialect::OpenAi, openai("length"), "length", "max_tokens"),
+        (
+            Dialect::OpenAi,
+            openai("content_filter"),
+            "content_filter",
+            "refusal",
+        ),
+    ];
+    for (upstream, answer, finish, stop) in cases {
+        let body = answer.to_string();
+        if upstream != Dialect::OpenAi {
+            let o = response(upstream, Dialect::OpenAi, body.as_bytes(), "m");
+            assert_eq!(
+                o["choices"][0]["finish_reason"], finish,
+                "{upstream:?} {answer}"
+            );
+        }
+        if upstream != Dialect::Anthropic {
+            let a = response(upstream, Dialect::Anthropic, body.as_bytes(), "m");
+            assert_eq!(a["stop_reason"], stop, "{upstream:?} {answer}");
+        }
+    }
+}
+
+#[test]
+fn structured_output_and_reasoning_reach_the_targets_that_have_them() {
+    let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+    let mut b = hub();
+    b["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "n", "schema": schema}});
+    let g = request(Dialect::OpenAi, Dialect::Gemini, &b, "gemini-x").expect("Gemini has it");
+    assert_eq!(
+        g["generationConfig"]["responseMimeType"],
+        "application/json"
+    );
+    assert_eq!(g["generationConfig"]["responseJsonSchema"], schema);
+    for target in [Dialect::Anthropic, Dialect::Converse] {
+        let e = request(Dialect::OpenAi, target, &b, "m").expect_err("no JSON mode");
+        assert_eq!(e.feature, "response_format", "{target:?}");
+    }
+    let mut r = hub();
+    r["reasoning_effort"] = json!("medium");
+    let c = request(
+        Dialect::OpenAi,
+        Dialect::Converse,
+        &r,
+        "anthropic.claude-sonnet-4-5-v1:0",
+    )
+    .expect("Claude on Bedrock thinks");
+    let budget = &c["additionalModelRequestFields"]["thinking"]["budget_tokens"];
+    assert!(budget.as_u64().is_some_and(|b| b >= 1024), "{c}");
+    let e = request(
+        Dialect::OpenAi,
+        Dialect::Converse,
+        &r,
+        "amazon.nova-pro-v1:0",
+    )
+    .expect_err("no thinking field for Nova");
+    assert_eq!(e.feature, "reasoning_effort");
+    // An Anthropic client's thinking budget becomes OpenAI's effort, and Gemini's budget.
+    let thinking = json!({"model": "x", "max_tokens": 50, "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let g = request(Dialect::Anthropic, Dialect::Gemini, &thinking, "gemini-x").expect("ok");
+    assert!(
+        g["generationConfig"]["thinkingConfig"]["thinkingBudget"]
+            .as_u64()
+            .is_some(),
+        "{g}"
+    );
+}
