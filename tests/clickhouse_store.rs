@@ -41,8 +41,13 @@ fn comparable(mut rec: Value) -> Value {
 async fn a_request_lands_in_clickhouse_with_every_field_as_in_sqlite() {
     let up = FakeUpstream::start().await;
     let ch = ClickHouse::started().await;
-    let on_ch = TestTally::start_with(&up.url(), |c| ch.configure(c)).await;
-    let on_sqlite = TestTally::start(&up.url()).await;
+    let on_ch = TestTally::start_with(&up.url(), |c| {
+        ch.configure(c);
+        c.proxy.keep_translated_bodies = true;
+    })
+    .await;
+    let on_sqlite =
+        TestTally::start_with(&up.url(), |c| c.proxy.keep_translated_bodies = true).await;
     let headers = [
         ("authorization", "Bearer sk-proj-secretsecretsecret-abcd"),
         ("Tally-User-Id", "alice"),
@@ -91,6 +96,23 @@ async fn a_request_lands_in_clickhouse_with_every_field_as_in_sqlite() {
     let rest: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(rest["requests"].as_array().expect("rows").len(), 1);
     assert!(rest["next_cursor"].is_null());
+    // A translated request, with the provider's side of its bodies kept.
+    let ask = json!({"model": "anthropic/claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]});
+    let path = "/unified/v1/chat/completions";
+    let (_, h1, _) = post_json(&on_ch.url(path), &headers, &ask).await;
+    let (_, h2, _) = post_json(&on_sqlite.url(path), &headers, &ask).await;
+    let mut from_ch = comparable(on_ch.record(&request_id(&h1)).await);
+    let mut from_sqlite = comparable(on_sqlite.record(&request_id(&h2)).await);
+    let upstream = from_ch["upstream_response_body"].as_str().unwrap_or("");
+    assert!(upstream.contains(r#""type":"message""#), "{from_ch}");
+    assert!(from_ch["upstream_request_body"]
+        .as_str()
+        .is_some_and(|b| b.contains(r#""max_tokens""#)));
+    // The client's answer carries the time it was written (`created`), so it differs.
+    for r in [&mut from_ch, &mut from_sqlite] {
+        r.as_object_mut().expect("object").remove("response_body");
+    }
+    assert_eq!(from_ch, from_sqlite, "{path}");
     on_ch.stop().await;
     on_sqlite.stop().await;
 }
@@ -473,8 +495,8 @@ async fn retention_changes_apply_to_existing_tables() {
     assert_eq!(
         ddl.matches("TTL toDateTime(ts) + toIntervalDay(14)")
             .count(),
-        2,
-        "{ddl}"
+        4,
+        "the four body columns (the client's and, when translated, the provider's): {ddl}"
     );
 
     settings.retention_days = 0;

@@ -63,7 +63,8 @@ async fn the_sdks_call_every_provider_through_the_unified_api() {
     let up = FakeUpstream::start().await;
     let keys = tempfile::tempdir().expect("dir");
     let tally = TestTally::start_with(&up.url(), |c| {
-        with_bedrock(c, &up.url(), keys.path(), SECRET_KEY)
+        with_bedrock(c, &up.url(), keys.path(), SECRET_KEY);
+        c.proxy.keep_translated_bodies = true;
     })
     .await;
     let proxy = format!("http://{}", tally.proxy);
@@ -199,6 +200,47 @@ async fn the_sdks_call_every_provider_through_the_unified_api() {
             assert_eq!(rec["status"], 429, "{at}: {rec}");
         }
     }
+
+    // Stored bodies are what the client sent and got; with keep_translated_bodies, the
+    // provider's side of each is kept too.
+    for (call, stream) in [("plain", false), ("stream", true)] {
+        let id = r["openai"][CLAUDE][call]["id"].as_str().expect("id");
+        let rec = tally.record(id).await;
+        let body = |k: &str| {
+            rec[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{call}: no {k}: {rec}"))
+        };
+        assert!(
+            body("request_body").contains(r#""role":"system""#),
+            "{call}"
+        );
+        assert!(
+            body("upstream_request_body").contains(r#""system":[{"#),
+            "{call}"
+        );
+        if stream {
+            assert!(
+                body("response_body").contains("chat.completion.chunk"),
+                "{call}"
+            );
+            assert!(body("upstream_response_body").contains("event: message_start"));
+        } else {
+            let client: Value = serde_json::from_str(body("response_body")).expect("json");
+            assert_eq!(client["object"], "chat.completion", "{call}");
+            let claude: Value = serde_json::from_str(body("upstream_response_body")).expect("json");
+            assert_eq!(claude["type"], "message", "{call}");
+        }
+    }
+
+    // The request page shows the provider's side too, escaped like every stored body.
+    let id = r["openai"][CLAUDE]["plain"]["id"].as_str().expect("id");
+    let (status, _, page) = get(&tally.dashboard_url(&format!("/requests/{id}"))).await;
+    assert_eq!(status, 200);
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains(r#"id="upstream-request-body""#), "{page}");
+    assert!(page.contains("&#34;stop_sequences&#34;"), "{page}");
+    assert!(!page.contains(r#""stop_sequences""#), "{page}");
 
     // The Anthropic SDK's top_k has no counterpart past OpenAI's shape: a 400 naming it and
     // the target the client asked for.
@@ -417,6 +459,13 @@ async fn a_router_falls_back_from_gpt_to_claude_for_either_sdk() {
         );
     }
     assert_eq!(r["router"]["openai"]["usage"]["completion_tokens"], output);
+    // Translated bodies are not kept unless configured.
+    let rec = tally
+        .record(r["router"]["openai"]["id"].as_str().expect("id"))
+        .await;
+    assert!(rec["response_body"].as_str().is_some(), "{rec}");
+    assert!(rec["upstream_request_body"].is_null(), "{rec}");
+    assert!(rec["upstream_response_body"].is_null(), "{rec}");
     assert_eq!(gpt.received().len(), 2, "one failed attempt per SDK");
     let sent: Value = serde_json::from_slice(&claude.received()[0].body).expect("json");
     assert_eq!(sent["stream"], true, "{sent}");

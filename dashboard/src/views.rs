@@ -61,6 +61,14 @@ pub fn record_json(r: &Record, with_bodies: bool) -> Value {
         if let Some(o) = v.as_object_mut() {
             o.insert("request_body".into(), r.request_body.clone().into());
             o.insert("response_body".into(), r.response_body.clone().into());
+            o.insert(
+                "upstream_request_body".into(),
+                r.upstream_request_body.clone().into(),
+            );
+            o.insert(
+                "upstream_response_body".into(),
+                r.upstream_response_body.clone().into(),
+            );
         }
     }
     v

@@ -170,6 +170,13 @@ pub struct Record {
     /// That key's name.
     #[serde(default)]
     pub key_name: Option<String>,
+    /// The request body as the provider received it, when Tally translated it (the unified
+    /// API, a router mixing formats) and `proxy.keep_translated_bodies` is on.
+    #[serde(default)]
+    pub upstream_request_body: Option<String>,
+    /// The provider's answer before Tally translated it back, under the same condition.
+    #[serde(default)]
+    pub upstream_response_body: Option<String>,
 }
 
 fn one() -> u32 {
@@ -229,6 +236,8 @@ impl Record {
             refusal: None,
             key_id: None,
             key_name: None,
+            upstream_request_body: None,
+            upstream_response_body: None,
         }
     }
 
@@ -262,5 +271,7 @@ impl Record {
             + s(&self.key_name)
             + s(&self.request_body)
             + s(&self.response_body)
+            + s(&self.upstream_request_body)
+            + s(&self.upstream_response_body)
     }
 }

@@ -28,6 +28,8 @@ pub(crate) fn record(n: i64) -> Record {
         api_key_hint: Some("sk-…abcd".into()),
         request_body: Some("{}".into()),
         response_body: Some("{}".into()),
+        upstream_request_body: Some(r#"{"contents":[]}"#.into()),
+        upstream_response_body: Some(r#"{"candidates":[]}"#.into()),
         ..Record::new(Uuid::now_v7(), 1_700_000_000_000 + n)
     }
 }

@@ -61,6 +61,10 @@ pub(crate) struct ExchangeState {
     translator: Option<crate::translation::ResponseTranslator>,
     /// What a whole translated answer said, read from the upstream's own body.
     translated_observed: Option<formats::Observed>,
+    /// A translated request as the provider got it, and a bounded copy of its answer before
+    /// translation; only with `proxy.keep_translated_bodies`.
+    pub(crate) upstream_request: Option<Bytes>,
+    pub(crate) upstream_capture: Option<Capture>,
 }
 
 /// A response head as a stage sees it.
@@ -116,6 +120,8 @@ impl Exchange {
                 translation: None,
                 translator: None,
                 translated_observed: None,
+                upstream_request: None,
+                upstream_capture: None,
             })),
         }
     }
@@ -227,6 +233,9 @@ impl BodyObserver for Exchange {
             // The upstream's bytes tell the usage; the client's are what is kept and shown.
             if let Some(o) = s.observer.as_mut() {
                 o.feed(&chunk);
+            }
+            if let Some(c) = s.upstream_capture.as_mut() {
+                c.push(&chunk);
             }
             let out = t.chunk(&chunk);
             s.client_bytes(&out);
@@ -440,8 +449,22 @@ impl ExchangeState {
             .then(|| String::from_utf8_lossy(&self.request_head).into_owned());
         r.response_body = (!self.omit_response_body && !body.is_empty())
             .then(|| String::from_utf8_lossy(&body).into_owned());
+        if let Some(sent) = self.upstream_request.take() {
+            r.upstream_request_body =
+                (!self.omit_request_body).then(|| String::from_utf8_lossy(&sent).into_owned());
+        }
+        if let Some(answer) = self.upstream_capture.take() {
+            r.upstream_response_body = (!self.omit_response_body)
+                .then(|| String::from_utf8_lossy(&answer.into_bytes()).into_owned());
+        }
         // An upstream may echo the key it was sent; the record must not keep it.
-        for field in [&mut r.error, &mut r.response_body, &mut r.request_body] {
+        for field in [
+            &mut r.error,
+            &mut r.response_body,
+            &mut r.request_body,
+            &mut r.upstream_request_body,
+            &mut r.upstream_response_body,
+        ] {
             self.presented.mask(field);
         }
 

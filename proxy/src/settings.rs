@@ -63,6 +63,10 @@ pub struct ProxyConfig {
     /// accepts and its own upstream connection pool, so a request never crosses threads.
     /// One per core when unset (or 0).
     pub threads: usize,
+    /// Also store a translated request's bodies as the provider saw them
+    /// (`upstream_request_body`, `upstream_response_body`), next to what the client sent and
+    /// got. Off when unset: it doubles what a translated request stores.
+    pub keep_translated_bodies: bool,
 }
 
 impl Default for ProxyConfig {
@@ -80,6 +84,7 @@ impl Default for ProxyConfig {
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             preload_tokenizers: false,
             threads: 0,
+            keep_translated_bodies: false,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct Settings {
     pub preload_tokenizers: bool,
     /// Event-loop threads, at least 1.
     pub threads: usize,
+    /// Store translated requests' upstream bodies too.
+    pub keep_translated_bodies: bool,
 }
 
 impl ProxyConfig {
@@ -158,6 +165,7 @@ impl ProxyConfig {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 n => n,
             },
+            keep_translated_bodies: self.keep_translated_bodies,
         })
     }
 }

@@ -49,6 +49,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0006_keys",
         sql: include_str!("../sqlite/0006_keys.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_translated_bodies",
+        sql: include_str!("../sqlite/0007_translated_bodies.sql"),
+    },
 ];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
@@ -90,6 +95,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 7,
         name: "0007_keys",
         sql: include_str!("../clickhouse/0007_keys.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "0008_translated_bodies",
+        sql: include_str!("../clickhouse/0008_translated_bodies.sql"),
     },
 ];
 

@@ -18,6 +18,8 @@ struct RequestPage {
     response_body: String,
     response_truncated: bool,
     reassembled: Option<String>,
+    /// A translated request's bodies in the provider's dialect, when they were kept.
+    upstream: Option<(String, String)>,
 }
 
 /// JSON bodies pretty-printed with their keys in the original order (transcoded, not parsed
@@ -153,6 +155,14 @@ pub async fn request(State(state): State<AppState>, Path(id): Path<String>) -> P
         },
         response_truncated: r.response_body_truncated,
         reassembled,
+        upstream: (r.upstream_request_body.is_some() || r.upstream_response_body.is_some()).then(
+            || {
+                (
+                    pretty(r.upstream_request_body.as_deref()),
+                    pretty(r.upstream_response_body.as_deref()),
+                )
+            },
+        ),
     }))
 }
 

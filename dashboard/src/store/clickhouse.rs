@@ -13,10 +13,16 @@ use super::{Page, RequestFilter, StoreError};
 
 /// The columns of [`RequestRow`], with the bodies read or replaced by NULL.
 fn columns(with_bodies: bool) -> String {
-    let bodies = if with_bodies {
-        "request_body, response_body"
+    let (bodies, upstream) = if with_bodies {
+        (
+            "request_body, response_body",
+            "upstream_request_body, upstream_response_body",
+        )
     } else {
-        "CAST(NULL, 'Nullable(String)') AS request_body, CAST(NULL, 'Nullable(String)') AS response_body"
+        (
+            "CAST(NULL, 'Nullable(String)') AS request_body, CAST(NULL, 'Nullable(String)') AS response_body",
+            "CAST(NULL, 'Nullable(String)') AS upstream_request_body, CAST(NULL, 'Nullable(String)') AS upstream_response_body",
+        )
     };
     format!(
         "request_id, ts, provider, endpoint, method, model, response_model, status, stream,
@@ -25,7 +31,7 @@ fn columns(with_bodies: bool) -> String {
          session_id, session_path, session_name, properties, cache_status, error, request_bytes,
          response_bytes, api_key_hint, provider_request_id, {bodies}, request_body_truncated,
          response_body_truncated, router, attempts, parent_request_id, cost_saved_usd, refusal,
-         key_id, key_name"
+         key_id, key_name, {upstream}"
     )
 }
 

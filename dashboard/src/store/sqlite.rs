@@ -63,7 +63,7 @@ impl SqliteReader {
             Value::Integer(limit as i64 + 1),
         );
         let sql = format!(
-            "SELECT {LIST_COLUMNS}, NULL, NULL FROM requests WHERE {}",
+            "SELECT {LIST_COLUMNS}, NULL, NULL, NULL, NULL FROM requests WHERE {}",
             w.sql
         );
         let params = w.params;
@@ -266,7 +266,7 @@ impl SqliteReader {
     pub fn get(&self, request_id: &str) -> Result<Option<Record>, StoreError> {
         let conn = self.conn()?;
         let sql = format!(
-            "SELECT {LIST_COLUMNS}, request_body, response_body FROM requests WHERE request_id = ?1"
+            "SELECT {LIST_COLUMNS}, request_body, response_body, upstream_request_body, upstream_response_body FROM requests WHERE request_id = ?1"
         );
         match conn.query_row(&sql, [request_id], row_to_record) {
             Ok(r) => Ok(Some(r)),
@@ -469,5 +469,7 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
         key_name: row.get(37)?,
         request_body: row.get(38)?,
         response_body: row.get(39)?,
+        upstream_request_body: row.get(40)?,
+        upstream_response_body: row.get(41)?,
     })
 }

@@ -190,7 +190,16 @@ async fn apply_retention(
         .clone()
         .with_setting("materialize_ttl_after_modify", "0");
     for (table, time_column, bodies) in [
-        ("requests", "ts", &["request_body", "response_body"][..]),
+        (
+            "requests",
+            "ts",
+            &[
+                "request_body",
+                "response_body",
+                "upstream_request_body",
+                "upstream_response_body",
+            ][..],
+        ),
         ("requests_hourly", "hour", &[][..]),
     ] {
         let name = format!("{db}.{table}{local}");

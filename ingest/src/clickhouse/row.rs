@@ -52,6 +52,8 @@ pub struct RequestRow {
     refusal: Option<String>,
     key_id: Option<String>,
     key_name: Option<String>,
+    upstream_request_body: Option<String>,
+    upstream_response_body: Option<String>,
 }
 
 impl From<&Record> for RequestRow {
@@ -103,6 +105,8 @@ impl From<&Record> for RequestRow {
             refusal: r.refusal.clone(),
             key_id: r.key_id.clone(),
             key_name: r.key_name.clone(),
+            upstream_request_body: r.upstream_request_body.clone(),
+            upstream_response_body: r.upstream_response_body.clone(),
         }
     }
 }
@@ -153,6 +157,8 @@ impl From<RequestRow> for Record {
             refusal: r.refusal,
             key_id: r.key_id,
             key_name: r.key_name,
+            upstream_request_body: r.upstream_request_body,
+            upstream_response_body: r.upstream_response_body,
         }
     }
 }

@@ -14,10 +14,10 @@ const INSERT: &str = "INSERT OR IGNORE INTO requests (
     session_name, properties, cache_status, error, request_bytes, response_bytes, api_key_hint,
     provider_request_id, request_body, response_body, request_body_truncated,
     response_body_truncated, router, attempts, parent_request_id, cost_saved_usd, refusal,
-    key_id, key_name
+    key_id, key_name, upstream_request_body, upstream_response_body
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
     ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39,
-    ?40, ?41)";
+    ?40, ?41, ?42, ?43)";
 
 /// Writes batches into the `requests` table, one transaction per batch.
 ///
@@ -140,6 +140,8 @@ impl BatchWriter for SqliteWriter {
                     r.refusal,
                     r.key_id,
                     r.key_name,
+                    r.upstream_request_body,
+                    r.upstream_response_body,
                 ])?;
             }
         }

@@ -137,7 +137,7 @@ pub(crate) async fn send(
                 body: full(t.body.clone()),
             };
             let sent = send_upstream(&ctx.shared, &ctx.client, &provider, out).await;
-            delivered(ctx, t.plan);
+            delivered(ctx, t.plan, &t.body);
             sent
         }
         Destination::Provider(provider) => {
@@ -226,14 +226,20 @@ pub(crate) fn translated(
     Ok(t)
 }
 
-/// The attempt that answers was translated: the response side rewrites it, and the record
-/// says so.
-pub(crate) fn delivered(ctx: &mut Ctx, plan: crate::translation::ResponsePlan) {
+/// The attempt that answers was translated (`sent` is its body): the response side rewrites
+/// it, and the record says so.
+pub(crate) fn delivered(ctx: &mut Ctx, plan: crate::translation::ResponsePlan, sent: &Bytes) {
+    let limit = ctx.shared.settings.max_body_bytes;
+    let keep = ctx.shared.settings.keep_translated_bodies;
     let s = ctx.exchange.state();
     if plan.rewrites() {
         s.record
             .properties
             .insert("translated".to_owned(), plan.label());
+        if keep {
+            s.upstream_request = Some(sent.slice(..sent.len().min(limit)));
+            s.upstream_capture = Some(crate::capture::Capture::new(limit));
+        }
     }
     s.translation = Some(plan);
 }

@@ -625,7 +625,7 @@ pub(crate) async fn send(
                     s.record.model = Some(m.clone());
                 }
                 if let Some(plan) = plan {
-                    crate::phases::send::delivered(ctx, plan);
+                    crate::phases::send::delivered(ctx, plan, &body);
                 }
                 return sent;
             }
