@@ -47,6 +47,23 @@ mod clickhouse_fixture;
 const JSON: &str = r#"{"id":"chatcmpl-load","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the load upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":7,"total_tokens":28}}"#;
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}"#;
 const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello"}]}"#;
+/// The `tally-unified` target: the same request on the unified API, served by Claude, so
+/// Tally translates the request and rewrites the answer (#19).
+const UNIFIED_BODY: &str =
+    r#"{"model":"anthropic/claude-haiku-4-5","messages":[{"role":"user","content":"Say hello"}]}"#;
+const UNIFIED_STREAM_BODY: &str = r#"{"model":"anthropic/claude-haiku-4-5","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello"}]}"#;
+/// Claude's answer to it, as the Messages API writes one.
+const ANTHROPIC_JSON: &str = r#"{"id":"msg_load","type":"message","role":"assistant","model":"claude-haiku-4-5-20251001","content":[{"type":"text","text":"Hello from the load upstream."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":21,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":7}}"#;
+
+/// The path and body a target is sent.
+fn request_of(target: &str, stream: bool) -> (&'static str, &'static str) {
+    match (target, stream) {
+        ("tally-unified", false) => ("/unified/v1/chat/completions", UNIFIED_BODY),
+        ("tally-unified", true) => ("/unified/v1/chat/completions", UNIFIED_STREAM_BODY),
+        (_, false) => ("/v1/chat/completions", BODY),
+        (_, true) => ("/v1/chat/completions", STREAM_BODY),
+    }
+}
 
 /// The clock every timestamp in this process is relative to.
 fn epoch() -> Instant {
@@ -139,7 +156,8 @@ fn proxy_command(bin: &str) -> Command {
 }
 
 /// The fake provider: a fixed JSON answer after `latency`, or, for `"stream":true`, `events`
-/// SSE events `interval` apart, each carrying its send time (`"t":<ns>`).
+/// SSE events `interval` apart, each carrying its send time (`"t":<ns>`). On `/v1/messages`
+/// it answers as Claude does (Tally drops the send times when it translates the events).
 fn start_upstream(latency: Duration, events: usize, interval: Duration) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -159,6 +177,7 @@ fn start_upstream(latency: Duration, events: usize, interval: Duration) -> Socke
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                        let claude = req.uri().path().ends_with("/v1/messages");
                         let body = req.into_body().collect().await.map(|b| b.to_bytes());
                         let stream = body
                             .as_ref()
@@ -167,8 +186,9 @@ fn start_upstream(latency: Duration, events: usize, interval: Duration) -> Socke
                             tokio::time::sleep(latency).await;
                         }
                         if !stream {
+                            let answer = if claude { ANTHROPIC_JSON } else { JSON };
                             let mut r = Response::new(
-                                Full::new(Bytes::from_static(JSON.as_bytes()))
+                                Full::new(Bytes::from_static(answer.as_bytes()))
                                     .map_err(|n| match n {})
                                     .boxed_unsync(),
                             );
@@ -179,17 +199,32 @@ fn start_upstream(latency: Duration, events: usize, interval: Duration) -> Socke
                         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
                         tokio::spawn(async move {
                             let mut tick = tokio::time::interval(interval);
+                            if claude {
+                                let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_load\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-haiku-4-5-20251001\",\"content\":[],\"stop_reason\":null,\"usage\":{\"input_tokens\":21,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+                                let _ = tx.send(Ok(Frame::data(Bytes::from_static(start.as_bytes())))).await;
+                            }
                             for i in 0..events {
                                 tick.tick().await;
-                                let ev = format!(
-                                    "data: {{\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"delta\":{{\"content\":\" t{i}\"}}}}],\"t\":{}}}\n\n",
-                                    now_ns()
-                                );
+                                let ev = if claude {
+                                    format!(
+                                        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\" t{i}\"}},\"t\":{}}}\n\n",
+                                        now_ns()
+                                    )
+                                } else {
+                                    format!(
+                                        "data: {{\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[{{\"delta\":{{\"content\":\" t{i}\"}}}}],\"t\":{}}}\n\n",
+                                        now_ns()
+                                    )
+                                };
                                 if tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_err() {
                                     return;
                                 }
                             }
-                            let tail = "data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":50,\"total_tokens\":71}}\n\ndata: [DONE]\n\n";
+                            let tail = if claude {
+                                "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":50}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+                            } else {
+                                "data: {\"id\":\"c\",\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":21,\"completion_tokens\":50,\"total_tokens\":71}}\n\ndata: [DONE]\n\n"
+                            };
                             let _ = tx.send(Ok(Frame::data(Bytes::from_static(tail.as_bytes())))).await;
                         });
                         let body = StreamBody::new(tokio_stream(rx)).boxed_unsync();
@@ -312,7 +347,8 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool) -> Proc {
     };
     let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[dashboard]\nlisten = \"127.0.0.1:{dash}\"\n\
-         {}[providers.openai]\nbase_url = \"http://{upstream}\"\n",
+         {}[providers.openai]\nbase_url = \"http://{upstream}\"\n\
+         [providers.anthropic]\nbase_url = \"http://{upstream}\"\n",
         store.config(dir.path()),
     );
     let cfg = dir.path().join("tally.toml");
@@ -553,9 +589,9 @@ fn stamps(data: &[u8]) -> impl Iterator<Item = u64> + '_ {
 
 fn run(
     addr: u16,
+    (path, body): (&str, &'static str),
     rate: u64,
     seconds: u64,
-    stream: bool,
     pid: Option<u32>,
     capture: Option<Capture>,
 ) -> Outcome {
@@ -569,10 +605,10 @@ fn run(
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
         .build(connector);
-    let url: http::Uri = format!("http://127.0.0.1:{addr}/v1/chat/completions")
+    let url: http::Uri = format!("http://127.0.0.1:{addr}{path}")
         .parse()
         .expect("uri");
-    let body = Bytes::from_static(if stream { STREAM_BODY } else { BODY }.as_bytes());
+    let body = Bytes::from_static(body.as_bytes());
     let hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     let latency = Arc::new(Mutex::new(hist()));
     let events = Arc::new(Mutex::new(hist()));
@@ -766,7 +802,7 @@ fn main() {
                             continue;
                         }
                     },
-                    "tally" => Some(start_tally(upstream, false)),
+                    "tally" | "tally-unified" => Some(start_tally(upstream, false)),
                     "tally-clickhouse" => Some(start_tally(upstream, true)),
                     "litellm" => match start_litellm(upstream) {
                         Some(p) => Some(p),
@@ -784,9 +820,9 @@ fn main() {
                     .then(|| Capture::start(upstream.port(), port));
                 let out = run(
                     port,
+                    request_of(target, o.stream),
                     rate,
                     o.seconds,
-                    o.stream,
                     proc.as_ref().map(|p| p.child.id()),
                     capture,
                 );

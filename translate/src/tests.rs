@@ -187,6 +187,15 @@ fn anthropic_requests_become_openai_ones() {
             .feature,
         "top_k"
     );
+    let mut structured = body.clone();
+    structured["output_config"] =
+        json!({"format": {"type": "json_schema", "schema": {"type": "object"}}});
+    assert_eq!(
+        request(Dialect::Anthropic, Dialect::OpenAi, &structured, "m")
+            .expect_err("not translated yet")
+            .feature,
+        "output_config"
+    );
     // Past the hub, the refusal names the target the client asked for.
     let refused = request(Dialect::Anthropic, Dialect::Gemini, &top_k, "g").expect_err("top_k");
     assert_eq!(
