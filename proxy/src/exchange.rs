@@ -365,8 +365,11 @@ impl ExchangeState {
             .as_ref()
             .map_or(format, |p| Some(p.upstream_format));
         let parsed = guarded(&shared.metrics, "reading usage", || {
+            if let Some(t) = translated {
+                // A whole translated answer was read in its own format when it was rewritten.
+                return t;
+            }
             match (read_as, observer) {
-                _ if translated.is_some() => translated.unwrap_or_default(),
                 (_, Some(o)) => o.finish(),
                 (Some(f), None) if responded && encoding != Encoding::Other => {
                     // A stream that came back as JSON (Gemini without `alt=sse` sends one
