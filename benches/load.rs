@@ -10,6 +10,8 @@
 //! cargo bench --bench load -- --targets direct,tally,tally-clickhouse
 //! cargo bench --bench load -- --stream --capture   # per-event delay of a 50-event stream
 //! cargo bench --bench load -- --pin ...            # the proxy on its own core
+//! cargo bench --bench load -- --connections 64     # oha, 64 client connections (cargo install oha)
+//! cargo bench --bench load -- --targets direct,nginx,tally,tally-unified   # + the unified API
 //! ```
 //!
 //! `--capture` records loopback with tcpdump while streams run and pairs each event's packet
@@ -87,6 +89,9 @@ struct Opts {
     targets: Vec<String>,
     pin: bool,
     capture: bool,
+    /// With `--connections N`, oha drives the load instead: N client connections, each its
+    /// own virtual client, as a gateway sees them (the built-in generator pools a few).
+    connections: usize,
 }
 
 fn opts() -> Opts {
@@ -112,6 +117,7 @@ fn opts() -> Opts {
             .unwrap_or_else(|| vec!["direct".into(), "nginx".into(), "tally".into()]),
         pin: args.iter().any(|a| a == "--pin"),
         capture: args.iter().any(|a| a == "--capture"),
+        connections: num("--connections", 0) as usize,
     }
 }
 
@@ -491,8 +497,10 @@ struct Outcome {
     /// Per event, from a packet capture: time from the upstream's packet carrying it to the
     /// proxy's packet carrying it to the client, in µs.
     forwarding: Option<Histogram<u64>>,
+    /// Answered requests, warm-up included (so they match the records stored).
     ok: u64,
     errors: u64,
+    /// The seconds `ok` was counted over.
     seconds: f64,
     cpu_pct: Option<f64>,
     rss_max_kib: Option<u64>,
@@ -620,28 +628,7 @@ fn run(
     let measure_from = start + interval * warmup as u32;
     let measure_from_ns = measure_from.duration_since(epoch()).as_nanos() as u64;
     let sampler_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = pid.map(|pid| {
-        let stop = sampler_stop.clone();
-        std::thread::spawn(move || {
-            while Instant::now() < measure_from {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let (_, t0) = tree_stats(pid).unwrap_or_default();
-            let w0 = Instant::now();
-            let mut rss_max = 0;
-            let mut last = (t0, w0);
-            while !stop.load(Ordering::Relaxed) {
-                if let Some((rss, t)) = tree_stats(pid) {
-                    rss_max = rss_max.max(rss);
-                    last = (t, Instant::now());
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let ticks_per_s = 100.0; // USER_HZ on Linux
-            let cpu = (last.0 - t0) as f64 / ticks_per_s / last.1.duration_since(w0).as_secs_f64();
-            (cpu * 100.0, rss_max)
-        })
-    });
+    let sampler = pid.map(|pid| sample(pid, measure_from, sampler_stop.clone()));
     let handle = rt.handle().clone();
     let mut tasks = Vec::with_capacity(total as usize);
     for i in 0..total {
@@ -710,12 +697,125 @@ fn run(
     let latency = latency.lock().expect("lock").clone();
     let events = events.lock().expect("lock").clone();
     Outcome {
-        seconds: seconds as f64,
+        seconds: seconds as f64 + 2.0,
         ok: ok.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
         latency: Some(latency),
         events: (!events.is_empty()).then_some(events),
         forwarding: capture.map(|c| c.finish(measure_from_ns)),
+        cpu_pct,
+        rss_max_kib,
+    }
+}
+
+/// Samples `pid`'s process tree from `from` until `stop`: (CPU % of one core, max RSS KiB).
+fn sample(
+    pid: u32,
+    from: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(f64, u64)> {
+    std::thread::spawn(move || {
+        while Instant::now() < from {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (_, t0) = tree_stats(pid).unwrap_or_default();
+        let w0 = Instant::now();
+        let mut rss_max = 0;
+        let mut last = (t0, w0);
+        while !stop.load(Ordering::Relaxed) {
+            if let Some((rss, t)) = tree_stats(pid) {
+                rss_max = rss_max.max(rss);
+                last = (t, Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ticks_per_s = 100.0; // USER_HZ on Linux
+        let cpu = (last.0 - t0) as f64 / ticks_per_s / last.1.duration_since(w0).as_secs_f64();
+        (cpu * 100.0, rss_max)
+    })
+}
+
+/// One round driven by oha (`cargo install oha`): `connections` client connections sharing
+/// `rate` requests/s, latency corrected for coordinated omission, after a 2 s warm-up run
+/// that is not measured. oha reports percentiles, not samples, so the round's histogram is
+/// rebuilt from them (p50, p90, p99 and the slowest), which is all the tables read.
+fn run_oha(
+    addr: u16,
+    (path, body): (&str, &'static str),
+    rate: u64,
+    seconds: u64,
+    connections: usize,
+    pid: Option<u32>,
+) -> Outcome {
+    let oha = |secs: u64| {
+        let out = Command::new("oha")
+            .args([
+                "--no-tui",
+                "--output-format",
+                "json",
+                "--latency-correction",
+                // Requests still open at the deadline finish instead of counting as errors.
+                "--wait-ongoing-requests-after-deadline",
+            ])
+            .args(["-c", &connections.to_string(), "-q", &rate.to_string()])
+            .args(["-z", &format!("{secs}s"), "-m", "POST"])
+            .args(["-H", "content-type: application/json", "-d", body])
+            .arg(format!("http://127.0.0.1:{addr}{path}"))
+            .output()
+            .expect("oha is installed (cargo install oha)");
+        assert!(
+            out.status.success(),
+            "oha: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("oha JSON")
+    };
+    let warmup = oha(2);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = pid.map(|pid| sample(pid, Instant::now(), stop.clone()));
+    let report = oha(seconds);
+    stop.store(true, Ordering::Relaxed);
+    let (cpu_pct, rss_max_kib) = match sampler.map(|s| s.join().expect("sampler")) {
+        Some((c, r)) => (Some(c), Some(r)),
+        None => (None, None),
+    };
+    let us = |v: &serde_json::Value| (v.as_f64().unwrap_or(0.0) * 1e6).round().max(1.0) as u64;
+    let p = &report["latencyPercentiles"];
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    // 50 samples at p50, 40 at p90, 9 at p99 and one at the slowest keep each quantile.
+    for (value, n) in [
+        (us(&p["p50"]), 50),
+        (us(&p["p90"]), 40),
+        (us(&p["p99"]), 9),
+        (us(&report["summary"]["slowest"]), 1),
+    ] {
+        let _ = h.record_n(value, n);
+    }
+    let count = |ok: bool| {
+        [&warmup, &report]
+            .iter()
+            .flat_map(|r| {
+                r["statusCodeDistribution"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|(code, _)| code.starts_with('2') == ok)
+            .map(|(_, n)| n.as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let failed: u64 = [&warmup, &report]
+        .iter()
+        .filter_map(|r| r["errorDistribution"].as_object())
+        .flat_map(|e| e.values().map(|n| n.as_u64().unwrap_or(0)))
+        .sum();
+    Outcome {
+        seconds: seconds as f64 + 2.0,
+        ok: count(true),
+        errors: count(false) + failed,
+        latency: Some(h),
+        events: None,
+        forwarding: None,
         cpu_pct,
         rss_max_kib,
     }
@@ -818,14 +918,18 @@ fn main() {
                 let port = proc.as_ref().map_or(upstream.port(), |p| p.port);
                 let capture = (o.capture && o.stream && proc.is_some())
                     .then(|| Capture::start(upstream.port(), port));
-                let out = run(
-                    port,
-                    request_of(target, o.stream),
-                    rate,
-                    o.seconds,
-                    proc.as_ref().map(|p| p.child.id()),
-                    capture,
-                );
+                let pid = proc.as_ref().map(|p| p.child.id());
+                let out = match o.connections {
+                    0 => run(
+                        port,
+                        request_of(target, o.stream),
+                        rate,
+                        o.seconds,
+                        pid,
+                        capture,
+                    ),
+                    n => run_oha(port, request_of(target, o.stream), rate, o.seconds, n, pid),
+                };
                 let h = out.latency.as_ref().expect("histogram");
                 let row = percentiles(h);
                 table.entry((rate, target.clone())).or_default().push(row);
@@ -855,7 +959,7 @@ fn main() {
                 }
                 println!(
                     "| {target} | {rate} | {round} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {ev} | {fw} |",
-                    out.ok as f64 / (out.seconds + 2.0),
+                    out.ok as f64 / out.seconds,
                     out.errors,
                     row[0],
                     row[1],
