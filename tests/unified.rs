@@ -15,32 +15,33 @@ const GEMINI: &str = "google/gemini-2.5-flash";
 const BEDROCK: &str = "bedrock/anthropic.claude-3-haiku-20240307-v1:0";
 const GPT: &str = "openai/gpt-4o";
 
-/// What each target reports, as (prompt tokens all told, completion tokens all told, cached).
-fn usage_of(target: &str) -> (u64, u64, u64) {
-    match target {
-        CLAUDE => {
-            let (input, write, read, output) = ANTHROPIC_USAGE;
-            (input + write + read, output, read)
-        }
-        GEMINI => {
-            let (prompt, candidates, cached, thoughts) = GEMINI_USAGE;
-            (prompt, candidates + thoughts, cached)
-        }
-        BEDROCK => {
-            let (input, output, read, write) = BEDROCK_USAGE;
-            (input + read + write, output, read)
-        }
-        GPT => (OPENAI_USAGE.0, OPENAI_USAGE.1, OPENAI_USAGE.2),
-        other => panic!("no usage for {other}"),
+/// The dialect a `provider/model` is served in, as `properties.translated` names it.
+fn dialect(target: &str) -> &'static str {
+    match target.split_once('/').expect("provider/model") {
+        ("anthropic", _) => "anthropic",
+        ("vertex", m) if m.starts_with("claude") => "anthropic",
+        ("google" | "vertex", _) => "gemini",
+        ("bedrock", _) => "bedrock-converse",
+        _ => "openai",
     }
 }
 
-fn dialect(target: &str) -> &'static str {
-    match target.split('/').next() {
-        Some("anthropic") => "anthropic",
-        Some("google") => "gemini",
-        Some("bedrock") => "bedrock-converse",
-        _ => "openai",
+/// What each target reports, as (prompt tokens all told, completion tokens all told, cached).
+fn usage_of(target: &str) -> (u64, u64, u64) {
+    match dialect(target) {
+        "anthropic" => {
+            let (input, write, read, output) = ANTHROPIC_USAGE;
+            (input + write + read, output, read)
+        }
+        "gemini" => {
+            let (prompt, candidates, cached, thoughts) = GEMINI_USAGE;
+            (prompt, candidates + thoughts, cached)
+        }
+        "bedrock-converse" => {
+            let (input, output, read, write) = BEDROCK_USAGE;
+            (input + read + write, output, read)
+        }
+        _ => (OPENAI_USAGE.0, OPENAI_USAGE.1, OPENAI_USAGE.2),
     }
 }
 
@@ -56,6 +57,127 @@ fn expected_calls(ids: bool) -> Vec<(Option<&'static str>, &'static str, Value)>
             )
         })
         .collect()
+}
+
+/// What one SDK (`sdk`) got from one `provider/model` (`target`) in `r`, the script's output,
+/// and what Tally recorded of it.
+async fn check_target(tally: &TestTally, r: &Value, sdk: &str, target: &str) {
+    let calls = &r[sdk][target];
+    let text = WORDS.concat();
+    let at = format!("{sdk} SDK > {target}");
+    let (prompt, completion, cached) = usage_of(target);
+    let model = target.split_once('/').expect("provider/model").1;
+    for call in ["plain", "stream", "round_trip"] {
+        assert_eq!(calls[call]["text"], text.as_str(), "{at} {call}");
+    }
+    // Finish reasons and usage, in the client's own terms.
+    if sdk == "openai" {
+        for call in ["plain", "stream"] {
+            assert_eq!(calls[call]["finish"], "stop", "{at} {call}");
+            let u = &calls[call]["usage"];
+            assert_eq!(u["prompt_tokens"], prompt, "{at} {call}: {u}");
+            assert_eq!(u["completion_tokens"], completion, "{at} {call}: {u}");
+            assert_eq!(
+                u["prompt_tokens_details"]["cached_tokens"], cached,
+                "{at} {call}: {u}"
+            );
+        }
+        assert_eq!(calls["plain"]["model"], model, "{at}");
+    } else {
+        for call in ["plain", "stream"] {
+            assert_eq!(calls[call]["stop"], "end_turn", "{at} {call}");
+            let u = &calls[call]["usage"];
+            assert_eq!(u["cache_read_input_tokens"], cached, "{at} {call}: {u}");
+            let all = u["input_tokens"].as_u64().unwrap_or(0)
+                + u["cache_read_input_tokens"].as_u64().unwrap_or(0)
+                + u["cache_creation_input_tokens"].as_u64().unwrap_or(0);
+            assert_eq!(all, prompt, "{at} {call}: {u}");
+            assert_eq!(u["output_tokens"], completion, "{at} {call}: {u}");
+        }
+    }
+    // Two parallel tool calls, whole and reassembled from streamed pieces. Gemini
+    // sends no call ids, so Tally makes them up (and maps them back on the way in).
+    let ids = dialect(target) != "gemini";
+    for call in ["tools", "tools_stream"] {
+        let got: Vec<(Option<&str>, &str, Value)> = calls[call]["calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{at} {call}: {}", calls[call]))
+            .iter()
+            .map(|c| {
+                let args = if sdk == "openai" {
+                    &c["arguments"]
+                } else {
+                    &c["input"]
+                };
+                (
+                    ids.then(|| c["id"].as_str().expect("id")),
+                    c["name"].as_str().expect("name"),
+                    args.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected_calls(ids), "{at} {call}");
+        let finish = if sdk == "openai" { "finish" } else { "stop" };
+        let want = if sdk == "openai" {
+            "tool_calls"
+        } else {
+            "tool_use"
+        };
+        assert_eq!(calls[call][finish], want, "{at} {call}");
+        if !ids {
+            let id = calls[call]["calls"][0]["id"].as_str().unwrap_or("");
+            assert!(!id.is_empty(), "{at} {call}: a made-up id");
+        }
+    }
+    // Errors in the client's own shape, with the provider's status.
+    let e = &calls["error"];
+    assert_eq!(
+        (e["class"].as_str(), e["status"].as_u64()),
+        (Some("RateLimitError"), Some(429)),
+        "{at}: {e}"
+    );
+    let kind = if sdk == "openai" {
+        &e["body"]["type"]
+    } else {
+        &e["body"]["error"]["type"]
+    };
+    assert_eq!(kind, "rate_limit_error", "{at}: {e}");
+    let e = &calls["unknown"];
+    assert_eq!(
+        (e["class"].as_str(), e["status"].as_u64()),
+        (Some("NotFoundError"), Some(404)),
+        "{at}: {e}"
+    );
+    assert!(e.to_string().contains("tally_unknown_model"), "{at}: {e}");
+
+    // The record: the provider that served, the model called, its usage and price.
+    for call in ["plain", "stream", "tools", "tools_stream", "round_trip"] {
+        let id = calls[call]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{at} {call}: no Tally-Request-Id"));
+        let rec = tally.record(id).await;
+        let provider = target.split('/').next().expect("provider");
+        assert_eq!(rec["provider"], provider, "{at} {call}: {rec}");
+        assert_eq!(rec["model"], model, "{at} {call}: {rec}");
+        assert_eq!(rec["status"], 200, "{at} {call}: {rec}");
+        assert!(rec["error"].is_null(), "{at} {call}: {rec}");
+        assert_eq!(
+            rec["properties"]["translated"],
+            format!("{sdk}>{}", dialect(target)),
+            "{at} {call}"
+        );
+        assert_eq!(rec["prompt_tokens"], prompt, "{at} {call}: {rec}");
+        assert_eq!(rec["completion_tokens"], completion, "{at} {call}: {rec}");
+        assert_eq!(rec["tokens_estimated"], false, "{at} {call}");
+        assert!(
+            rec["cost_usd"].as_f64().is_some_and(|c| c > 0.0),
+            "{at} {call}: priced at the serving model: {rec}"
+        );
+    }
+    let rec = tally
+        .record(calls["error"]["id"].as_str().expect("id"))
+        .await;
+    assert_eq!(rec["status"], 429, "{at}: {rec}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,125 +201,9 @@ async fn the_sdks_call_every_provider_through_the_unified_api() {
         ],
     )
     .await;
-    let text = WORDS.concat();
-
     for (sdk, targets) in [("openai", openai_targets), ("anthropic", anthropic_targets)] {
         for target in targets {
-            let calls = &r[sdk][target];
-            let at = format!("{sdk} SDK > {target}");
-            let (prompt, completion, cached) = usage_of(target);
-            let model = target.split_once('/').expect("provider/model").1;
-            for call in ["plain", "stream", "round_trip"] {
-                assert_eq!(calls[call]["text"], text.as_str(), "{at} {call}");
-            }
-            // Finish reasons and usage, in the client's own terms.
-            if sdk == "openai" {
-                for call in ["plain", "stream"] {
-                    assert_eq!(calls[call]["finish"], "stop", "{at} {call}");
-                    let u = &calls[call]["usage"];
-                    assert_eq!(u["prompt_tokens"], prompt, "{at} {call}: {u}");
-                    assert_eq!(u["completion_tokens"], completion, "{at} {call}: {u}");
-                    assert_eq!(
-                        u["prompt_tokens_details"]["cached_tokens"], cached,
-                        "{at} {call}: {u}"
-                    );
-                }
-                assert_eq!(calls["plain"]["model"], model, "{at}");
-            } else {
-                for call in ["plain", "stream"] {
-                    assert_eq!(calls[call]["stop"], "end_turn", "{at} {call}");
-                    let u = &calls[call]["usage"];
-                    assert_eq!(u["cache_read_input_tokens"], cached, "{at} {call}: {u}");
-                    let all = u["input_tokens"].as_u64().unwrap_or(0)
-                        + u["cache_read_input_tokens"].as_u64().unwrap_or(0)
-                        + u["cache_creation_input_tokens"].as_u64().unwrap_or(0);
-                    assert_eq!(all, prompt, "{at} {call}: {u}");
-                    assert_eq!(u["output_tokens"], completion, "{at} {call}: {u}");
-                }
-            }
-            // Two parallel tool calls, whole and reassembled from streamed pieces. Gemini
-            // sends no call ids, so Tally makes them up (and maps them back on the way in).
-            let ids = dialect(target) != "gemini";
-            for call in ["tools", "tools_stream"] {
-                let got: Vec<(Option<&str>, &str, Value)> = calls[call]["calls"]
-                    .as_array()
-                    .unwrap_or_else(|| panic!("{at} {call}: {}", calls[call]))
-                    .iter()
-                    .map(|c| {
-                        let args = if sdk == "openai" {
-                            &c["arguments"]
-                        } else {
-                            &c["input"]
-                        };
-                        (
-                            ids.then(|| c["id"].as_str().expect("id")),
-                            c["name"].as_str().expect("name"),
-                            args.clone(),
-                        )
-                    })
-                    .collect();
-                assert_eq!(got, expected_calls(ids), "{at} {call}");
-                let finish = if sdk == "openai" { "finish" } else { "stop" };
-                let want = if sdk == "openai" {
-                    "tool_calls"
-                } else {
-                    "tool_use"
-                };
-                assert_eq!(calls[call][finish], want, "{at} {call}");
-                if !ids {
-                    let id = calls[call]["calls"][0]["id"].as_str().unwrap_or("");
-                    assert!(!id.is_empty(), "{at} {call}: a made-up id");
-                }
-            }
-            // Errors in the client's own shape, with the provider's status.
-            let e = &calls["error"];
-            assert_eq!(
-                (e["class"].as_str(), e["status"].as_u64()),
-                (Some("RateLimitError"), Some(429)),
-                "{at}: {e}"
-            );
-            let kind = if sdk == "openai" {
-                &e["body"]["type"]
-            } else {
-                &e["body"]["error"]["type"]
-            };
-            assert_eq!(kind, "rate_limit_error", "{at}: {e}");
-            let e = &calls["unknown"];
-            assert_eq!(
-                (e["class"].as_str(), e["status"].as_u64()),
-                (Some("NotFoundError"), Some(404)),
-                "{at}: {e}"
-            );
-            assert!(e.to_string().contains("tally_unknown_model"), "{at}: {e}");
-
-            // The record: the provider that served, the model called, its usage and price.
-            for call in ["plain", "stream", "tools", "tools_stream", "round_trip"] {
-                let id = calls[call]["id"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{at} {call}: no Tally-Request-Id"));
-                let rec = tally.record(id).await;
-                let provider = target.split('/').next().expect("provider");
-                assert_eq!(rec["provider"], provider, "{at} {call}: {rec}");
-                assert_eq!(rec["model"], model, "{at} {call}: {rec}");
-                assert_eq!(rec["status"], 200, "{at} {call}: {rec}");
-                assert!(rec["error"].is_null(), "{at} {call}: {rec}");
-                assert_eq!(
-                    rec["properties"]["translated"],
-                    format!("{sdk}>{}", dialect(target)),
-                    "{at} {call}"
-                );
-                assert_eq!(rec["prompt_tokens"], prompt, "{at} {call}: {rec}");
-                assert_eq!(rec["completion_tokens"], completion, "{at} {call}: {rec}");
-                assert_eq!(rec["tokens_estimated"], false, "{at} {call}");
-                assert!(
-                    rec["cost_usd"].as_f64().is_some_and(|c| c > 0.0),
-                    "{at} {call}: priced at the serving model: {rec}"
-                );
-            }
-            let rec = tally
-                .record(calls["error"]["id"].as_str().expect("id"))
-                .await;
-            assert_eq!(rec["status"], 429, "{at}: {rec}");
+            check_target(&tally, &r, sdk, target).await;
         }
     }
 
@@ -472,6 +478,107 @@ async fn a_router_falls_back_from_gpt_to_claude_for_either_sdk() {
     assert_eq!(
         sent["messages"][0]["content"][0]["text"], "Say hello",
         "{sent}"
+    );
+    tally.stop().await;
+}
+
+/// Vertex AI through the unified API: Gemini in Google's shape and Claude in Anthropic's,
+/// under the project of the service-account key file and the configured location, with a
+/// token Tally minted from that account (the client's key is for another API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_models_are_called_under_the_service_accounts_project() {
+    use crate::support::fake_google_auth::key_file;
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, key_file(&format!("{}/token", up.url()))).expect("key file");
+    let with_location = |location: Option<&str>| {
+        let (sa, url) = (sa.clone(), up.url());
+        let location = location.map(str::to_owned);
+        move |c: &mut tally::Config| {
+            c.providers.insert(
+                "vertex".into(),
+                tally_proxy::ProviderConfig {
+                    base_url: Some(url),
+                    region: location,
+                    service_account_file: Some(sa),
+                    ..Default::default()
+                },
+            );
+        }
+    };
+    let tally = TestTally::start_with(&up.url(), with_location(Some("us-central1"))).await;
+    let proxy = format!("http://{}", tally.proxy);
+    let targets = ["vertex/gemini-2.5-flash", "vertex/claude-sonnet-4-5"];
+    let r = run_sdk_script("unified.py", &[&proxy, &targets.join(","), targets[0]]).await;
+    for target in targets {
+        check_target(&tally, &r, "openai", target).await;
+    }
+    check_target(&tally, &r, "anthropic", targets[0]).await;
+    let base = "/v1/projects/fake-project/locations/us-central1/publishers";
+    let calls: Vec<_> = up
+        .received()
+        .into_iter()
+        .filter(|c| c.path_and_query.starts_with("/v1/projects/"))
+        .collect();
+    // Per SDK and model: plain, tools, round trip and error whole; stream and tools streamed.
+    for (path, n) in [
+        (
+            format!("{base}/google/models/gemini-2.5-flash:generateContent"),
+            8,
+        ),
+        (
+            format!("{base}/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse"),
+            4,
+        ),
+        (
+            format!("{base}/anthropic/models/claude-sonnet-4-5:rawPredict"),
+            4,
+        ),
+        (
+            format!("{base}/anthropic/models/claude-sonnet-4-5:streamRawPredict"),
+            2,
+        ),
+    ] {
+        let got = calls.iter().filter(|c| c.path_and_query == path).count();
+        assert_eq!(
+            got,
+            n,
+            "{path}: {:?}",
+            calls.iter().map(|c| &c.path_and_query).collect::<Vec<_>>()
+        );
+    }
+    for c in &calls {
+        let auth = c.headers.get("authorization").and_then(|v| v.to_str().ok());
+        assert!(
+            auth.is_some_and(|a| a.starts_with("Bearer ya29.fake-minted-")),
+            "{}: {auth:?}",
+            c.path_and_query
+        );
+        if c.path_and_query.contains("/anthropic/") {
+            let body: Value = serde_json::from_slice(&c.body).expect("json");
+            assert_eq!(body["anthropic_version"], "vertex-2023-10-16", "{body}");
+            assert!(
+                body.get("model").is_none(),
+                "the model is in the path: {body}"
+            );
+        }
+    }
+    tally.stop().await;
+
+    // Without a location, the unified API cannot name where the model lives: a clear 400.
+    let tally = TestTally::start_with(&up.url(), with_location(None)).await;
+    let (status, _, body) = post_json(
+        &tally.url("/unified/v1/chat/completions"),
+        &[],
+        &json!({"model": "vertex/gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::BAD_REQUEST);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("tally_untranslatable") && text.contains("location"),
+        "{text}"
     );
     tally.stop().await;
 }

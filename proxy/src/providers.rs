@@ -207,6 +207,8 @@ pub struct Provider {
     pub aws: Option<AwsSigner>,
     /// Mints access tokens for requests that carry none (Vertex), or why it cannot.
     pub service_account: Option<Result<Arc<ServiceAccount>, String>>,
+    /// Vertex: the configured location, which the unified API puts in the model's path.
+    pub location: Option<String>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -352,6 +354,9 @@ impl Providers {
                 .as_ref()
                 .map(|s| HeldKey::resolve(name, provider.format, s));
             provider.deployments = c.deployments.clone();
+            if kind == WireFormat::Vertex {
+                provider.location = c.region.clone();
+            }
             by_name.insert(name.clone(), Arc::new(provider));
         }
         Ok(Self { by_name })
@@ -446,6 +451,7 @@ fn build(
         deployments: BTreeMap::new(),
         aws: None,
         service_account: None,
+        location: None,
         scheme,
         authority,
         base_path,

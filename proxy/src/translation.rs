@@ -33,15 +33,47 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// Azure OpenAI's GA data-plane version, for requests Tally addresses to a deployment.
 const AZURE_API_VERSION: &str = "2024-10-21";
 
-/// The dialect a wire format's chat API speaks, or `None` where Tally cannot address it
-/// without more than a model name (Vertex needs a project in the path).
+/// The Vertex AI version of Anthropic's API that Claude on Vertex takes in the body.
+const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+
+/// The dialect a wire format's chat API speaks.
 pub(crate) fn dialect(format: WireFormat) -> Option<Dialect> {
-    match format {
-        WireFormat::OpenAi | WireFormat::Azure => Some(Dialect::OpenAi),
-        WireFormat::Anthropic | WireFormat::VertexAnthropic => Some(Dialect::Anthropic),
-        WireFormat::Gemini => Some(Dialect::Gemini),
-        WireFormat::Bedrock => Some(Dialect::Converse),
-        WireFormat::Vertex => None,
+    Some(match format {
+        WireFormat::OpenAi | WireFormat::Azure => Dialect::OpenAi,
+        WireFormat::Anthropic | WireFormat::VertexAnthropic => Dialect::Anthropic,
+        WireFormat::Gemini | WireFormat::Vertex => Dialect::Gemini,
+        WireFormat::Bedrock => Dialect::Converse,
+    })
+}
+
+/// The wire format `provider` serves `model` in: a Vertex provider serves Gemini in Google's
+/// shape and Claude in Anthropic's.
+fn serving_format(provider: &Provider, model: &str) -> WireFormat {
+    match provider.format {
+        WireFormat::Vertex if model.starts_with("claude") => WireFormat::VertexAnthropic,
+        f => f,
+    }
+}
+
+/// Where a Vertex provider's models live: the project its service-account key file names and
+/// its configured location. A client on its own Vertex route names both in the path; through
+/// the unified API only the model is named, so both must come from config.
+fn vertex_place(provider: &Provider) -> Result<(&str, &str), Refusal> {
+    let project = provider
+        .service_account
+        .as_ref()
+        .and_then(|sa| sa.as_ref().ok())
+        .and_then(|sa| sa.project_id());
+    match (project, provider.location.as_deref()) {
+        (Some(p), Some(l)) => Ok((p, l)),
+        _ => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "tally_untranslatable",
+            format!(
+                "the unified API calls {} models under the project of providers.{}.service_account_file and its location; set both, or call it on its own route",
+                provider.name, provider.name
+            ),
+        )),
     }
 }
 
@@ -101,15 +133,20 @@ pub(crate) fn outbound(
     body: &[u8],
     headers: &mut HeaderMap,
 ) -> Result<Translated, Refusal> {
-    let (Some(from), Some(to)) = (dialect(client), dialect(provider.format)) else {
+    let format = serving_format(provider, model);
+    let (Some(from), Some(to)) = (dialect(client), dialect(format)) else {
         return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "tally_untranslatable",
             format!(
-                "provider {} speaks {:?}, which the unified API cannot address by model alone; call it on its own route",
-                provider.name, provider.format
+                "the unified API cannot translate for provider {}",
+                provider.name
             ),
         ));
+    };
+    let place = match format {
+        WireFormat::Vertex | WireFormat::VertexAnthropic => Some(vertex_place(provider)?),
+        _ => None,
     };
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         Refusal::new(
@@ -139,7 +176,14 @@ pub(crate) fn outbound(
     }
     let stream = value.get("stream").and_then(Value::as_bool) == Some(true);
     let include_usage = value.pointer("/stream_options/include_usage") == Some(&json!(true));
-    let (path, query) = target_path(provider, model, stream);
+    let (path, query) = target_path(provider, format, place, model, stream);
+    if format == WireFormat::VertexAnthropic {
+        // Claude on Vertex: the model is in the path and the API version in the body.
+        if let Some(o) = translated.as_object_mut() {
+            o.remove("model");
+            o.insert("anthropic_version".into(), json!(VERTEX_ANTHROPIC_VERSION));
+        }
+    }
     if from != to {
         for h in crate::headers::SDK_KEY_HEADERS {
             headers.remove(h);
@@ -160,7 +204,7 @@ pub(crate) fn outbound(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if to == Dialect::Anthropic && !headers.contains_key("anthropic-version") {
+    if format == WireFormat::Anthropic && !headers.contains_key("anthropic-version") {
         headers.insert(
             "anthropic-version",
             HeaderValue::from_static(ANTHROPIC_VERSION),
@@ -180,7 +224,7 @@ pub(crate) fn outbound(
         plan: ResponsePlan {
             upstream: to,
             client: from,
-            upstream_format: provider.format,
+            upstream_format: format,
             model: model.to_owned(),
             include_usage,
         },
@@ -205,10 +249,25 @@ fn versioned(base_path: &str) -> bool {
         })
 }
 
-/// The chat endpoint of `provider` for `model`, relative to its base URL.
-fn target_path(provider: &Provider, model: &str, stream: bool) -> (String, Option<String>) {
+/// The chat endpoint of `provider` for `model` served in `format`, relative to its base URL;
+/// `place` is a Vertex model's project and location.
+fn target_path(
+    provider: &Provider,
+    format: WireFormat,
+    place: Option<(&str, &str)>,
+    model: &str,
+    stream: bool,
+) -> (String, Option<String>) {
     let m = percent_encoding::utf8_percent_encode(model, SEGMENT);
-    match provider.format {
+    let vertex = |publisher: &str, method: &str| {
+        let (p, l) = place.unwrap_or_default();
+        let (p, l) = (
+            percent_encoding::utf8_percent_encode(p, SEGMENT),
+            percent_encoding::utf8_percent_encode(l, SEGMENT),
+        );
+        format!("/v1/projects/{p}/locations/{l}/publishers/{publisher}/models/{m}:{method}")
+    };
+    match format {
         WireFormat::OpenAi => {
             // A base URL that already ends in its API's version (`…/v1beta/openai`, `…/v1`)
             // takes the endpoint without another `/v1`.
@@ -223,8 +282,19 @@ fn target_path(provider: &Provider, model: &str, stream: bool) -> (String, Optio
             format!("/openai/deployments/{m}/chat/completions"),
             Some(format!("api-version={AZURE_API_VERSION}")),
         ),
-        WireFormat::Anthropic | WireFormat::VertexAnthropic => ("/v1/messages".to_owned(), None),
-        WireFormat::Gemini | WireFormat::Vertex => match stream {
+        WireFormat::Anthropic => ("/v1/messages".to_owned(), None),
+        WireFormat::VertexAnthropic => match stream {
+            true => (vertex("anthropic", "streamRawPredict"), None),
+            false => (vertex("anthropic", "rawPredict"), None),
+        },
+        WireFormat::Vertex => match stream {
+            true => (
+                vertex("google", "streamGenerateContent"),
+                Some("alt=sse".to_owned()),
+            ),
+            false => (vertex("google", "generateContent"), None),
+        },
+        WireFormat::Gemini => match stream {
             true => (
                 format!("/v1beta/models/{m}:streamGenerateContent"),
                 Some("alt=sse".to_owned()),

@@ -41,6 +41,7 @@ struct KeyFile {
     private_key: String,
     private_key_id: Option<String>,
     token_uri: Option<String>,
+    project_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +61,7 @@ struct Cached {
 pub struct ServiceAccount {
     provider: String,
     email: String,
+    project_id: Option<String>,
     key_id: Option<String>,
     key: RsaKeyPair,
     token_uri: Uri,
@@ -111,6 +113,7 @@ impl ServiceAccount {
         Ok(Self {
             provider: provider.to_owned(),
             email: file.client_email,
+            project_id: file.project_id,
             key_id: file.private_key_id,
             key,
             token_uri,
@@ -122,6 +125,11 @@ impl ServiceAccount {
     /// The account's e-mail address, the hint a record gets.
     pub fn email(&self) -> &str {
         &self.email
+    }
+
+    /// The project the key file names: where the unified API calls Vertex models.
+    pub fn project_id(&self) -> Option<&str> {
+        self.project_id.as_deref()
     }
 
     fn current(&self, fresh_only: bool) -> Option<HeaderValue> {
