@@ -366,7 +366,7 @@ impl Target {
         }
     }
 
-    fn spawn(&self, rx: crossbeam_channel::Receiver<Record>, m: IngestMetrics) -> IngestWorker {
+    fn spawn(&self, rx: tally_ingest::RecordReceiver, m: IngestMetrics) -> IngestWorker {
         let config = self.batch_config();
         match self {
             Self::Sqlite { path, .. } => {

@@ -210,6 +210,12 @@ pub struct StoreConfig {
     /// Spool size limit in bytes; 1 GiB when unset. At the limit new batches are dropped
     /// (counted as `spool_full`), never older ones.
     pub spool_max_bytes: u64,
+    /// Write each record to a crash journal (`<spool_dir>/journal`) before its response
+    /// completes, so `kill -9` loses no record of an answered request; on when unset.
+    pub journal: bool,
+    /// The journal's disk bound in bytes; 256 MiB when unset. Past it records are still
+    /// stored, but not journaled (counted in `tally_journal_refused_total{reason="full"}`).
+    pub journal_max_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -228,6 +234,8 @@ impl Default for StoreConfig {
             timeout_ms: None,
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
             spool_max_bytes: tally_ingest::spool::DEFAULT_MAX_BYTES,
+            journal: true,
+            journal_max_bytes: tally_ingest::journal::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -306,6 +314,8 @@ pub struct Validated {
     pub store: Store,
     /// The spool directory and its limit in bytes.
     pub spool: (PathBuf, u64),
+    /// The crash journal's directory and its limit in bytes, when it is on.
+    pub journal: Option<(PathBuf, u64)>,
     /// Channel capacity.
     pub channel_capacity: usize,
     /// Flush loop limits.
@@ -490,6 +500,12 @@ impl Config {
             dashboard_grace: Duration::from_millis(d.shutdown_grace_ms),
             store,
             spool: (self.store.spool_dir.clone(), self.store.spool_max_bytes),
+            journal: self.store.journal.then(|| {
+                (
+                    self.store.spool_dir.join("journal"),
+                    self.store.journal_max_bytes,
+                )
+            }),
             channel_capacity: self.ingest.channel_capacity,
             batch: BatchConfig {
                 max_rows,

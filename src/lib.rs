@@ -16,6 +16,7 @@ use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
 use tally_dashboard::store::Reader;
 use tally_ingest::clickhouse::ClickHouseWriter;
+use tally_ingest::journal::Journal;
 use tally_ingest::spool::Spool;
 use tally_ingest::{sqlite, IngestMetrics, IngestWorker};
 use tally_proxy::{Proxy, Stages};
@@ -158,6 +159,23 @@ impl Server {
             );
         }
         let spool = Some(spool);
+        // After the spool, whose lock keeps a second process out of its directory (the
+        // journal lives inside it).
+        let journal = match &config.journal {
+            Some((dir, max)) => {
+                let (journal, recovered) = Journal::open(dir, *max, ingest_metrics.clone())
+                    .with_context(|| {
+                        format!("cannot open the record journal at {}", dir.display())
+                    })?;
+                Some((journal, recovered))
+            }
+            None => None,
+        };
+        let tx = match &journal {
+            Some((j, _)) => tx.with_journal(j.clone()),
+            None => tx,
+        };
+        let journal_handle = journal.as_ref().map(|(j, _)| j.clone());
         // In each arm: migrations first (the budgets read their tables and the current
         // windows' spend), then the budgets, then the ingest worker that feeds them.
         let (worker, reader, alerts) = match &config.store {
@@ -168,7 +186,7 @@ impl Server {
                 load_keys(&keyring, &key_store, &config).await?;
                 let alerts =
                     start_alerts(&config, AlertStore::Sqlite(path.clone()), &mut registry).await?;
-                let worker = IngestWorker::spawn_observed(
+                let worker = IngestWorker::spawn_journaled(
                     rx,
                     sqlite::SqliteWriter::watching(
                         conn,
@@ -179,6 +197,7 @@ impl Server {
                     ingest_metrics.clone(),
                     spool,
                     alerts.as_ref().map(|a| a.observer()),
+                    journal,
                 )?;
                 (worker, Reader::Sqlite(SqliteReader::new(path)), alerts)
             }
@@ -190,13 +209,14 @@ impl Server {
                 load_keys(&keyring, &key_store, &config).await?;
                 let alerts =
                     start_alerts(&config, AlertStore::clickhouse(s), &mut registry).await?;
-                let worker = IngestWorker::spawn_observed(
+                let worker = IngestWorker::spawn_journaled(
                     rx,
                     ClickHouseWriter::new(s)?,
                     config.batch.clone(),
                     ingest_metrics.clone(),
                     spool,
                     alerts.as_ref().map(|a| a.observer()),
+                    journal,
                 )?;
                 (
                     worker,
@@ -274,6 +294,10 @@ impl Server {
         tokio::task::spawn_blocking(move || worker.shutdown())
             .await
             .context("ingest worker join failed")?;
+        // Everything queued is stored or spooled: the journal's segments can go.
+        if let Some(j) = journal_handle {
+            j.close();
+        }
         // Events fired by the last records are persisted and delivered (within a grace period).
         if let Some(a) = alerts {
             a.shutdown().await;

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::TryRecvError;
 
+use crate::channel::{Queued, RecordReceiver};
+use crate::journal::{Journal, Recovered, Ticket};
 use crate::metrics::{DropLabels, IngestMetrics};
 use crate::record::Record;
 use crate::spool::{Spool, SpoolError};
@@ -74,6 +76,13 @@ pub trait BatchWriter: Send + 'static {
     fn retriable(_error: &Self::Error) -> bool {
         true
     }
+
+    /// The records of `batch` the store does not hold yet, by request id: what a crash left in
+    /// the journal may have been committed just before it. The default keeps them all, which
+    /// is right only for a store that ignores a second insert of a key.
+    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, Self::Error> {
+        Ok(batch)
+    }
 }
 
 /// Sees every record the worker receives, on the worker's thread. It must be quick: the
@@ -120,7 +129,7 @@ impl IngestWorker {
     /// Starts the flush loop on a dedicated thread, without a spool: a batch the store keeps
     /// refusing is counted as dropped.
     pub fn spawn<W: BatchWriter>(
-        rx: Receiver<Record>,
+        rx: RecordReceiver,
         writer: W,
         config: BatchConfig,
         metrics: IngestMetrics,
@@ -132,7 +141,7 @@ impl IngestWorker {
     /// attempts, for retriable errors) is written to disk and replayed, oldest first, once the
     /// store answers again; segments left by an earlier run are replayed too.
     pub fn spawn_with_spool<W: BatchWriter>(
-        rx: Receiver<Record>,
+        rx: RecordReceiver,
         writer: W,
         config: BatchConfig,
         metrics: IngestMetrics,
@@ -145,13 +154,29 @@ impl IngestWorker {
     /// arrives from the channel, before it is written: live counters (budgets) see spend that
     /// happened even if the store is down.
     pub fn spawn_observed<W: BatchWriter>(
-        rx: Receiver<Record>,
+        rx: RecordReceiver,
         writer: W,
         config: BatchConfig,
         metrics: IngestMetrics,
         spool: Option<Spool>,
         observer: Option<Arc<dyn RecordObserver>>,
     ) -> std::io::Result<Self> {
+        Self::spawn_journaled(rx, writer, config, metrics, spool, observer, None)
+    }
+
+    /// As [`IngestWorker::spawn_observed`], releasing each record's journal ticket once its
+    /// batch is safe, and writing first what an earlier run left in the journal (the records
+    /// the store does not hold yet).
+    pub fn spawn_journaled<W: BatchWriter>(
+        rx: RecordReceiver,
+        writer: W,
+        config: BatchConfig,
+        metrics: IngestMetrics,
+        spool: Option<Spool>,
+        observer: Option<Arc<dyn RecordObserver>>,
+        journal: Option<(Journal, Recovered)>,
+    ) -> std::io::Result<Self> {
+        let (journal, recovered) = journal.unzip();
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -162,13 +187,15 @@ impl IngestWorker {
                     .as_ref()
                     .filter(|s| !s.is_empty())
                     .map(|_| Instant::now());
-                let l = FlushLoop {
+                let mut l = FlushLoop {
                     rx,
                     stop: stop_flag,
                     writer,
                     config,
                     metrics,
                     observer,
+                    journal,
+                    tickets: Vec::new(),
                     batch: Vec::new(),
                     batch_bytes: 0,
                     spool,
@@ -177,6 +204,9 @@ impl IngestWorker {
                     replay_backoff: REPLAY_BACKOFF_MIN,
                 };
                 l.update_spool_gauges();
+                if let Some(r) = recovered {
+                    l.recover(r);
+                }
                 l.run()
             })?;
         Ok(Self { stop, thread })
@@ -194,12 +224,15 @@ impl IngestWorker {
 }
 
 struct FlushLoop<W> {
-    rx: Receiver<Record>,
+    rx: RecordReceiver,
     stop: Arc<AtomicBool>,
     writer: W,
     config: BatchConfig,
     metrics: IngestMetrics,
     observer: Option<Arc<dyn RecordObserver>>,
+    journal: Option<Journal>,
+    /// The journal tickets of `batch`, released when it is safe.
+    tickets: Vec<Ticket>,
     batch: Vec<Record>,
     batch_bytes: usize,
     spool: Option<Spool>,
@@ -231,11 +264,11 @@ impl<W: BatchWriter> FlushLoop<W> {
             }
             loop {
                 match self.rx.try_recv() {
-                    Ok(record) => {
+                    Ok(queued) => {
                         if self.batch.is_empty() {
                             deadline = Some(Instant::now() + self.config.flush_interval);
                         }
-                        self.push(record);
+                        self.receive(queued);
                         if self.is_full() {
                             self.flush();
                             deadline = None;
@@ -257,6 +290,73 @@ impl<W: BatchWriter> FlushLoop<W> {
         }
     }
 
+    /// Writes what a crash left in the journal, before anything new: those the store does not
+    /// hold yet, in batches, through the same retries and spool as any batch. The journal's
+    /// old segments are deleted only after that; a crash in between finds them again.
+    fn recover(&mut self, recovered: Recovered) {
+        let Recovered { records, tickets } = recovered;
+        if records.is_empty() {
+            if let Some(j) = &self.journal {
+                j.release(tickets);
+            }
+            return;
+        }
+        tracing::warn!(
+            records = records.len(),
+            "the journal holds records from a run that did not stop cleanly; writing those the store lacks"
+        );
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<Record> = records.by_ref().take(self.config.max_rows).collect();
+            let fresh = match self.unstored(chunk.clone()) {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    // Without the store's answer every record is kept: on SQLite a duplicate
+                    // is ignored by its key; on ClickHouse one stored just before the crash may
+                    // be stored twice (GUARANTEES.md).
+                    tracing::error!(error = %e, rows = chunk.len(), "cannot ask the store which journal records it holds; keeping them all");
+                    chunk
+                }
+            };
+            self.metrics.journal_recovered.inc_by(fresh.len() as u64);
+            for r in fresh {
+                self.push(r);
+                if self.is_full() {
+                    self.flush();
+                }
+            }
+            self.flush();
+        }
+        if let Some(j) = &self.journal {
+            j.release(tickets);
+        }
+        tracing::info!("journal recovery done");
+    }
+
+    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, W::Error> {
+        let mut backoff = self.config.retry_backoff;
+        let mut attempt = 1;
+        loop {
+            match self.writer.unstored(batch.clone()) {
+                Ok(fresh) => return Ok(fresh),
+                Err(e) if attempt >= self.config.max_attempts || !W::retriable(&e) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "asking the store which journal records it holds failed");
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, queued: Queued) {
+        self.tickets.extend(queued.ticket);
+        self.push(queued.record);
+    }
+
     fn push(&mut self, record: Record) {
         if let Some(o) = &self.observer {
             o.observe(&record);
@@ -270,8 +370,8 @@ impl<W: BatchWriter> FlushLoop<W> {
     }
 
     fn drain(&mut self) {
-        while let Ok(r) = self.rx.try_recv() {
-            self.push(r);
+        while let Ok(q) = self.rx.try_recv() {
+            self.receive(q);
             if self.is_full() {
                 self.flush();
             }
@@ -322,6 +422,10 @@ impl<W: BatchWriter> FlushLoop<W> {
         let mut batch = batch;
         batch.clear();
         self.batch = batch;
+        // Stored, spooled (synced) or counted as dropped: either way the journal is done with it.
+        if let Some(j) = &self.journal {
+            j.release(self.tickets.drain(..));
+        }
     }
 
     /// Tries a batch up to `attempts` times. `Err(true)` when the last failure may pass on a

@@ -6,8 +6,25 @@
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::journal::{Journal, Ticket};
 use crate::metrics::{DropLabels, IngestMetrics};
 use crate::record::Record;
+
+/// A record on its way to the worker, with its claim on the journal.
+#[derive(Debug)]
+pub struct Queued {
+    pub(crate) record: Record,
+    pub(crate) ticket: Option<Ticket>,
+}
+
+/// The worker's end of the channel.
+pub type RecordReceiver = Receiver<Queued>;
+
+/// A record journaled before it is final (its tokens are still being estimated): its journal
+/// entry is kept until [`RecordSender::send_reserved`] sends the final one.
+#[derive(Debug)]
+#[must_use = "send the final record with RecordSender::send_reserved"]
+pub struct Reservation(Option<Ticket>);
 
 /// Default channel capacity: about a few seconds of peak traffic.
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 65_536;
@@ -15,21 +32,56 @@ pub const DEFAULT_CHANNEL_CAPACITY: usize = 65_536;
 /// The proxy's end of the channel. Cloning is cheap.
 #[derive(Clone)]
 pub struct RecordSender {
-    tx: Sender<Record>,
+    tx: Sender<Queued>,
     metrics: IngestMetrics,
+    journal: Option<Journal>,
 }
 
 /// Creates the channel with room for `capacity` records.
-pub fn channel(capacity: usize, metrics: IngestMetrics) -> (RecordSender, Receiver<Record>) {
+pub fn channel(capacity: usize, metrics: IngestMetrics) -> (RecordSender, RecordReceiver) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    (RecordSender { tx, metrics }, rx)
+    (
+        RecordSender {
+            tx,
+            metrics,
+            journal: None,
+        },
+        rx,
+    )
 }
 
 impl RecordSender {
-    /// Hands a record to the worker without ever blocking. Returns false (and counts the drop)
-    /// when the channel is full or the worker is gone.
+    /// Journals every record before it enters the channel (see [`crate::journal`]).
+    pub fn with_journal(mut self, journal: Journal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Hands a record to the worker without ever blocking, after writing it to the journal
+    /// when there is one. Returns false (and counts the drop) when the channel is full or the
+    /// worker is gone.
     pub fn send(&self, record: Record) -> bool {
-        let result = self.tx.try_send(record);
+        let ticket = self.journal.as_ref().and_then(|j| j.append(&record));
+        self.enqueue(record, ticket)
+    }
+
+    /// Journals a record whose final form comes later, so that a crash in between still
+    /// leaves it (as it is now) for the next start.
+    pub fn reserve(&self, record: &Record) -> Reservation {
+        Reservation(self.journal.as_ref().and_then(|j| j.append(record)))
+    }
+
+    /// Sends the final form of a reserved record; its journal entry replaces the reserved one.
+    pub fn send_reserved(&self, record: Record, reservation: Reservation) -> bool {
+        let ticket = self.journal.as_ref().and_then(|j| j.append(&record));
+        if let (Some(j), Some(t)) = (&self.journal, reservation.0) {
+            j.release([t]);
+        }
+        self.enqueue(record, ticket)
+    }
+
+    fn enqueue(&self, record: Record, ticket: Option<Ticket>) -> bool {
+        let result = self.tx.try_send(Queued { record, ticket });
         self.metrics.channel_depth.set(self.tx.len() as i64);
         match result {
             Ok(()) => {
@@ -37,10 +89,14 @@ impl RecordSender {
                 true
             }
             Err(e) => {
-                let reason = match e {
-                    TrySendError::Full(_) => "channel_full",
-                    TrySendError::Disconnected(_) => "channel_closed",
+                let (reason, queued) = match e {
+                    TrySendError::Full(q) => ("channel_full", q),
+                    TrySendError::Disconnected(q) => ("channel_closed", q),
                 };
+                // Nothing will acknowledge it: give its claim back so its segment can go.
+                if let (Some(j), Some(t)) = (&self.journal, queued.ticket) {
+                    j.release([t]);
+                }
                 self.metrics
                     .dropped
                     .get_or_create(&DropLabels { reason })

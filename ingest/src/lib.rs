@@ -25,6 +25,7 @@
 mod batch;
 mod channel;
 pub mod clickhouse;
+pub mod journal;
 pub mod metrics;
 mod record;
 pub mod spool;
@@ -34,7 +35,9 @@ pub use batch::{
     BatchConfig, BatchWriter, IngestWorker, RecordObserver, DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS,
 };
-pub use channel::{channel, RecordSender, DEFAULT_CHANNEL_CAPACITY};
+pub use channel::{
+    channel, Queued, RecordReceiver, RecordSender, Reservation, DEFAULT_CHANNEL_CAPACITY,
+};
 pub use metrics::{DropLabels, IngestMetrics};
 pub use record::{is_error, CacheStatus, Record, Tokens, IS_ERROR_SQL};
 

@@ -45,7 +45,21 @@ pub struct IngestMetrics {
     pub spool_segments_lost: Counter,
     /// Times the store's file was found deleted or replaced and opened again.
     pub store_reopened: Counter,
+    /// Records not written to the journal, by reason (`full`, `io`, `encode`): they went to
+    /// the channel unprotected against a crash.
+    pub journal_refused: Family<DropLabels, Counter>,
+    /// Bytes in the journal's live segments.
+    pub journal_bytes: Gauge,
+    /// Live journal segments.
+    pub journal_segments: Gauge,
+    /// Records read back from the journal at start and written to the store.
+    pub journal_recovered: Counter,
+    /// Journal segments that ended in a torn or corrupt frame.
+    pub journal_corrupt: Counter,
 }
+
+/// Every reason a record is not journaled.
+pub const JOURNAL_REFUSALS: [&str; 3] = ["full", "io", "encode"];
 
 /// Every drop reason, so each series exists (at 0) before the first drop and alerts can
 /// watch it.
@@ -64,6 +78,10 @@ impl Default for IngestMetrics {
         for reason in DROP_REASONS {
             let _ = dropped.get_or_create(&DropLabels { reason });
         }
+        let journal_refused = Family::<DropLabels, Counter>::default();
+        for reason in JOURNAL_REFUSALS {
+            let _ = journal_refused.get_or_create(&DropLabels { reason });
+        }
         Self {
             enqueued: Counter::default(),
             dropped,
@@ -79,6 +97,11 @@ impl Default for IngestMetrics {
             spool_quarantined_segments: Gauge::default(),
             spool_segments_lost: Counter::default(),
             store_reopened: Counter::default(),
+            journal_refused,
+            journal_bytes: Gauge::default(),
+            journal_segments: Gauge::default(),
+            journal_recovered: Counter::default(),
+            journal_corrupt: Counter::default(),
         }
     }
 }
@@ -150,6 +173,31 @@ impl IngestMetrics {
             "store_reopened",
             "Times the SQLite file was found deleted or replaced and opened afresh",
             self.store_reopened.clone(),
+        );
+        registry.register(
+            "journal_refused",
+            "Records not written to the crash journal (full, io, encode); they were still sent to the store",
+            self.journal_refused.clone(),
+        );
+        registry.register(
+            "journal_bytes",
+            "Bytes in the crash journal's live segments",
+            self.journal_bytes.clone(),
+        );
+        registry.register(
+            "journal_segments",
+            "Live crash-journal segments",
+            self.journal_segments.clone(),
+        );
+        registry.register(
+            "journal_recovered",
+            "Records read back from the crash journal at start that the store did not hold yet",
+            self.journal_recovered.clone(),
+        );
+        registry.register(
+            "journal_corrupt",
+            "Crash-journal segments that ended in a torn or corrupt frame",
+            self.journal_corrupt.clone(),
         );
         registry.register(
             "batch_write_seconds",

@@ -111,7 +111,7 @@ fn parse_name(name: &str) -> Option<(u64, Option<u64>)> {
 }
 
 /// Takes the directory's lock, or says who holds it.
-fn lock(dir: &Path) -> Result<fs::File, SpoolError> {
+pub(crate) fn lock(dir: &Path) -> Result<fs::File, SpoolError> {
     let path = dir.join("LOCK");
     let file = fs::OpenOptions::new()
         .create(true)

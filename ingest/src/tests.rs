@@ -462,3 +462,108 @@ fn the_ingest_thread_yields_the_cpu_to_the_proxy() {
     });
     worker.shutdown();
 }
+
+fn journal_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        })
+        .count()
+}
+
+fn sqlite_store(path: &std::path::Path) -> sqlite::SqliteWriter {
+    let mut conn = sqlite::open_rw(path).expect("open");
+    sqlite::migrate(&mut conn).expect("migrate");
+    sqlite::SqliteWriter::new(conn)
+}
+
+fn stored(path: &std::path::Path) -> i64 {
+    sqlite::open_ro(path)
+        .expect("open ro")
+        .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[test]
+fn a_stored_batch_gives_its_journal_segment_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = IngestMetrics::default();
+    let (journal, recovered) =
+        journal::Journal::open(dir.path().join("journal"), 1 << 30, metrics.clone())
+            .expect("journal");
+    let (tx, rx) = channel(100, metrics.clone());
+    let tx = tx.with_journal(journal.clone());
+    for i in 0..25 {
+        assert!(tx.send(record(i)));
+    }
+    assert!(metrics.journal_bytes.get() > 0);
+    let db = dir.path().join("t.db");
+    let worker = IngestWorker::spawn_journaled(
+        rx,
+        sqlite_store(&db),
+        fast_config(),
+        metrics.clone(),
+        None,
+        None,
+        Some((journal.clone(), recovered)),
+    )
+    .expect("spawn");
+    worker.shutdown();
+    journal.close();
+    assert_eq!(stored(&db), 25);
+    assert_eq!(journal_files(&dir.path().join("journal")), 0);
+    assert_eq!(metrics.journal_bytes.get(), 0);
+}
+
+#[test]
+fn what_a_crash_left_is_written_once_and_only_what_the_store_lacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jdir = dir.path().join("journal");
+    let db = dir.path().join("t.db");
+    let records: Vec<Record> = (0..30).map(record).collect();
+    {
+        // A run that died: every record journaled, the first ten committed, none released.
+        let metrics = IngestMetrics::default();
+        let (journal, _) = journal::Journal::open(&jdir, 1 << 30, metrics).expect("journal");
+        for r in &records {
+            std::mem::forget(journal.append(r).expect("append"));
+        }
+        sqlite_store(&db)
+            .write_batch(&records[..10])
+            .expect("write");
+    }
+    let metrics = IngestMetrics::default();
+    let (journal, recovered) =
+        journal::Journal::open(&jdir, 1 << 30, metrics.clone()).expect("reopen");
+    assert_eq!(recovered.records, records);
+    let seen = Arc::new(Mutex::new(0usize));
+    struct Count(Arc<Mutex<usize>>);
+    impl RecordObserver for Count {
+        fn observe(&self, _: &Record) {
+            *self.0.lock().expect("lock") += 1;
+        }
+    }
+    let (_tx, rx) = channel(100, metrics.clone());
+    let worker = IngestWorker::spawn_journaled(
+        rx,
+        sqlite_store(&db),
+        fast_config(),
+        metrics.clone(),
+        None,
+        Some(Arc::new(Count(seen.clone()))),
+        Some((journal.clone(), recovered)),
+    )
+    .expect("spawn");
+    wait_until("recovery", || {
+        metrics.journal_recovered.get() == 20 && stored(&db) == 30
+    });
+    worker.shutdown();
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        20,
+        "budgets see each record once"
+    );
+    assert_eq!(journal_files(&jdir), 0, "recovered segments are deleted");
+}

@@ -496,6 +496,9 @@ impl ExchangeState {
             return;
         }
         // Tokenizing can take milliseconds for long texts: keep it off the runtime's workers.
+        // The record is journaled as it is now, before the response's last frame goes out, so
+        // a crash during the estimate still leaves it (without the estimate).
+        let reservation = shared.sender.reserve(&self.record);
         let request = self.request_head.clone();
         let response = body;
         let record = self.record;
@@ -519,7 +522,8 @@ impl ExchangeState {
                         .get_or_insert_with(|| INTERNAL_ERROR.to_owned());
                 }
             }
-            price_and_send(&shared, record, hooks, complete, None);
+            let record = price(&shared, record, hooks, complete, None);
+            shared.sender.send_reserved(record, reservation);
             shared.pending_estimates.fetch_sub(1, Ordering::AcqRel);
         };
         match tokio::runtime::Handle::try_current() {
@@ -597,15 +601,27 @@ fn guarded<T>(metrics: &crate::ProxyMetrics, what: &str, f: impl FnOnce() -> T) 
     }
 }
 
-/// Prices the record, shows it to the stages that asked, and sends it. The cost is the
-/// tokens' plus, for an endpoint billed by the unit, the units'.
+/// Prices the record, shows it to the stages that asked, and sends it.
 fn price_and_send(
+    shared: &Shared,
+    record: Record,
+    hooks: Vec<Box<dyn StageHook>>,
+    complete: bool,
+    units: Option<&formats::Units>,
+) {
+    let record = price(shared, record, hooks, complete, units);
+    shared.sender.send(record);
+}
+
+/// Prices the record and shows it to the stages that asked. The cost is the tokens' plus,
+/// for an endpoint billed by the unit, the units'.
+fn price(
     shared: &Shared,
     mut record: Record,
     hooks: Vec<Box<dyn StageHook>>,
     complete: bool,
     units: Option<&formats::Units>,
-) {
+) -> Record {
     if record.tokens.is_some() || units.is_some() {
         let model = record
             .response_model
@@ -654,7 +670,7 @@ fn price_and_send(
             h.on_finish(&record, complete, metrics)
         });
     }
-    shared.sender.send(record);
+    record
 }
 
 fn status_class(status: u16) -> &'static str {

@@ -142,6 +142,33 @@ impl ClickHouseWriter {
         }
         Ok(())
     }
+
+    /// Asks which of `batch`'s request ids the table holds, within the batch's time range
+    /// (the sort key's leading column, so only those parts are read).
+    async fn stored_ids(&self, batch: &[Record]) -> Result<Vec<String>, ClickHouseError> {
+        let (Some(lo), Some(hi)) = (
+            batch.iter().map(|r| r.ts).min(),
+            batch.iter().map(|r| r.ts).max(),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<String> = batch.iter().map(|r| r.request_id.to_string()).collect();
+        let sql = format!(
+            "SELECT DISTINCT toString(request_id) FROM {} \
+             WHERE ts >= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+               AND ts <= fromUnixTimestamp64Milli(toInt64(?), 'UTC') \
+               AND has(?, toString(request_id))",
+            self.table
+        );
+        Ok(self
+            .client
+            .query(&sql)
+            .bind(lo)
+            .bind(hi)
+            .bind(ids)
+            .fetch_all::<String>()
+            .await?)
+    }
 }
 
 impl BatchWriter for ClickHouseWriter {
@@ -153,6 +180,18 @@ impl BatchWriter for ClickHouseWriter {
 
     fn retriable(error: &ClickHouseError) -> bool {
         is_retriable(error)
+    }
+
+    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, ClickHouseError> {
+        let stored: std::collections::HashSet<String> = self
+            .runtime
+            .block_on(self.stored_ids(&batch))?
+            .into_iter()
+            .collect();
+        Ok(batch
+            .into_iter()
+            .filter(|r| !stored.contains(&r.request_id.to_string()))
+            .collect())
     }
 }
 

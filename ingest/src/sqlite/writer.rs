@@ -148,4 +148,18 @@ impl BatchWriter for SqliteWriter {
         tx.commit()?;
         Ok(())
     }
+
+    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, SqliteError> {
+        self.check_file()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM requests WHERE request_id = ?1")?;
+        let mut out = Vec::with_capacity(batch.len());
+        for r in batch {
+            if !stmt.exists([r.request_id.to_string()])? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
 }

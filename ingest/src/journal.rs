@@ -1,0 +1,510 @@
+//! The record journal: each record on disk before its response completes, so that `kill -9`
+//! loses no record of an answered request.
+//!
+//! The channel and the batch in the worker are memory: a process that dies takes them along
+//! (up to a flush interval of records plus the batch being written). The journal closes that
+//! gap. [`RecordSender::send`](crate::RecordSender::send) appends the record to the journal's
+//! active segment with one `write(2)`, on the thread that finishes the record, and only then
+//! hands it to the channel. The proxy finishes a record before it forwards the response's last
+//! frame, so by the time a client has the whole answer, the record is in the kernel's page
+//! cache, which outlives the process.
+//!
+//! **Acknowledgement.** Each appended record carries a [`Ticket`] for its segment through the
+//! channel. The worker releases the tickets of a batch once the batch is committed to the
+//! store, written to the spool (which is fsynced), or counted as dropped. A segment that is
+//! full (sealed) and has no ticket out is deleted. What a crash leaves is read back at the next
+//! start ([`Journal::open`]), written through the store's keys ([`BatchWriter::unstored`]
+//! filters out what the store already holds), and only then deleted: a crash during that
+//! replay leaves the segments for the next start.
+//!
+//! **No fsync.** The journal never syncs: a write to the page cache survives the death of the
+//! process, which is what it is for, and costs a few microseconds. A power loss or a kernel
+//! crash can still lose what the kernel had not yet written back (by default up to about 30 s
+//! of records, `vm.dirty_expire_centisecs`), plus, as always, the store's own unsynced state.
+//!
+//! **Bounded.** The live segments never pass `max_bytes`; past it a record is not journaled
+//! (it still goes to the channel, with today's pre-journal guarantee) and is counted in
+//! `tally_journal_refused_total{reason="full"}`.
+//!
+//! Each segment is `TJOURN1\n`, then frames of payload length (u32 LE), CRC32 (u32 LE) and the
+//! record as JSON. A torn or corrupt frame ends the reading of its segment, and is counted.
+//!
+//! [`BatchWriter::unstored`]: crate::BatchWriter::unstored
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::metrics::{DropLabels, IngestMetrics};
+use crate::record::Record;
+
+const MAGIC: &[u8] = b"TJOURN1\n";
+const FRAME_HEADER: usize = 8;
+
+/// Default bound on the journal's disk use: 256 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Size at which the active segment is sealed and a new one begun. Small enough that a
+/// segment is soon wholly acknowledged and deleted; large enough that opening files is rare.
+const SEGMENT_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("journal at {path}: {source}")]
+pub struct JournalError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A record's claim on its segment: the segment stays on disk until every ticket is released.
+#[derive(Debug)]
+#[must_use = "a ticket not released keeps its segment on disk until the next start"]
+pub struct Ticket {
+    segment: u64,
+}
+
+/// The journal. Cheap to clone; every clone appends to the same segments.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    dir: PathBuf,
+    max_bytes: u64,
+    metrics: IngestMetrics,
+    state: Mutex<State>,
+    _lock: fs::File,
+}
+
+#[derive(Default)]
+struct State {
+    active: Option<Active>,
+    segments: BTreeMap<u64, Seg>,
+    next_id: u64,
+    bytes: u64,
+}
+
+struct Active {
+    id: u64,
+    file: fs::File,
+}
+
+struct Seg {
+    path: PathBuf,
+    bytes: u64,
+    outstanding: usize,
+    sealed: bool,
+}
+
+/// What an earlier run left in the journal: records to write before anything else, and the
+/// tickets that keep their segments until they are written.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// One per request id (a later entry, an estimate's final record, replaces an earlier).
+    pub records: Vec<Record>,
+    /// Released once `records` are safe (stored, spooled or counted as dropped).
+    pub tickets: Vec<Ticket>,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.log"))
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `dir`, taking its lock, and reads what an earlier run
+    /// left there.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        max_bytes: u64,
+        metrics: IngestMetrics,
+    ) -> Result<(Self, Recovered), JournalError> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let lock = crate::spool::lock(&dir).map_err(|e| JournalError {
+            path: dir.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let name = entry.file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut state = State::default();
+        let mut recovered = Recovered::default();
+        let mut by_id: HashMap<uuid::Uuid, usize> = HashMap::new();
+        for id in ids {
+            let path = segment_path(&dir, id);
+            let data = fs::read(&path).map_err(io(&path))?;
+            let (records, corrupt) = read_frames(&data);
+            if corrupt {
+                metrics.journal_corrupt.inc();
+                tracing::error!(path = %path.display(), "journal segment ends in a torn or corrupt frame; read up to it");
+            }
+            for r in records {
+                match by_id.get(&r.request_id) {
+                    Some(&i) => recovered.records[i] = r,
+                    None => {
+                        by_id.insert(r.request_id, recovered.records.len());
+                        recovered.records.push(r);
+                    }
+                }
+            }
+            state.bytes += data.len() as u64;
+            state.segments.insert(
+                id,
+                Seg {
+                    path,
+                    bytes: data.len() as u64,
+                    outstanding: 1,
+                    sealed: true,
+                },
+            );
+            recovered.tickets.push(Ticket { segment: id });
+            state.next_id = id + 1;
+        }
+        let journal = Self {
+            shared: Arc::new(Shared {
+                dir,
+                max_bytes,
+                metrics,
+                state: Mutex::new(state),
+                _lock: lock,
+            }),
+        };
+        journal.update_gauges(&journal.lock());
+        Ok((journal, recovered))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as consistent as the last write.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends `record`, or returns `None` (and counts why) when it cannot: the caller sends
+    /// the record on regardless.
+    pub fn append(&self, record: &Record) -> Option<Ticket> {
+        // Encoded before taking the lock: the lock covers one write.
+        let mut frame = Vec::with_capacity(FRAME_HEADER + 1024);
+        frame.extend_from_slice(&[0; FRAME_HEADER]);
+        if serde_json::to_writer(&mut frame, record).is_err() {
+            self.refused("encode");
+            return None;
+        }
+        let len = (frame.len() - FRAME_HEADER) as u32;
+        let crc = crc32fast::hash(&frame[FRAME_HEADER..]);
+        frame[..4].copy_from_slice(&len.to_le_bytes());
+        frame[4..8].copy_from_slice(&crc.to_le_bytes());
+
+        let mut state = self.lock();
+        if state.bytes + frame.len() as u64 + MAGIC.len() as u64 > self.shared.max_bytes {
+            drop(state);
+            self.refused("full");
+            return None;
+        }
+        if state.active.is_none() {
+            if let Err(e) = self.begin_segment(&mut state) {
+                drop(state);
+                tracing::error!(error = %e, "cannot begin a journal segment");
+                self.refused("io");
+                return None;
+            }
+        }
+        let active = state.active.as_mut()?;
+        let id = active.id;
+        if let Err(e) = active.file.write_all(&frame) {
+            // A short write (a full disk) leaves a torn frame: seal the segment so nothing
+            // lands after it, and the next append begins a fresh one.
+            state.active = None;
+            let removable = state.segments.get_mut(&id).and_then(|s| {
+                s.sealed = true;
+                (s.outstanding == 0).then(|| s.path.clone())
+            });
+            drop(state);
+            tracing::error!(error = %e, "journal write failed");
+            self.refused("io");
+            if let Some(p) = removable {
+                self.remove(id, &p);
+            }
+            return None;
+        }
+        state.bytes += frame.len() as u64;
+        let seg = state
+            .segments
+            .get_mut(&id)
+            .expect("the active segment is listed");
+        seg.bytes += frame.len() as u64;
+        seg.outstanding += 1;
+        if seg.bytes >= SEGMENT_BYTES {
+            seg.sealed = true;
+            state.active = None;
+        }
+        self.update_gauges(&state);
+        Some(Ticket { segment: id })
+    }
+
+    fn begin_segment(&self, state: &mut State) -> std::io::Result<()> {
+        let id = state.next_id;
+        let path = segment_path(&self.shared.dir, id);
+        let mut file = fs::OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(MAGIC)?;
+        state.next_id += 1;
+        state.bytes += MAGIC.len() as u64;
+        state.segments.insert(
+            id,
+            Seg {
+                path,
+                bytes: MAGIC.len() as u64,
+                outstanding: 0,
+                sealed: false,
+            },
+        );
+        state.active = Some(Active { id, file });
+        Ok(())
+    }
+
+    /// Gives back tickets whose records are safe. Sealed segments left with none are deleted.
+    pub fn release(&self, tickets: impl IntoIterator<Item = Ticket>) {
+        let mut done = Vec::new();
+        {
+            let mut state = self.lock();
+            for t in tickets {
+                if let Some(seg) = state.segments.get_mut(&t.segment) {
+                    seg.outstanding = seg.outstanding.saturating_sub(1);
+                    if seg.outstanding == 0 && seg.sealed {
+                        done.push((t.segment, seg.path.clone()));
+                    }
+                }
+            }
+            for (id, _) in &done {
+                if let Some(seg) = state.segments.remove(id) {
+                    state.bytes -= seg.bytes;
+                }
+            }
+            self.update_gauges(&state);
+        }
+        // Unlinked outside the lock: the event loops append under it.
+        for (_, path) in done {
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete a journal segment");
+            }
+        }
+    }
+
+    fn remove(&self, id: u64, path: &Path) {
+        {
+            let mut state = self.lock();
+            if let Some(seg) = state.segments.remove(&id) {
+                state.bytes -= seg.bytes;
+            }
+            self.update_gauges(&state);
+        }
+        let _ = fs::remove_file(path);
+    }
+
+    /// Seals the active segment and deletes every segment with no ticket out: after a clean
+    /// shutdown, when every record is stored, that is all of them.
+    pub fn close(&self) {
+        let mut done = Vec::new();
+        {
+            let mut state = self.lock();
+            state.active = None;
+            let ids: Vec<u64> = state.segments.keys().copied().collect();
+            for id in ids {
+                let seg = state.segments.get_mut(&id).expect("listed");
+                seg.sealed = true;
+                if seg.outstanding == 0 {
+                    let seg = state.segments.remove(&id).expect("listed");
+                    state.bytes -= seg.bytes;
+                    done.push(seg.path);
+                }
+            }
+            self.update_gauges(&state);
+        }
+        for path in done {
+            let _ = fs::remove_file(path);
+        }
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.shared
+            .metrics
+            .journal_refused
+            .get_or_create(&DropLabels { reason })
+            .inc();
+    }
+
+    fn update_gauges(&self, state: &State) {
+        let m = &self.shared.metrics;
+        m.journal_bytes.set(state.bytes as i64);
+        m.journal_segments.set(state.segments.len() as i64);
+    }
+}
+
+/// The records of one segment, and whether it ended in a torn or corrupt frame.
+fn read_frames(data: &[u8]) -> (Vec<Record>, bool) {
+    let Some(mut rest) = data.strip_prefix(MAGIC) else {
+        return (Vec::new(), !data.is_empty());
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let Some((header, body)) = rest.split_at_checked(FRAME_HEADER) else {
+            return (out, true);
+        };
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        let Some((payload, next)) = body.split_at_checked(len) else {
+            return (out, true);
+        };
+        if crc32fast::hash(payload) != crc {
+            return (out, true);
+        }
+        match serde_json::from_slice::<Record>(payload) {
+            Ok(r) => out.push(r),
+            Err(_) => return (out, true),
+        }
+        rest = next;
+    }
+    (out, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::record;
+
+    fn files(dir: &Path) -> usize {
+        fs::read_dir(dir)
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count()
+    }
+
+    #[test]
+    fn what_is_not_released_comes_back_once_per_request() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = IngestMetrics::default();
+        let (j, rec) = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m.clone()).expect("open");
+        assert!(rec.records.is_empty());
+        let a = record(1);
+        let mut a2 = a.clone();
+        a2.cost_usd = Some(9.0);
+        let b = record(2);
+        let ta = j.append(&a).expect("a");
+        let _ta2 = j.append(&a2).expect("a again");
+        let tb = j.append(&b).expect("b");
+        j.release([ta]);
+        drop((j, tb));
+        let (_j, rec) = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m).expect("reopen");
+        // Released or not, a segment's records come back while it is on disk; the later
+        // entry for a request replaces the earlier.
+        assert_eq!(rec.records, vec![a2, b]);
+    }
+
+    #[test]
+    fn a_sealed_segment_goes_when_its_last_ticket_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = IngestMetrics::default();
+        let (j, _) = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m.clone()).expect("open");
+        let mut r = record(1);
+        r.request_body = Some("x".repeat(1024 * 1024));
+        let tickets: Vec<Ticket> = (0..5).map(|_| j.append(&r).expect("append")).collect();
+        // 5 MiB: the first segment sealed at 4 MiB, a second one active.
+        assert_eq!(files(dir.path()), 2);
+        j.release(tickets);
+        assert_eq!(
+            files(dir.path()),
+            1,
+            "the sealed one is deleted, the active one stays"
+        );
+        j.close();
+        assert_eq!(files(dir.path()), 0);
+        assert_eq!(m.journal_bytes.get(), 0);
+    }
+
+    #[test]
+    fn the_bound_refuses_and_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = IngestMetrics::default();
+        let (j, _) = Journal::open(dir.path(), 4096, m.clone()).expect("open");
+        let mut r = record(1);
+        r.request_body = Some("x".repeat(3000));
+        let t = j.append(&r).expect("fits");
+        assert!(j.append(&r).is_none(), "past the bound");
+        let full = m
+            .journal_refused
+            .get_or_create(&DropLabels { reason: "full" })
+            .get();
+        assert_eq!(full, 1);
+        j.release([t]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_read_up_to_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = IngestMetrics::default();
+        let (j, _) = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m.clone()).expect("open");
+        let (one, two) = (record(1), record(2));
+        let _t1 = j.append(&one).expect("1");
+        let _t2 = j.append(&two).expect("2");
+        drop(j);
+        let path = segment_path(dir.path(), 0);
+        let len = fs::metadata(&path).expect("meta").len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(len - 10)
+            .expect("truncate");
+        let (_j, rec) = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m.clone()).expect("reopen");
+        assert_eq!(rec.records, vec![one]);
+        assert_eq!(m.journal_corrupt.get(), 1);
+    }
+
+    #[test]
+    fn one_process_per_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = IngestMetrics::default();
+        let _held = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m.clone()).expect("open");
+        assert!(Journal::open(dir.path(), DEFAULT_MAX_BYTES, m).is_err());
+    }
+}
