@@ -12,7 +12,16 @@
 //! cargo bench --bench load -- --pin ...            # the proxy on its own core
 //! cargo bench --bench load -- --connections 64     # oha, 64 client connections (cargo install oha)
 //! cargo bench --bench load -- --targets direct,nginx,tally,tally-unified   # + the unified API
+//! # #23's table: nginx upstream, 8/64/256 connections interleaved, the journal's cost beside it
+//! cargo bench --bench load -- --upstream nginx --connections 8,64,256 --rates 2000 \
+//!     --targets direct,nginx,tally,tally-nojournal --rounds 3
+//! cargo bench --bench load -- --upstream nginx --connections 64 --rates 0 ...   # closed loop
 //! ```
+//!
+//! `--upstream nginx` serves the static JSON answer from nginx instead of the in-process fake
+//! (whole answers only), so no proxy under test shares a process with the upstream.
+//! `--rates 0` is closed loop (oha only): each connection sends its next request when the last
+//! one is answered, and `achieved/s` is the maximum throughput.
 //!
 //! `--capture` records loopback with tcpdump while streams run and pairs each event's packet
 //! from the upstream with the proxy's packet carrying it on to the client: that difference is
@@ -89,9 +98,12 @@ struct Opts {
     targets: Vec<String>,
     pin: bool,
     capture: bool,
-    /// With `--connections N`, oha drives the load instead: N client connections, each its
-    /// own virtual client, as a gateway sees them (the built-in generator pools a few).
-    connections: usize,
+    /// With `--connections N[,M…]`, oha drives the load instead: N client connections, each
+    /// its own virtual client, as a gateway sees them (the built-in generator pools a few).
+    /// Several counts run interleaved, in one run. 0 is the built-in generator.
+    connections: Vec<usize>,
+    /// `--upstream nginx`: nginx serves the JSON answer.
+    nginx_upstream: bool,
 }
 
 fn opts() -> Opts {
@@ -117,7 +129,10 @@ fn opts() -> Opts {
             .unwrap_or_else(|| vec!["direct".into(), "nginx".into(), "tally".into()]),
         pin: args.iter().any(|a| a == "--pin"),
         capture: args.iter().any(|a| a == "--capture"),
-        connections: num("--connections", 0) as usize,
+        connections: get("--connections")
+            .map(|v| v.split(',').filter_map(|c| c.parse().ok()).collect())
+            .unwrap_or_else(|| vec![0]),
+        nginx_upstream: get("--upstream").is_some_and(|u| u == "nginx"),
     }
 }
 
@@ -343,7 +358,7 @@ impl Drop for Proc {
     }
 }
 
-fn start_tally(upstream: SocketAddr, clickhouse: bool) -> Proc {
+fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, dash) = (free_port(), free_port());
     let store = if clickhouse {
@@ -353,7 +368,7 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool) -> Proc {
     };
     let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[dashboard]\nlisten = \"127.0.0.1:{dash}\"\n\
-         {}[providers.openai]\nbase_url = \"http://{upstream}\"\n\
+         {}journal = {journal}\n[providers.openai]\nbase_url = \"http://{upstream}\"\n\
          [providers.anthropic]\nbase_url = \"http://{upstream}\"\n",
         store.config(dir.path()),
     );
@@ -402,6 +417,44 @@ fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).expect("nginx conf");
     let child = proxy_command(bin)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .ok()?;
+    wait_port(port);
+    Some(Proc {
+        child,
+        port,
+        dashboard: None,
+        store: None,
+        _dir: dir,
+    })
+}
+
+/// nginx answering every request with the load upstream's JSON completion (`--upstream
+/// nginx`), as the issue's outside measurement did: a static answer from a process of its own.
+fn start_nginx_upstream() -> Option<Proc> {
+    let bin = ["nginx", "/usr/sbin/nginx"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-v").output().is_ok())?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let d = dir.path().display();
+    // nginx's `return` takes the text in single quotes; the JSON has none.
+    assert!(!JSON.contains('\''));
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  keepalive_requests 1000000;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type application/json;\n\
+               return 200 '{JSON}';\n    }}\n  }}\n}}\n"
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx conf");
+    let child = Command::new(bin)
         .arg("-c")
         .arg(&path)
         .args(["-g", "daemon off;"])
@@ -757,7 +810,13 @@ fn run_oha(
                 // Requests still open at the deadline finish instead of counting as errors.
                 "--wait-ongoing-requests-after-deadline",
             ])
-            .args(["-c", &connections.to_string(), "-q", &rate.to_string()])
+            .args(["-c", &connections.to_string()])
+            // No rate: closed loop, as fast as the target answers.
+            .args(if rate > 0 {
+                vec!["-q".to_owned(), rate.to_string()]
+            } else {
+                Vec::new()
+            })
             .args(["-z", &format!("{secs}s"), "-m", "POST"])
             .args(["-H", "content-type: application/json", "-d", body])
             .arg(format!("http://127.0.0.1:{addr}{path}"))
@@ -855,7 +914,15 @@ fn main() {
         o.events,
         Duration::from_millis(o.event_interval_ms),
     );
-    let idle_tally = start_tally(upstream, false);
+    // Kept for the whole run: nginx as the upstream (whole answers only).
+    let nginx_upstream = o.nginx_upstream.then(|| {
+        assert!(!o.stream, "--upstream nginx serves whole answers only");
+        start_nginx_upstream().expect("nginx for --upstream nginx (apt-get install nginx-light)")
+    });
+    let upstream = nginx_upstream
+        .as_ref()
+        .map_or(upstream, |p| SocketAddr::from(([127, 0, 0, 1], p.port)));
+    let idle_tally = start_tally(upstream, false, true);
     std::thread::sleep(Duration::from_secs(1));
     let idle = proc_stats(idle_tally.child.id()).map(|s| s.0);
     drop(idle_tally);
@@ -890,7 +957,16 @@ fn main() {
     let mut table: BTreeMap<(u64, String), Vec<[u64; 4]>> = BTreeMap::new();
     for &rate in &o.rates {
         for round in 1..=o.rounds {
-            for target in &o.targets {
+            for (&conns, target) in o
+                .connections
+                .iter()
+                .flat_map(|c| o.targets.iter().map(move |t| (c, t)))
+            {
+                assert!(
+                    rate > 0 || conns > 0,
+                    "--rates 0 (closed loop) needs --connections"
+                );
+                let label = label(target, conns);
                 let proc = match target.as_str() {
                     "direct" => None,
                     "nginx" => match start_nginx(upstream) {
@@ -902,8 +978,9 @@ fn main() {
                             continue;
                         }
                     },
-                    "tally" | "tally-unified" => Some(start_tally(upstream, false)),
-                    "tally-clickhouse" => Some(start_tally(upstream, true)),
+                    "tally" | "tally-unified" => Some(start_tally(upstream, false, true)),
+                    "tally-nojournal" => Some(start_tally(upstream, false, false)),
+                    "tally-clickhouse" => Some(start_tally(upstream, true, true)),
                     "litellm" => match start_litellm(upstream) {
                         Some(p) => Some(p),
                         None => {
@@ -919,7 +996,7 @@ fn main() {
                 let capture = (o.capture && o.stream && proc.is_some())
                     .then(|| Capture::start(upstream.port(), port));
                 let pid = proc.as_ref().map(|p| p.child.id());
-                let out = match o.connections {
+                let out = match conns {
                     0 => run(
                         port,
                         request_of(target, o.stream),
@@ -932,7 +1009,7 @@ fn main() {
                 };
                 let h = out.latency.as_ref().expect("histogram");
                 let row = percentiles(h);
-                table.entry((rate, target.clone())).or_default().push(row);
+                table.entry((rate, label.clone())).or_default().push(row);
                 let ev = out.events.as_ref().map_or("–".to_owned(), |e| {
                     format!("{} / {}", q(e, 0.5), q(e, 0.99))
                 });
@@ -947,18 +1024,18 @@ fn main() {
                 });
                 if let Some(e) = &out.events {
                     event_delay
-                        .entry((rate, target.clone()))
+                        .entry((rate, label.clone()))
                         .or_default()
                         .push(percentiles(e));
                 }
                 if let Some(f) = &out.forwarding {
                     forwarding
-                        .entry((rate, target.clone()))
+                        .entry((rate, label.clone()))
                         .or_default()
                         .push(percentiles(f));
                 }
                 println!(
-                    "| {target} | {rate} | {round} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {ev} | {fw} |",
+                    "| {label} | {rate} | {round} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {ev} | {fw} |",
                     out.ok as f64 / out.seconds,
                     out.errors,
                     row[0],
@@ -1027,30 +1104,55 @@ fn spread(mut v: Vec<i64>) -> String {
     format!("{} / {} / {}", v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-/// Each target's per-round percentiles minus direct's in the same round.
+/// A row's name: the target, and its client connections when oha drove it.
+fn label(target: &str, conns: usize) -> String {
+    match conns {
+        0 => target.to_owned(),
+        c => format!("{target} ×{c}"),
+    }
+}
+
+/// Each target's per-round percentiles minus direct's in the same round, and, where nginx ran
+/// too, that added time over nginx's (median of the per-round ratios).
 fn overhead(title: &str, o: &Opts, table: &BTreeMap<(u64, String), Vec<[u64; 4]>>) {
     println!("\n{title}:\n");
-    println!("| target | rate/s | p50 µs | p90 µs | p99 µs | max µs |");
-    println!("|---|---|---|---|---|---|");
+    println!("| target | rate/s | p50 µs | p90 µs | p99 µs | max µs | added p50 / p99 ÷ nginx's |");
+    println!("|---|---|---|---|---|---|---|");
     for &rate in &o.rates {
-        let Some(direct) = table.get(&(rate, "direct".into())) else {
-            continue;
-        };
-        for target in o.targets.iter().filter(|t| *t != "direct") {
-            let Some(rows) = table.get(&(rate, target.clone())) else {
+        for &conns in &o.connections {
+            let Some(direct) = table.get(&(rate, label("direct", conns))) else {
                 continue;
             };
-            let cols: Vec<String> = (0..4)
-                .map(|c| {
-                    spread(
-                        rows.iter()
-                            .zip(direct)
-                            .map(|(r, d)| r[c] as i64 - d[c] as i64)
-                            .collect(),
-                    )
-                })
-                .collect();
-            println!("| {target} | {rate} | {} |", cols.join(" | "));
+            let added = |rows: &[[u64; 4]], c: usize| -> Vec<i64> {
+                rows.iter()
+                    .zip(direct)
+                    .map(|(r, d)| r[c] as i64 - d[c] as i64)
+                    .collect()
+            };
+            let nginx = table.get(&(rate, label("nginx", conns)));
+            for target in o.targets.iter().filter(|t| *t != "direct") {
+                let name = label(target, conns);
+                let Some(rows) = table.get(&(rate, name.clone())) else {
+                    continue;
+                };
+                let cols: Vec<String> = (0..4).map(|c| spread(added(rows, c))).collect();
+                let ratio = match nginx {
+                    Some(n) if target != "nginx" => {
+                        let r = |c: usize| {
+                            let mut v: Vec<f64> = added(rows, c)
+                                .iter()
+                                .zip(added(n, c))
+                                .map(|(t, n)| *t as f64 / n.max(1) as f64)
+                                .collect();
+                            v.sort_by(f64::total_cmp);
+                            v[v.len() / 2]
+                        };
+                        format!("{:.2} / {:.2}", r(0), r(2))
+                    }
+                    _ => "–".to_owned(),
+                };
+                println!("| {name} | {rate} | {} | {ratio} |", cols.join(" | "));
+            }
         }
     }
 }
