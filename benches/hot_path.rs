@@ -174,5 +174,43 @@ fn pricing(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, observers, strip, pricing);
+/// The crash journal's append, which runs once per request before its last frame: a record
+/// as the load harness's JSON request leaves it (both bodies kept), encoded alone and appended.
+fn journal(c: &mut Criterion) {
+    let mut r = tally_ingest::Record::new(uuid::Uuid::now_v7(), 1_700_000_000_000);
+    r.provider = "openai".into();
+    r.endpoint = "/v1/chat/completions".into();
+    r.method = "POST".into();
+    r.model = Some("gpt-4o-mini".into());
+    r.response_model = Some("gpt-4o-mini-2024-07-18".into());
+    r.status = 200;
+    r.tokens = Some(Tokens {
+        prompt: 21,
+        completion: 7,
+        ..Tokens::default()
+    });
+    r.cost_usd = Some(0.0000073);
+    r.api_key_hint = Some("sk-…abcd".into());
+    r.request_body = Some(
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello"}]}"#.into(),
+    );
+    r.response_body = Some(r#"{"id":"chatcmpl-load","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the load upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":7,"total_tokens":28}}"#.into());
+    let mut g = c.benchmark_group("journal");
+    g.bench_function("encode", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&r)).expect("encode"))
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = tally_ingest::IngestMetrics::default();
+    let (j, _) =
+        tally_ingest::journal::Journal::open(dir.path(), u64::MAX, metrics).expect("journal");
+    g.bench_function("append_and_release", |b| {
+        b.iter(|| {
+            let t = j.append(black_box(&r)).expect("append");
+            j.release([t]);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, observers, strip, pricing, journal);
 criterion_main!(benches);

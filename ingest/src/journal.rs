@@ -27,13 +27,16 @@
 //! `tally_journal_refused_total{reason="full"}`.
 //!
 //! Each segment is `TJOURN1\n`, then frames of payload length (u32 LE), CRC32 (u32 LE) and the
-//! record as JSON. A torn or corrupt frame ends the reading of its segment, and is counted.
+//! record as JSON, then zeros: a segment's space is allocated when it is begun (`fallocate`),
+//! and frames are written in place (`pwrite`), so an append neither grows the file nor, on
+//! ext4, dirties its inode for the size, which is what an appending `write` costs most of
+//! under load (BENCHMARKS.md, "Crash journal"). A zero length ends the frames; a torn or
+//! corrupt frame ends the reading of its segment, and is counted.
 //!
 //! [`BatchWriter::unstored`]: crate::BatchWriter::unstored
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -105,6 +108,10 @@ struct State {
 struct Active {
     id: u64,
     file: fs::File,
+    /// Where the next frame goes.
+    offset: u64,
+    /// The space allocated.
+    size: u64,
 }
 
 struct Seg {
@@ -230,13 +237,18 @@ impl Journal {
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
 
         let mut state = self.lock();
-        if state.bytes + frame.len() as u64 + MAGIC.len() as u64 > self.shared.max_bytes {
-            drop(state);
-            self.refused("full");
-            return None;
+        let fits = |a: &Active| a.offset + frame.len() as u64 <= a.size;
+        if state.active.as_ref().is_some_and(|a| !fits(a)) {
+            self.seal_active(&mut state);
         }
         if state.active.is_none() {
-            if let Err(e) = self.begin_segment(&mut state) {
+            let size = SEGMENT_BYTES.max((MAGIC.len() + frame.len()) as u64);
+            if state.bytes + size > self.shared.max_bytes {
+                drop(state);
+                self.refused("full");
+                return None;
+            }
+            if let Err(e) = self.begin_segment(&mut state, size) {
                 drop(state);
                 tracing::error!(error = %e, "cannot begin a journal segment");
                 self.refused("io");
@@ -245,57 +257,76 @@ impl Journal {
         }
         let active = state.active.as_mut()?;
         let id = active.id;
-        if let Err(e) = active.file.write_all(&frame) {
-            // A short write (a full disk) leaves a torn frame: seal the segment so nothing
-            // lands after it, and the next append begins a fresh one.
-            state.active = None;
-            let removable = state.segments.get_mut(&id).and_then(|s| {
-                s.sealed = true;
-                (s.outstanding == 0).then(|| s.path.clone())
-            });
+        if let Err(e) = write_at(&active.file, &frame, active.offset) {
+            // A short write leaves a torn frame: seal the segment so nothing lands after it,
+            // and the next append begins a fresh one.
+            self.seal_active(&mut state);
             drop(state);
-            tracing::error!(error = %e, "journal write failed");
+            tracing::error!(error = %e, segment = id, "journal write failed");
             self.refused("io");
-            if let Some(p) = removable {
-                self.remove(id, &p);
-            }
             return None;
         }
-        state.bytes += frame.len() as u64;
+        active.offset += frame.len() as u64;
         let seg = state
             .segments
             .get_mut(&id)
             .expect("the active segment is listed");
-        seg.bytes += frame.len() as u64;
         seg.outstanding += 1;
-        if seg.bytes >= SEGMENT_BYTES {
-            seg.sealed = true;
-            state.active = None;
-        }
-        self.update_gauges(&state);
         Some(Ticket { segment: id })
     }
 
-    fn begin_segment(&self, state: &mut State) -> std::io::Result<()> {
+    /// Seals the active segment: nothing more is written to it, and it goes once its last
+    /// ticket does (at once if none is out).
+    fn seal_active(&self, state: &mut State) {
+        let Some(a) = state.active.take() else {
+            return;
+        };
+        let empty = state.segments.get_mut(&a.id).is_some_and(|s| {
+            s.sealed = true;
+            s.outstanding == 0
+        });
+        if empty {
+            if let Some(seg) = state.segments.remove(&a.id) {
+                state.bytes -= seg.bytes;
+                // Under the lock, but rare: once per segment, and only when all of it is
+                // already stored.
+                let _ = fs::remove_file(seg.path);
+            }
+        }
+    }
+
+    /// Creates a segment with `size` bytes allocated and its magic written.
+    fn begin_segment(&self, state: &mut State, size: u64) -> std::io::Result<()> {
         let id = state.next_id;
         let path = segment_path(&self.shared.dir, id);
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .create_new(true)
-            .append(true)
+            .read(true)
+            .write(true)
             .open(&path)?;
-        file.write_all(MAGIC)?;
+        let made = allocate(&file, size).and_then(|()| write_at(&file, MAGIC, 0));
+        if let Err(e) = made {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
         state.next_id += 1;
-        state.bytes += MAGIC.len() as u64;
+        state.bytes += size;
         state.segments.insert(
             id,
             Seg {
                 path,
-                bytes: MAGIC.len() as u64,
+                bytes: size,
                 outstanding: 0,
                 sealed: false,
             },
         );
-        state.active = Some(Active { id, file });
+        self.update_gauges(state);
+        state.active = Some(Active {
+            id,
+            file,
+            offset: MAGIC.len() as u64,
+            size,
+        });
         Ok(())
     }
 
@@ -325,17 +356,6 @@ impl Journal {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete a journal segment");
             }
         }
-    }
-
-    fn remove(&self, id: u64, path: &Path) {
-        {
-            let mut state = self.lock();
-            if let Some(seg) = state.segments.remove(&id) {
-                state.bytes -= seg.bytes;
-            }
-            self.update_gauges(&state);
-        }
-        let _ = fs::remove_file(path);
     }
 
     /// Seals the active segment and deletes every segment with no ticket out: after a clean
@@ -377,6 +397,25 @@ impl Journal {
     }
 }
 
+fn write_at(file: &fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, offset)
+}
+
+/// Allocates the segment's blocks up front: a later write into them cannot fail for space, and
+/// does not change the file's size.
+fn allocate(file: &fs::File, size: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size)
+            .map_err(std::io::Error::from)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        file.set_len(size)
+    }
+}
+
 /// The records of one segment, and whether it ended in a torn or corrupt frame.
 fn read_frames(data: &[u8]) -> (Vec<Record>, bool) {
     let Some(mut rest) = data.strip_prefix(MAGIC) else {
@@ -389,6 +428,13 @@ fn read_frames(data: &[u8]) -> (Vec<Record>, bool) {
         };
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len == 0 {
+            // The allocated space after the last frame.
+            return (
+                out,
+                header != [0; FRAME_HEADER] || body.iter().any(|&b| b != 0),
+            );
+        }
         let Some((payload, next)) = body.split_at_checked(len) else {
             return (out, true);
         };
@@ -465,16 +511,23 @@ mod tests {
     fn the_bound_refuses_and_counts() {
         let dir = tempfile::tempdir().expect("tempdir");
         let m = IngestMetrics::default();
-        let (j, _) = Journal::open(dir.path(), 4096, m.clone()).expect("open");
+        // Room for one segment and a half: the second cannot be begun.
+        let (j, _) = Journal::open(dir.path(), SEGMENT_BYTES * 3 / 2, m.clone()).expect("open");
         let mut r = record(1);
-        r.request_body = Some("x".repeat(3000));
-        let t = j.append(&r).expect("fits");
+        r.request_body = Some("x".repeat(1024 * 1024));
+        let tickets: Vec<Ticket> = (0..3).map(|_| j.append(&r).expect("fits")).collect();
         assert!(j.append(&r).is_none(), "past the bound");
-        let full = m
-            .journal_refused
-            .get_or_create(&DropLabels { reason: "full" })
-            .get();
-        assert_eq!(full, 1);
+        let full = |m: &IngestMetrics| {
+            m.journal_refused
+                .get_or_create(&DropLabels { reason: "full" })
+                .get()
+        };
+        assert_eq!(full(&m), 1);
+        // Once the first segment's records are stored, it goes, and there is room again.
+        j.release(tickets);
+        assert_eq!(m.journal_bytes.get(), 0);
+        let t = j.append(&r).expect("room again");
+        assert_eq!(full(&m), 1);
         j.release([t]);
     }
 
@@ -487,14 +540,12 @@ mod tests {
         let _t1 = j.append(&one).expect("1");
         let _t2 = j.append(&two).expect("2");
         drop(j);
+        // The second frame torn: a byte of its payload never written.
         let path = segment_path(dir.path(), 0);
-        let len = fs::metadata(&path).expect("meta").len();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open")
-            .set_len(len - 10)
-            .expect("truncate");
+        let mut data = fs::read(&path).expect("read");
+        let first = u32::from_le_bytes(data[8..12].try_into().expect("len")) as usize;
+        data[MAGIC.len() + FRAME_HEADER + first + FRAME_HEADER + 5] ^= 0xff;
+        fs::write(&path, data).expect("write");
         let (_j, rec) = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m.clone()).expect("reopen");
         assert_eq!(rec.records, vec![one]);
         assert_eq!(m.journal_corrupt.get(), 1);
