@@ -445,8 +445,12 @@ fn write_at(file: &fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
 fn allocate(file: &fs::File, size: u64) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size)
-            .map_err(std::io::Error::from)
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+            // A file system without it (some network and FUSE ones): a sparse file, whose
+            // blocks are found at write time.
+            Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(size),
+            other => other.map_err(std::io::Error::from),
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {
