@@ -396,12 +396,16 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
     }
 }
 
-fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
+/// nginx's binary, its directory and its port, when nginx is installed.
+fn nginx_setup() -> Option<(&'static str, tempfile::TempDir, u16)> {
     let bin = ["nginx", "/usr/sbin/nginx"]
         .into_iter()
         .find(|b| Command::new(b).arg("-v").output().is_ok())?;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    Some((bin, tempfile::tempdir().expect("tempdir"), free_port()))
+}
+
+fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
+    let (bin, dir, port) = nginx_setup()?;
     let d = dir.path().display();
     // One worker per core it may use: `auto` counts the machine's cores, not its affinity.
     let workers = if proxy_cpu().is_some() { "1" } else { "auto" };
@@ -414,9 +418,19 @@ fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
                proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
                proxy_buffering off;\n      proxy_request_buffering off;\n    }}\n  }}\n}}\n"
     );
+    spawn_nginx(proxy_command(bin), dir, port, &conf)
+}
+
+/// Runs nginx in the foreground with `conf`, written into `dir`, and waits for `port`.
+fn spawn_nginx(
+    mut command: Command,
+    dir: tempfile::TempDir,
+    port: u16,
+    conf: &str,
+) -> Option<Proc> {
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, conf).expect("nginx conf");
-    let child = proxy_command(bin)
+    let child = command
         .arg("-c")
         .arg(&path)
         .args(["-g", "daemon off;"])
@@ -437,11 +451,7 @@ fn start_nginx(upstream: SocketAddr) -> Option<Proc> {
 /// nginx answering every request with the load upstream's JSON completion (`--upstream
 /// nginx`), as the issue's outside measurement did: a static answer from a process of its own.
 fn start_nginx_upstream() -> Option<Proc> {
-    let bin = ["nginx", "/usr/sbin/nginx"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("-v").output().is_ok())?;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let (bin, dir, port) = nginx_setup()?;
     let d = dir.path().display();
     // nginx's `return` takes the text in single quotes; the JSON has none.
     assert!(!JSON.contains('\''));
@@ -452,24 +462,7 @@ fn start_nginx_upstream() -> Option<Proc> {
            server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      default_type application/json;\n\
                return 200 '{JSON}';\n    }}\n  }}\n}}\n"
     );
-    let path = dir.path().join("nginx.conf");
-    std::fs::write(&path, conf).expect("nginx conf");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .ok()?;
-    wait_port(port);
-    Some(Proc {
-        child,
-        port,
-        dashboard: None,
-        store: None,
-        _dir: dir,
-    })
+    spawn_nginx(Command::new(bin), dir, port, &conf)
 }
 
 /// LiteLLM's proxy (from PyPI: `pip install 'litellm[proxy]'`), found through

@@ -295,20 +295,26 @@ fn journal_segments(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_under_load_loses_no_record_of_an_answered_request() {
-    let up = FakeUpstream::start().await;
-    let mut tally = Bin::start(&up.url()).await;
+/// Loads `tally` on 16 connections, kills it with `-9` after `after`, and returns how many
+/// requests were answered completely.
+async fn kill_under_load(tally: &mut Bin, after: Duration) -> i64 {
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, tasks) = load(tally.url("/v1/chat/completions"), 16, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(after).await;
     tally.signal("-KILL");
     tally.wait().await;
     stop.store(true, Ordering::SeqCst);
     for t in tasks {
         let _ = t.await;
     }
-    let answered = ok.load(Ordering::SeqCst) as i64;
+    ok.load(Ordering::SeqCst) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_record_of_an_answered_request() {
+    let up = FakeUpstream::start().await;
+    let mut tally = Bin::start(&up.url()).await;
+    let answered = kill_under_load(&mut tally, Duration::from_millis(1_500)).await;
     let before = tally.rows("SELECT count(*) FROM requests WHERE status = 200");
     assert!(answered > 100, "the load ran ({answered})");
     assert_eq!(
@@ -360,16 +366,7 @@ async fn a_kill_during_journal_recovery_loses_nothing() {
     };
     let mut tally =
         Bin::start_with(&up.url(), tempfile::tempdir().expect("tempdir"), &options).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, tasks) = load(tally.url("/v1/chat/completions"), 16, stop.clone());
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    tally.signal("-KILL");
-    tally.wait().await;
-    stop.store(true, Ordering::SeqCst);
-    for t in tasks {
-        let _ = t.await;
-    }
-    let answered = ok.load(Ordering::SeqCst) as i64;
+    let answered = kill_under_load(&mut tally, Duration::from_millis(1_000)).await;
     assert!(answered > 100, "the load ran ({answered})");
     assert_eq!(
         tally.rows("SELECT count(*) FROM requests"),
