@@ -528,7 +528,7 @@ fn what_a_crash_left_is_written_once_and_only_what_the_store_lacks() {
         let metrics = IngestMetrics::default();
         let (journal, _) = journal::Journal::open(&jdir, 1 << 30, metrics).expect("journal");
         for r in &records {
-            std::mem::forget(journal.append(r).expect("append"));
+            let _kept = journal.append(r).expect("append");
         }
         sqlite_store(&db)
             .write_batch(&records[..10])
