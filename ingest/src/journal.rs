@@ -3,9 +3,9 @@
 //!
 //! The channel and the batch in the worker are memory: a process that dies takes them along
 //! (up to a flush interval of records plus the batch being written). The journal closes that
-//! gap. [`RecordSender::send`](crate::RecordSender::send) appends the record to the journal's
-//! active segment with one `write(2)`, on the thread that finishes the record, and only then
-//! hands it to the channel. The proxy finishes a record before it forwards the response's last
+//! gap. [`RecordSender::send`](crate::RecordSender::send) writes the record into the active
+//! segment of its thread's lane with one `pwrite`, on the thread that finishes the record, and
+//! only then hands it to the channel. The proxy finishes a record before it forwards the response's last
 //! frame, so by the time a client has the whole answer, the record is in the kernel's page
 //! cache, which outlives the process.
 //!
@@ -30,7 +30,7 @@
 //! record as JSON, then zeros: a segment's space is allocated when it is begun (`fallocate`),
 //! and frames are written in place (`pwrite`), so an append neither grows the file nor, on
 //! ext4, dirties its inode for the size, which is what an appending `write` costs most of
-//! under load (BENCHMARKS.md, "Crash journal"). A zero length ends the frames; a torn or
+//! under load (BENCHMARKS.md, "Many connections, and the crash journal"). A zero length ends the frames; a torn or
 //! corrupt frame ends the reading of its segment, and is counted.
 //!
 //! [`BatchWriter::unstored`]: crate::BatchWriter::unstored
