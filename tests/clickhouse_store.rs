@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use tally_ingest::clickhouse::ClickHouseWriter;
 use tally_ingest::{BatchWriter, Record, Tokens};
 
+use crate::support::bin::{Bin, Options};
 use crate::support::clickhouse::{ClickHouse, FaultGate};
 use crate::support::{get, post_json, request_id, FakeUpstream, TestTally};
 
@@ -649,4 +650,53 @@ async fn a_full_spool_counts_every_record_it_cannot_keep() {
         "what was spooled is replayed once"
     );
     tally.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_and_the_journal_stores_nothing_twice() {
+    let up = FakeUpstream::start().await;
+    let ch = ClickHouse::started().await;
+    let options = Options {
+        store: ch.store_toml(),
+        ..Options::default()
+    };
+    let mut tally =
+        Bin::start_with(&up.url(), tempfile::tempdir().expect("tempdir"), &options).await;
+    let answered =
+        crate::faults::kill_under_load(&mut tally, std::time::Duration::from_millis(2_500)).await
+            as u64;
+    assert!(answered > 100, "the load ran ({answered})");
+    let at_crash = count(&ch, "SELECT count() FROM requests WHERE status = 200").await;
+    // The same store again: the journal holds what was not yet inserted, and maybe a batch
+    // that was, whose acknowledgement the kill cut off.
+    let dir = std::mem::replace(&mut tally.dir, tempfile::tempdir().expect("tempdir"));
+    let again = Bin::start_with(&up.url(), dir, &options).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !again.log().contains("journal recovery done") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery: {}",
+            again.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    wait_for_rows(&ch, answered).await;
+    let stored = count(&ch, "SELECT count() FROM requests WHERE status = 200").await;
+    let distinct = count(
+        &ch,
+        "SELECT uniqExact(request_id) FROM requests WHERE status = 200",
+    )
+    .await;
+    eprintln!(
+        "kill -9 on ClickHouse: {answered} answered, {at_crash} stored at the crash, {stored} after the restart"
+    );
+    assert!(at_crash < answered, "the crash left something to recover");
+    assert!(stored >= answered, "lost {}", answered - stored);
+    assert!(stored <= answered + 16, "{stored} stored of {answered}");
+    assert_eq!(stored, distinct, "a record was stored twice");
+    // The rollup counted each once too.
+    assert_eq!(
+        count(&ch, "SELECT toUInt64(sum(requests)) FROM requests_hourly").await,
+        count(&ch, "SELECT count() FROM requests").await
+    );
 }

@@ -297,7 +297,7 @@ fn journal_segments(dir: &std::path::Path) -> usize {
 
 /// Loads `tally` on 16 connections, kills it with `-9` after `after`, and returns how many
 /// requests were answered completely.
-async fn kill_under_load(tally: &mut Bin, after: Duration) -> i64 {
+pub(crate) async fn kill_under_load(tally: &mut Bin, after: Duration) -> i64 {
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, tasks) = load(tally.url("/v1/chat/completions"), 16, stop.clone());
     tokio::time::sleep(after).await;

@@ -15,6 +15,8 @@ pub struct Options {
     pub dashboard: String,
     /// Further tables, after `[providers.openai]`.
     pub rest: String,
+    /// More lines for `[store]` (another kind of store).
+    pub store: String,
     /// A spool directory other than `<dir>/spool` (to share one).
     pub spool_dir: Option<std::path::PathBuf>,
     /// Start under this soft open-file limit (the hard limit stays).
@@ -52,11 +54,12 @@ impl Bin {
             format!(
                 "[proxy]\nlisten = \"127.0.0.1:{proxy}\"\n{proxy_extra}\n\
                  [dashboard]\nlisten = \"127.0.0.1:{dash}\"\n{dashboard_extra}\n\
-                 [store]\npath = \"{db}\"\nspool_dir = \"{spool}\"\n\
+                 [store]\npath = \"{db}\"\nspool_dir = \"{spool}\"\n{store_extra}\n\
                  [providers.openai]\nbase_url = \"{upstream}\"\n{rest}\n",
                 proxy_extra = options.proxy,
                 dashboard_extra = options.dashboard,
                 rest = options.rest,
+                store_extra = options.store,
                 db = dir.path().join("tally.db").display(),
                 spool = spool.display(),
             ),

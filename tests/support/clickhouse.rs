@@ -191,6 +191,26 @@ impl ClickHouse {
         c.store.password = password;
     }
 
+    /// The `[store]` lines that point the real binary at this database.
+    pub fn store_toml(&self) -> String {
+        let (user, password) = self.user_password();
+        let compression = match self.compression {
+            tally_ingest::clickhouse::Compression::None => "none",
+            _ => "lz4",
+        };
+        let mut s = format!(
+            "kind = \"clickhouse\"\nurl = \"{}\"\ndatabase = \"{}\"\ncompression = \"{compression}\"\n",
+            self.url, self.database
+        );
+        if let Some(u) = user {
+            s.push_str(&format!("user = {u:?}\n"));
+        }
+        if let Some(p) = password {
+            s.push_str(&format!("password = {p:?}\n"));
+        }
+        s
+    }
+
     pub fn settings(&self) -> ClickHouseSettings {
         ClickHouseConfig {
             url: self.url.clone(),
