@@ -161,16 +161,14 @@ impl Server {
         let spool = Some(spool);
         // After the spool, whose lock keeps a second process out of its directory (the
         // journal lives inside it).
-        let journal = match &config.journal {
-            Some((dir, max)) => {
-                let (journal, recovered) = Journal::open(dir, *max, ingest_metrics.clone())
-                    .with_context(|| {
-                        format!("cannot open the record journal at {}", dir.display())
-                    })?;
-                Some((journal, recovered))
-            }
-            None => None,
-        };
+        let journal = config
+            .journal
+            .as_ref()
+            .map(|(dir, max)| {
+                Journal::open(dir, *max, ingest_metrics.clone())
+                    .with_context(|| format!("cannot open the record journal at {}", dir.display()))
+            })
+            .transpose()?;
         let tx = match &journal {
             Some((j, _)) => tx.with_journal(j.clone()),
             None => tx,

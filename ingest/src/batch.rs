@@ -4,12 +4,14 @@
 //! It runs on its own OS thread because store writers (SQLite in particular) block; keeping them
 //! off the async runtime means a slow disk can never delay a proxied byte.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
+use uuid::Uuid;
 
 use crate::channel::{Queued, RecordReceiver};
 use crate::journal::{Journal, Recovered, Ticket};
@@ -77,11 +79,11 @@ pub trait BatchWriter: Send + 'static {
         true
     }
 
-    /// The records of `batch` the store does not hold yet, by request id: what a crash left in
-    /// the journal may have been committed just before it. The default keeps them all, which
-    /// is right only for a store that ignores a second insert of a key.
-    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, Self::Error> {
-        Ok(batch)
+    /// The request ids of `batch` the store already holds: what a crash left in the journal
+    /// may have been committed just before it. The default finds none, which is right only
+    /// for a store that ignores a second insert of a key.
+    fn stored(&mut self, _batch: &[Record]) -> Result<HashSet<Uuid>, Self::Error> {
+        Ok(HashSet::new())
     }
 }
 
@@ -223,6 +225,27 @@ impl IngestWorker {
     }
 }
 
+/// Runs `op` (given the attempt number, from 1) up to `attempts` times while it fails with an
+/// error the store calls retriable, sleeping `backoff`, doubled each time, between tries.
+fn with_retries<W: BatchWriter, T>(
+    mut backoff: Duration,
+    attempts: u32,
+    mut op: impl FnMut(u32) -> Result<T, W::Error>,
+) -> Result<T, W::Error> {
+    let attempts = attempts.max(1);
+    let mut attempt = 1;
+    loop {
+        match op(attempt) {
+            Err(e) if attempt < attempts && W::retriable(&e) => {
+                std::thread::sleep(backoff);
+                backoff *= 2;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 struct FlushLoop<W> {
     rx: RecordReceiver,
     stop: Arc<AtomicBool>,
@@ -307,19 +330,28 @@ impl<W: BatchWriter> FlushLoop<W> {
         );
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
-            let chunk: Vec<Record> = records.by_ref().take(self.config.max_rows).collect();
-            let fresh = match self.unstored(chunk.clone()) {
-                Ok(fresh) => fresh,
+            let mut chunk: Vec<Record> = records.by_ref().take(self.config.max_rows).collect();
+            let writer = &mut self.writer;
+            let asked = with_retries::<W, _>(
+                self.config.retry_backoff,
+                self.config.max_attempts,
+                |attempt| {
+                    writer.stored(&chunk).inspect_err(|e| {
+                        tracing::warn!(attempt, error = %e, "asking the store which journal records it holds failed");
+                    })
+                },
+            );
+            match asked {
+                Ok(stored) => chunk.retain(|r| !stored.contains(&r.request_id)),
+                // Without the store's answer every record is kept: on SQLite a duplicate is
+                // ignored by its key; on ClickHouse one stored just before the crash may be
+                // stored twice (GUARANTEES.md).
                 Err(e) => {
-                    // Without the store's answer every record is kept: on SQLite a duplicate
-                    // is ignored by its key; on ClickHouse one stored just before the crash may
-                    // be stored twice (GUARANTEES.md).
                     tracing::error!(error = %e, rows = chunk.len(), "cannot ask the store which journal records it holds; keeping them all");
-                    chunk
                 }
-            };
-            self.metrics.journal_recovered.inc_by(fresh.len() as u64);
-            for r in fresh {
+            }
+            self.metrics.journal_recovered.inc_by(chunk.len() as u64);
+            for r in chunk {
                 self.push(r);
                 if self.is_full() {
                     self.flush();
@@ -331,25 +363,6 @@ impl<W: BatchWriter> FlushLoop<W> {
             j.release(tickets);
         }
         tracing::info!("journal recovery done");
-    }
-
-    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, W::Error> {
-        let mut backoff = self.config.retry_backoff;
-        let mut attempt = 1;
-        loop {
-            match self.writer.unstored(batch.clone()) {
-                Ok(fresh) => return Ok(fresh),
-                Err(e) if attempt >= self.config.max_attempts || !W::retriable(&e) => {
-                    return Err(e)
-                }
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "asking the store which journal records it holds failed");
-                    std::thread::sleep(backoff);
-                    backoff *= 2;
-                    attempt += 1;
-                }
-            }
-        }
     }
 
     fn receive(&mut self, queued: Queued) {
@@ -431,33 +444,33 @@ impl<W: BatchWriter> FlushLoop<W> {
     /// Tries a batch up to `attempts` times. `Err(true)` when the last failure may pass on a
     /// later try, `Err(false)` when the store refused the batch for good.
     fn write(&mut self, batch: &[Record], attempts: u32) -> Result<(), bool> {
-        let mut backoff = self.config.retry_backoff;
-        for attempt in 1..=attempts.max(1) {
+        let (writer, metrics) = (&mut self.writer, &self.metrics);
+        let written = with_retries::<W, _>(self.config.retry_backoff, attempts, |attempt| {
             let started = Instant::now();
-            match self.writer.write_batch(batch) {
-                Ok(()) => {
-                    self.metrics
+            writer
+                .write_batch(batch)
+                .inspect(|()| {
+                    metrics
                         .batch_write_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    self.metrics.written.inc_by(batch.len() as u64);
-                    tracing::debug!(rows = batch.len(), "batch written");
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.metrics.write_errors.inc();
+                })
+                .inspect_err(|e| {
+                    metrics.write_errors.inc();
                     tracing::warn!(attempt, rows = batch.len(), error = %e, "batch write failed");
-                    if !W::retriable(&e) {
-                        tracing::error!(error = %e, "the store refused the batch permanently");
-                        return Err(false);
-                    }
-                    if attempt < attempts {
-                        std::thread::sleep(backoff);
-                        backoff *= 2;
-                    }
-                }
+                })
+        });
+        match written {
+            Ok(()) => {
+                metrics.written.inc_by(batch.len() as u64);
+                tracing::debug!(rows = batch.len(), "batch written");
+                Ok(())
             }
+            Err(e) if !W::retriable(&e) => {
+                tracing::error!(error = %e, "the store refused the batch permanently");
+                Err(false)
+            }
+            Err(_) => Err(true),
         }
-        Err(true)
     }
 
     fn spool_batch(&mut self, batch: &[Record]) {

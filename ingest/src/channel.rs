@@ -74,10 +74,15 @@ impl RecordSender {
     /// Sends the final form of a reserved record; its journal entry replaces the reserved one.
     pub fn send_reserved(&self, record: Record, reservation: Reservation) -> bool {
         let ticket = self.journal.as_ref().and_then(|j| j.append(&record));
-        if let (Some(j), Some(t)) = (&self.journal, reservation.0) {
+        self.give_back(reservation.0);
+        self.enqueue(record, ticket)
+    }
+
+    /// Releases a ticket nothing else will.
+    fn give_back(&self, ticket: Option<Ticket>) {
+        if let (Some(j), Some(t)) = (&self.journal, ticket) {
             j.release([t]);
         }
-        self.enqueue(record, ticket)
     }
 
     fn enqueue(&self, record: Record, ticket: Option<Ticket>) -> bool {
@@ -94,9 +99,7 @@ impl RecordSender {
                     TrySendError::Disconnected(q) => ("channel_closed", q),
                 };
                 // Nothing will acknowledge it: give its claim back so its segment can go.
-                if let (Some(j), Some(t)) = (&self.journal, queued.ticket) {
-                    j.release([t]);
-                }
+                self.give_back(queued.ticket);
                 self.metrics
                     .dropped
                     .get_or_create(&DropLabels { reason })

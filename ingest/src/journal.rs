@@ -13,7 +13,7 @@
 //! channel. The worker releases the tickets of a batch once the batch is committed to the
 //! store, written to the spool (which is fsynced), or counted as dropped. A segment that is
 //! full (sealed) and has no ticket out is deleted. What a crash leaves is read back at the next
-//! start ([`Journal::open`]), written through the store's keys ([`BatchWriter::unstored`]
+//! start ([`Journal::open`]), written through the store's keys ([`BatchWriter::stored`]
 //! filters out what the store already holds), and only then deleted: a crash during that
 //! replay leaves the segments for the next start.
 //!
@@ -33,7 +33,7 @@
 //! under load (BENCHMARKS.md, "Many connections, and the crash journal"). A zero length ends the frames; a torn or
 //! corrupt frame ends the reading of its segment, and is counted.
 //!
-//! [`BatchWriter::unstored`]: crate::BatchWriter::unstored
+//! [`BatchWriter::stored`]: crate::BatchWriter::stored
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -118,6 +118,15 @@ struct State {
     segments: BTreeMap<u64, Seg>,
     next_id: u64,
     bytes: u64,
+}
+
+impl State {
+    /// Takes a segment off the books; deleting its file is the caller's, outside the lock.
+    fn remove(&mut self, id: u64) -> Option<PathBuf> {
+        let seg = self.segments.remove(&id)?;
+        self.bytes -= seg.bytes;
+        Some(seg.path)
+    }
 }
 
 struct Active {
@@ -312,17 +321,11 @@ impl Journal {
             s.outstanding += a.appended;
             s.outstanding <= 0
         });
-        let gone = if empty {
-            state.segments.remove(&a.id).inspect(|seg| {
-                state.bytes -= seg.bytes;
-            })
-        } else {
-            None
-        };
+        let gone = empty.then(|| state.remove(a.id)).flatten();
         self.update_gauges(&state);
         drop(state);
-        if let Some(seg) = gone {
-            let _ = fs::remove_file(seg.path);
+        if let Some(path) = gone {
+            let _ = fs::remove_file(path);
         }
     }
 
@@ -372,51 +375,31 @@ impl Journal {
         {
             let mut state = self.lock();
             for t in tickets {
-                if let Some(seg) = state.segments.get_mut(&t.segment) {
-                    seg.outstanding -= 1;
-                    if seg.outstanding <= 0 && seg.sealed {
-                        done.push((t.segment, seg.path.clone()));
-                    }
-                }
-            }
-            for (id, _) in &done {
-                if let Some(seg) = state.segments.remove(id) {
-                    state.bytes -= seg.bytes;
+                let Some(seg) = state.segments.get_mut(&t.segment) else {
+                    continue;
+                };
+                seg.outstanding -= 1;
+                if seg.outstanding <= 0 && seg.sealed {
+                    done.extend(state.remove(t.segment));
                 }
             }
             self.update_gauges(&state);
         }
         // Unlinked outside the lock: the event loops take it to begin a segment.
-        for (_, path) in done {
+        for path in done {
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete a journal segment");
             }
         }
     }
 
-    /// Seals the active segment and deletes every segment with no ticket out: after a clean
-    /// shutdown, when every record is stored, that is all of them.
+    /// Seals every active segment. A sealed segment goes as soon as it has no ticket out (at
+    /// its seal or its last release), so after a clean shutdown, when every record is stored,
+    /// nothing is left.
     pub fn close(&self) {
         for i in 0..LANES {
             let active = self.lane(i).take();
             self.seal(active);
-        }
-        let mut done = Vec::new();
-        {
-            let mut state = self.lock();
-            let ids: Vec<u64> = state.segments.keys().copied().collect();
-            for id in ids {
-                let seg = state.segments.get_mut(&id).expect("listed");
-                if seg.sealed && seg.outstanding <= 0 {
-                    let seg = state.segments.remove(&id).expect("listed");
-                    state.bytes -= seg.bytes;
-                    done.push(seg.path);
-                }
-            }
-            self.update_gauges(&state);
-        }
-        for path in done {
-            let _ = fs::remove_file(path);
         }
     }
 

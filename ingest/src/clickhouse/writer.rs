@@ -182,16 +182,13 @@ impl BatchWriter for ClickHouseWriter {
         is_retriable(error)
     }
 
-    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, ClickHouseError> {
-        let stored: std::collections::HashSet<String> = self
-            .runtime
-            .block_on(self.stored_ids(&batch))?
-            .into_iter()
-            .collect();
-        Ok(batch
-            .into_iter()
-            .filter(|r| !stored.contains(&r.request_id.to_string()))
-            .collect())
+    fn stored(
+        &mut self,
+        batch: &[Record],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, ClickHouseError> {
+        let ids = self.runtime.block_on(self.stored_ids(batch))?;
+        // `toString` of a UUID column: the canonical form, which always parses.
+        Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
     }
 }
 

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use prometheus_client::metrics::counter::Counter;
@@ -6,6 +7,7 @@ use rusqlite::{params, Connection};
 use super::SqliteError;
 use crate::batch::BatchWriter;
 use crate::record::Record;
+use uuid::Uuid;
 
 const INSERT: &str = "INSERT OR IGNORE INTO requests (
     request_id, ts, provider, endpoint, method, model, response_model, status, stream,
@@ -149,15 +151,15 @@ impl BatchWriter for SqliteWriter {
         Ok(())
     }
 
-    fn unstored(&mut self, batch: Vec<Record>) -> Result<Vec<Record>, SqliteError> {
+    fn stored(&mut self, batch: &[Record]) -> Result<HashSet<Uuid>, SqliteError> {
         self.check_file()?;
         let mut stmt = self
             .conn
             .prepare_cached("SELECT 1 FROM requests WHERE request_id = ?1")?;
-        let mut out = Vec::with_capacity(batch.len());
+        let mut out = HashSet::new();
         for r in batch {
-            if !stmt.exists([r.request_id.to_string()])? {
-                out.push(r);
+            if stmt.exists([r.request_id.to_string()])? {
+                out.insert(r.request_id);
             }
         }
         Ok(out)
