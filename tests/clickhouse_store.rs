@@ -672,15 +672,9 @@ async fn kill_9_under_load_loses_nothing_and_the_journal_stores_nothing_twice() 
     // that was, whose acknowledgement the kill cut off.
     let dir = std::mem::replace(&mut tally.dir, tempfile::tempdir().expect("tempdir"));
     let again = Bin::start_with(&up.url(), dir, &options).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !again.log().contains("journal recovery done") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no recovery: {}",
-            again.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    again
+        .wait_for_log("journal recovery done", std::time::Duration::from_secs(30))
+        .await;
     wait_for_rows(&ch, answered).await;
     let stored = count(&ch, "SELECT count() FROM requests WHERE status = 200").await;
     let distinct = count(

@@ -137,6 +137,19 @@ impl Bin {
         std::fs::read_to_string(self.dir.path().join("tally.log")).unwrap_or_default()
     }
 
+    /// Waits until the log holds `needle`, failing with the log after `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in the log: {}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn dashboard_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.dash)
     }
