@@ -165,6 +165,7 @@ fn pricing(c: &mut Criterion) {
         completion: 200,
         cache_read: 100,
         cache_write: 0,
+        cache_write_1h: 0,
         reasoning: 50,
     };
     c.bench_function("pricing/dated_snapshot_lookup_and_cost", |b| {

@@ -135,6 +135,7 @@ fn record(i: usize, ts: i64, bodies: &Bodies) -> Record {
             completion: 300,
             cache_read: 0,
             cache_write: 0,
+            cache_write_1h: 0,
             reasoning: 0,
         }),
         cost_usd: Some(0.000198),

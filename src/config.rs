@@ -370,7 +370,7 @@ impl Config {
             tracing::info!(models = n, file = %path.display(), "loaded LiteLLM prices");
         }
         for (model, price) in &self.pricing.models {
-            pricing.insert(model, *price);
+            pricing.insert(model, price.clone());
         }
         for (model, price) in &self.pricing.units {
             pricing.insert_units(model, price.clone());

@@ -132,6 +132,7 @@ pub(crate) fn priced(c: &mut Config) {
             cached_input: Some(0.0),
             cache_write: None,
             reasoning: None,
+            ..Default::default()
         },
     );
 }

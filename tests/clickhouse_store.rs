@@ -137,6 +137,7 @@ fn record(i: i64, model: &str, cost: Option<f64>, status: u16) -> Record {
             completion: 5,
             cache_read: 2,
             cache_write: 0,
+            cache_write_1h: 0,
             reasoning: 0,
         }),
         tokens_estimated: i % 5 == 0,

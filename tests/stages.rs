@@ -61,6 +61,7 @@ fn priced(c: &mut Config) {
             cached_input: Some(1_000_000.0),
             cache_write: None,
             reasoning: None,
+            ..Default::default()
         },
     );
 }

@@ -37,6 +37,7 @@ fn openai_tokens() -> Tokens {
         completion,
         cache_read,
         cache_write: 0,
+        cache_write_1h: 0,
         reasoning,
     }
 }
@@ -120,6 +121,7 @@ async fn responses_completions_and_embeddings() {
         completion: c,
         cache_read: cached,
         cache_write: 0,
+        cache_write_1h: 0,
         reasoning,
     };
     for stream in [false, true] {
@@ -179,6 +181,7 @@ async fn anthropic_json_and_stream_count_cache_in_prompt() {
         completion: output,
         cache_read,
         cache_write,
+        cache_write_1h: 0,
         reasoning: 0,
     };
     for stream in [false, true] {
@@ -249,6 +252,7 @@ async fn unknown_model_has_null_cost_and_overrides_apply() {
                 cached_input: None,
                 cache_write: None,
                 reasoning: None,
+                ..Default::default()
             },
         );
     })

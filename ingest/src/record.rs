@@ -52,6 +52,10 @@ pub struct Tokens {
     pub cache_read: u64,
     /// Input tokens written to the provider's prompt cache.
     pub cache_write: u64,
+    /// Of `cache_write`, those written for an hour rather than five minutes (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`), which cost more.
+    #[serde(default)]
+    pub cache_write_1h: u64,
     /// Output tokens spent on hidden reasoning (a subset of `completion`).
     pub reasoning: u64,
 }
@@ -75,6 +79,7 @@ impl Tokens {
             completion: completion.unwrap_or(0),
             cache_read: cache_read.unwrap_or(0),
             cache_write: cache_write.unwrap_or(0),
+            cache_write_1h: 0,
             reasoning: reasoning.unwrap_or(0),
         })
     }
@@ -177,6 +182,14 @@ pub struct Record {
     /// The provider's answer before Tally translated it back, under the same condition.
     #[serde(default)]
     pub upstream_response_body: Option<String>,
+    /// The service tier the provider says served the request (OpenAI's `service_tier`:
+    /// `default`, `flex`, `priority`, …), which sets its price.
+    #[serde(default)]
+    pub service_tier: Option<String>,
+    /// Server-side web search calls the answer reports (Anthropic's
+    /// `usage.server_tool_use.web_search_requests`), billed per call.
+    #[serde(default)]
+    pub web_search_calls: u32,
 }
 
 fn one() -> u32 {
@@ -238,6 +251,8 @@ impl Record {
             key_name: None,
             upstream_request_body: None,
             upstream_response_body: None,
+            service_tier: None,
+            web_search_calls: 0,
         }
     }
 
@@ -273,5 +288,6 @@ impl Record {
             + s(&self.response_body)
             + s(&self.upstream_request_body)
             + s(&self.upstream_response_body)
+            + s(&self.service_tier)
     }
 }

@@ -54,6 +54,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0007_translated_bodies",
         sql: include_str!("../sqlite/0007_translated_bodies.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_billing_details",
+        sql: include_str!("../sqlite/0008_billing_details.sql"),
+    },
 ];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
@@ -100,6 +105,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 8,
         name: "0008_translated_bodies",
         sql: include_str!("../clickhouse/0008_translated_bodies.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "0009_billing_details",
+        sql: include_str!("../clickhouse/0009_billing_details.sql"),
     },
 ];
 

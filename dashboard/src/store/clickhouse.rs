@@ -31,7 +31,7 @@ fn columns(with_bodies: bool) -> String {
          session_id, session_path, session_name, properties, cache_status, error, request_bytes,
          response_bytes, api_key_hint, provider_request_id, {bodies}, request_body_truncated,
          response_body_truncated, router, attempts, parent_request_id, cost_saved_usd, refusal,
-         key_id, key_name, {upstream}"
+         key_id, key_name, {upstream}, cache_write_1h_tokens, service_tier, web_search_calls"
     )
 }
 

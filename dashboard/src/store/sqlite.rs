@@ -17,7 +17,8 @@ const LIST_COLUMNS: &str = "request_id, ts, provider, endpoint, method, model, r
     cache_write_tokens, reasoning_tokens, tokens_estimated, cost_usd, user_id, session_id,
     session_path, session_name, properties, cache_status, error, request_bytes, response_bytes,
     api_key_hint, provider_request_id, request_body_truncated, response_body_truncated, router,
-    attempts, parent_request_id, cost_saved_usd, refusal, key_id, key_name";
+    attempts, parent_request_id, cost_saved_usd, refusal, key_id, key_name, cache_write_1h_tokens,
+    service_tier, web_search_calls";
 
 /// Reads one SQLite store file. Each call opens a short-lived read-only connection, so readers
 /// never hold the database between requests (and never block the writer in WAL mode).
@@ -427,7 +428,12 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
     let tok = |i: usize| -> rusqlite::Result<Option<u64>> {
         Ok(row.get::<_, Option<i64>>(i)?.map(|v| v.max(0) as u64))
     };
-    let tokens = Tokens::from_columns(tok(11)?, tok(12)?, tok(13)?, tok(14)?, tok(15)?);
+    let cache_write_1h = tok(38)?.unwrap_or(0);
+    let tokens =
+        Tokens::from_columns(tok(11)?, tok(12)?, tok(13)?, tok(14)?, tok(15)?).map(|t| Tokens {
+            cache_write_1h,
+            ..t
+        });
     let properties: String = row.get(22)?;
     let cache_status: String = row.get(23)?;
     Ok(Record {
@@ -467,9 +473,11 @@ fn row_to_record(row: &Row<'_>) -> rusqlite::Result<Record> {
         refusal: row.get(35)?,
         key_id: row.get(36)?,
         key_name: row.get(37)?,
-        request_body: row.get(38)?,
-        response_body: row.get(39)?,
-        upstream_request_body: row.get(40)?,
-        upstream_response_body: row.get(41)?,
+        service_tier: row.get(39)?,
+        web_search_calls: row.get::<_, i64>(40)?.clamp(0, u32::MAX as i64) as u32,
+        request_body: row.get(41)?,
+        response_body: row.get(42)?,
+        upstream_request_body: row.get(43)?,
+        upstream_response_body: row.get(44)?,
     })
 }

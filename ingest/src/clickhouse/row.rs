@@ -54,6 +54,9 @@ pub struct RequestRow {
     key_name: Option<String>,
     upstream_request_body: Option<String>,
     upstream_response_body: Option<String>,
+    cache_write_1h_tokens: Option<u64>,
+    service_tier: Option<String>,
+    web_search_calls: u32,
 }
 
 impl From<&Record> for RequestRow {
@@ -107,6 +110,9 @@ impl From<&Record> for RequestRow {
             key_name: r.key_name.clone(),
             upstream_request_body: r.upstream_request_body.clone(),
             upstream_response_body: r.upstream_response_body.clone(),
+            cache_write_1h_tokens: r.tokens.map(|t| t.cache_write_1h),
+            service_tier: r.service_tier.clone(),
+            web_search_calls: r.web_search_calls,
         }
     }
 }
@@ -119,7 +125,11 @@ impl From<RequestRow> for Record {
             r.cache_read_tokens,
             r.cache_write_tokens,
             r.reasoning_tokens,
-        );
+        )
+        .map(|t| Tokens {
+            cache_write_1h: r.cache_write_1h_tokens.unwrap_or(0),
+            ..t
+        });
         Record {
             request_id: r.request_id,
             ts: r.ts.timestamp_millis(),
@@ -159,6 +169,8 @@ impl From<RequestRow> for Record {
             key_name: r.key_name,
             upstream_request_body: r.upstream_request_body,
             upstream_response_body: r.upstream_response_body,
+            service_tier: r.service_tier,
+            web_search_calls: r.web_search_calls,
         }
     }
 }

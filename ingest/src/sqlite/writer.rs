@@ -16,10 +16,11 @@ const INSERT: &str = "INSERT OR IGNORE INTO requests (
     session_name, properties, cache_status, error, request_bytes, response_bytes, api_key_hint,
     provider_request_id, request_body, response_body, request_body_truncated,
     response_body_truncated, router, attempts, parent_request_id, cost_saved_usd, refusal,
-    key_id, key_name, upstream_request_body, upstream_response_body
+    key_id, key_name, upstream_request_body, upstream_response_body, cache_write_1h_tokens,
+    service_tier, web_search_calls
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
     ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39,
-    ?40, ?41, ?42, ?43)";
+    ?40, ?41, ?42, ?43, ?44, ?45, ?46)";
 
 /// Writes batches into the `requests` table, one transaction per batch.
 ///
@@ -144,6 +145,9 @@ impl BatchWriter for SqliteWriter {
                     r.key_name,
                     r.upstream_request_body,
                     r.upstream_response_body,
+                    t.map(|t| t.cache_write_1h as i64),
+                    r.service_tier,
+                    r.web_search_calls,
                 ])?;
             }
         }

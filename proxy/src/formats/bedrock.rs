@@ -74,6 +74,7 @@ impl Usage {
             completion: n(self.output_tokens),
             cache_read: read,
             cache_write: write,
+            cache_write_1h: 0,
             reasoning: 0,
         })
     }
@@ -291,6 +292,7 @@ impl Format for Bedrock {
             completion: output,
             cache_read: read,
             cache_write: write,
+            cache_write_1h: 0,
             reasoning: 0,
         })
     }

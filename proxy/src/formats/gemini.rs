@@ -43,6 +43,7 @@ impl Usage {
             completion: n(self.candidates_token_count).saturating_add(thoughts),
             cache_read: n(self.cached_content_token_count),
             cache_write: 0,
+            cache_write_1h: 0,
             reasoning: thoughts,
         }
     }

@@ -86,6 +86,7 @@ impl Usage {
                 .or(self.prompt_cache_hit_tokens)
                 .unwrap_or(0),
             cache_write: 0,
+            cache_write_1h: 0,
             reasoning: reasoning.min(completion),
         }
     }

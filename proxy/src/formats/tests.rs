@@ -21,6 +21,7 @@ fn tokens(
         completion,
         cache_read,
         cache_write,
+        cache_write_1h: 0,
         reasoning,
     })
 }

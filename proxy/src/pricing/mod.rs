@@ -1,5 +1,17 @@
-//! Prices and cost. The built-in table is a data file (`prices.toml`, next to this module) so
-//! that updating a price is a one-line change a reviewer can check against the provider's page.
+//! Prices and cost.
+//!
+//! The built-in catalog is LiteLLM's price file, trimmed to what Tally proxies
+//! (`catalog.json`, made by `scripts/prices/generate.py`, dated in its `_tally` entry): the
+//! most complete public list, in a format `tally prices update` takes straight from LiteLLM.
+//! Tally's checked corrections are `prices.toml`, applied over it, so that fixing a price is a
+//! one-line change a reviewer can check against the provider's page. Order, last wins: the
+//! catalog (built in, or the file `tally prices update` wrote), `prices.toml`,
+//! `pricing.litellm_file`, `[pricing.models]`.
+
+mod litellm;
+mod price;
+#[cfg(test)]
+mod rules;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,57 +20,41 @@ use tally_ingest::Tokens;
 
 use crate::formats::Units;
 
-const BUILTIN: &str = include_str!("prices.toml");
+pub use price::{Chosen, Class, LongContext, Price, Usage};
 
-/// Prices for one model, USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Price {
-    /// Uncached input tokens.
-    pub input: f64,
-    /// Output tokens (reasoning included unless `reasoning` is set).
-    pub output: f64,
-    /// Cache-read input tokens; `input` when unset.
-    pub cached_input: Option<f64>,
-    /// Cache-write input tokens; `input` when unset.
-    pub cache_write: Option<f64>,
-    /// Reasoning tokens, where priced differently from output; `output` when unset.
-    pub reasoning: Option<f64>,
-}
-
-impl Price {
-    /// Cost of `t` in USD.
-    pub fn cost(&self, t: &Tokens) -> f64 {
-        let cache_read = t.cache_read.min(t.prompt);
-        let cache_write = t.cache_write.min(t.prompt - cache_read);
-        let uncached = t.prompt - cache_read - cache_write;
-        let reasoning = t.reasoning.min(t.completion);
-        let per_token = |n: u64, usd_per_m: f64| n as f64 * usd_per_m / 1_000_000.0;
-        per_token(uncached, self.input)
-            + per_token(cache_read, self.cached_input.unwrap_or(self.input))
-            + per_token(cache_write, self.cache_write.unwrap_or(self.input))
-            + per_token(t.completion - reasoning, self.output)
-            + per_token(reasoning, self.reasoning.unwrap_or(self.output))
-    }
-}
+const CATALOG: &str = include_str!("catalog.json");
+const CORRECTIONS: &str = include_str!("prices.toml");
 
 /// Errors loading a price file.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PricingError {
-    /// The built-in or a TOML price file did not parse.
+    /// The built-in or a TOML price file did not parse (the message names line and key).
     #[error("invalid price table: {0}")]
     Toml(#[from] toml::de::Error),
-    /// A LiteLLM-format JSON price file did not parse.
-    #[error("invalid LiteLLM price file: {0}")]
-    LiteLlm(#[from] serde_json::Error),
+    /// A LiteLLM-format JSON price file is not JSON.
+    #[error("invalid price file: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A LiteLLM-format entry holds a value that is not a price.
+    #[error("invalid price file: line {line}, model {model:?}, field {field:?}: {why}")]
+    Invalid {
+        /// 1-based line of the field (or of its entry).
+        line: usize,
+        /// The entry's key.
+        model: String,
+        /// The field's name.
+        field: String,
+        /// What is wrong with its value.
+        why: String,
+    },
 }
 
 /// Prices of what an endpoint bills by the unit rather than by the token (`[units."name"]`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitPrice {
-    /// USD per image, by `"quality/size"` (`"hd/1024x1792"`) or `"size"` alone.
+    /// USD per image, by `"quality/size"` (`"hd/1024x1792"`), `"size"` alone, or `"*"` for
+    /// any size.
     #[serde(default)]
     pub per_image: BTreeMap<String, f64>,
     /// USD per minute of audio transcribed or translated.
@@ -75,7 +71,8 @@ impl UnitPrice {
                 let each = self
                     .per_image
                     .get(&format!("{quality}/{size}"))
-                    .or_else(|| self.per_image.get(size))?;
+                    .or_else(|| self.per_image.get(size))
+                    .or_else(|| self.per_image.get("*"))?;
                 Some(*n as f64 * each)
             }
             Units::AudioSeconds { seconds, .. } => Some(seconds / 60.0 * self.per_minute?),
@@ -84,14 +81,16 @@ impl UnitPrice {
     }
 }
 
-/// Model name → price, with the lookup rules described in `prices.toml`.
+/// Model name → price, with the lookup rules of [`PricingTable::lookup`].
 #[derive(Debug, Clone, Default)]
 pub struct PricingTable {
     models: HashMap<String, Price>,
     units: HashMap<String, UnitPrice>,
+    source: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TomlFile {
     #[serde(default)]
     models: HashMap<String, Price>,
@@ -99,22 +98,31 @@ struct TomlFile {
     units: HashMap<String, UnitPrice>,
 }
 
-/// One entry of LiteLLM's `model_prices_and_context_window.json` (USD per token).
-#[derive(Deserialize)]
-struct LiteLlmEntry {
-    input_cost_per_token: Option<f64>,
-    output_cost_per_token: Option<f64>,
-    cache_read_input_token_cost: Option<f64>,
-    cache_creation_input_token_cost: Option<f64>,
-    output_cost_per_reasoning_token: Option<f64>,
-}
-
 impl PricingTable {
-    /// The table shipped in the binary.
+    /// The catalog shipped in the binary, with Tally's corrections.
     pub fn builtin() -> Result<Self, PricingError> {
+        Self::with_catalog(CATALOG)
+    }
+
+    /// A LiteLLM-format catalog (what `tally prices update` fetched) with Tally's corrections
+    /// over it.
+    pub fn with_catalog(json: &str) -> Result<Self, PricingError> {
         let mut t = Self::default();
-        t.extend_toml(BUILTIN)?;
+        let parsed = litellm::parse(json)?;
+        t.source = parsed.source.clone();
+        t.take(parsed);
+        t.extend_toml(CORRECTIONS)?;
         Ok(t)
+    }
+
+    /// Where the catalog came from and when it was made, as its `_tally` entry says.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    /// Checks that `json` is a usable catalog, returning how many models it prices.
+    pub fn check_catalog(json: &str) -> Result<usize, PricingError> {
+        Ok(litellm::parse(json)?.models.len())
     }
 
     /// Adds or replaces prices from a TOML document with a `[models."name"]` table.
@@ -130,34 +138,22 @@ impl PricingTable {
         Ok(n)
     }
 
-    /// Adds prices from a LiteLLM-format JSON price file. Entries without both an input and an
-    /// output price (image, audio and other non-token modes) are skipped. Existing entries are
-    /// replaced. Returns how many were taken.
+    /// Adds prices from a LiteLLM-format JSON price file, replacing existing entries. Entries
+    /// that price nothing Tally bills are skipped. Returns how many were taken.
     pub fn extend_litellm(&mut self, json: &str) -> Result<usize, PricingError> {
-        let raw: HashMap<String, serde_json::Value> = serde_json::from_str(json)?;
-        let mut n = 0;
-        for (name, value) in raw {
-            let Ok(e) = serde_json::from_value::<LiteLlmEntry>(value) else {
-                continue;
-            };
-            let (Some(input), Some(output)) = (e.input_cost_per_token, e.output_cost_per_token)
-            else {
-                continue;
-            };
-            let m = |v: f64| v * 1_000_000.0;
-            self.insert(
-                &name,
-                Price {
-                    input: m(input),
-                    output: m(output),
-                    cached_input: e.cache_read_input_token_cost.map(m),
-                    cache_write: e.cache_creation_input_token_cost.map(m),
-                    reasoning: e.output_cost_per_reasoning_token.map(m),
-                },
-            );
-            n += 1;
-        }
+        let parsed = litellm::parse(json)?;
+        let n = parsed.models.len();
+        self.take(parsed);
         Ok(n)
+    }
+
+    fn take(&mut self, parsed: litellm::Parsed) {
+        for (k, v) in parsed.models {
+            self.insert(&k, v);
+        }
+        for (k, v) in parsed.units {
+            self.insert_units(&k, v);
+        }
     }
 
     /// Adds or replaces one model's per-unit prices.
@@ -182,18 +178,36 @@ impl PricingTable {
 
     /// Finds the price for `model` as served by `provider`: `provider/model` first, then the
     /// model itself, then without any vendor prefix (`openai/`, `models/`), each of those also
-    /// with a trailing date or `-latest` removed.
+    /// with a trailing snapshot date removed. A dated snapshot the table lists keeps its own
+    /// price; `-latest` is never stripped (it names whatever the provider serves now, which
+    /// only an entry of its own can price).
     pub fn lookup(&self, provider: &str, model: &str) -> Option<&Price> {
+        self.lookup_entry(provider, model).map(|(_, p)| p)
+    }
+
+    /// [`PricingTable::lookup`], with the key of the entry found.
+    pub fn lookup_entry(&self, provider: &str, model: &str) -> Option<(&str, &Price)> {
         find(&self.models, provider, model)
     }
 
-    /// Cost in USD, or `None` when the model is not priced.
+    /// Cost in USD of tokens at the standard tier, or `None` when the model is not priced.
     pub fn cost(&self, provider: &str, model: &str, tokens: &Tokens) -> Option<f64> {
-        self.lookup(provider, model).map(|p| p.cost(tokens))
+        self.bill(provider, model, &Usage::tokens(*tokens))
+    }
+
+    /// Cost in USD of everything `usage` counts, or `None` when the model is not priced.
+    pub fn bill(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
+        self.lookup(provider, model)
+            .map(|p| p.bill(usage, |_, _, _| {}).0)
     }
 
     /// The per-unit prices of `model`, found as [`PricingTable::lookup`] finds token prices.
     pub fn lookup_units(&self, provider: &str, model: &str) -> Option<&UnitPrice> {
+        self.lookup_units_entry(provider, model).map(|(_, p)| p)
+    }
+
+    /// [`PricingTable::lookup_units`], with the key of the entry found.
+    pub fn lookup_units_entry(&self, provider: &str, model: &str) -> Option<(&str, &UnitPrice)> {
         find(&self.units, provider, model)
     }
 
@@ -204,7 +218,11 @@ impl PricingTable {
 }
 
 /// The entry of `map` for `model` as served by `provider`; see [`PricingTable::lookup`].
-fn find<'a, T>(map: &'a HashMap<String, T>, provider: &str, model: &str) -> Option<&'a T> {
+fn find<'a, T>(
+    map: &'a HashMap<String, T>,
+    provider: &str,
+    model: &str,
+) -> Option<(&'a str, &'a T)> {
     let model = model.trim().to_ascii_lowercase();
     let provider = provider.to_ascii_lowercase();
     let bare = model.rsplit('/').next().unwrap_or(&model).to_owned();
@@ -213,12 +231,13 @@ fn find<'a, T>(map: &'a HashMap<String, T>, provider: &str, model: &str) -> Opti
         candidates.push(format!("{provider}/{base}"));
         candidates.push(base.to_owned());
     }
+    candidates.push(format!("{provider}/{bare}"));
     candidates.push(bare);
     for c in &candidates {
         let mut name = c.as_str();
         loop {
-            if let Some(p) = map.get(name) {
-                return Some(p);
+            if let Some((k, p)) = map.get_key_value(name) {
+                return Some((k.as_str(), p));
             }
             match strip_version_suffix(name) {
                 Some(shorter) => name = shorter,
@@ -271,12 +290,9 @@ fn bedrock_base(id: &str) -> Option<&str> {
     (!rest.is_empty()).then_some(rest)
 }
 
-/// Removes one trailing snapshot marker: `-latest`, `@20241022`, `-2024-08-06`, `-20250929`,
+/// Removes one trailing snapshot marker: `@20241022`, `-2024-08-06`, `-20250929`,
 /// `-0613`/`-2411` (four digits), or `-001`. Returns `None` when there is none.
 fn strip_version_suffix(name: &str) -> Option<&str> {
-    if let Some(s) = name.strip_suffix("-latest") {
-        return Some(s);
-    }
     if let Some(i) = name.rfind('@') {
         return Some(&name[..i]);
     }
@@ -320,6 +336,7 @@ mod tests {
             completion,
             cache_read,
             cache_write,
+            cache_write_1h: 0,
             reasoning,
         }
     }
@@ -434,24 +451,37 @@ mod tests {
     #[test]
     fn snapshots_and_prefixes_fall_back() {
         let t = table();
-        let gpt4o = t.lookup("openai", "gpt-4o").copied();
-        assert_eq!(t.lookup("openai", "gpt-4o-2024-08-06").copied(), gpt4o);
-        assert_eq!(t.lookup("openrouter", "openai/gpt-4o").copied(), gpt4o);
-        assert_eq!(t.lookup("openai", "GPT-4o").copied(), gpt4o);
-        let mini = t.lookup("openai", "gpt-4o-mini").copied();
+        let gpt4o = t.lookup("openai", "gpt-4o").cloned();
+        assert_eq!(t.lookup("openai", "gpt-4o-2024-08-06").cloned(), gpt4o);
+        assert_eq!(t.lookup("openrouter", "openai/gpt-4o").cloned(), gpt4o);
+        assert_eq!(t.lookup("openai", "GPT-4o").cloned(), gpt4o);
+        let mini = t.lookup("openai", "gpt-4o-mini").cloned();
         assert_ne!(mini, gpt4o);
-        assert_eq!(t.lookup("openai", "gpt-4o-mini-2024-07-18").copied(), mini);
+        assert_eq!(t.lookup("openai", "gpt-4o-mini-2024-07-18").cloned(), mini);
         assert_eq!(
-            t.lookup("anthropic", "claude-sonnet-4-5-20250929").copied(),
-            t.lookup("anthropic", "claude-sonnet-4-5").copied()
+            t.lookup("anthropic", "claude-sonnet-4-5-20250929").cloned(),
+            t.lookup("anthropic", "claude-sonnet-4-5").cloned()
+        );
+        // Vertex's own entries: its snapshot, and its undated name for another snapshot.
+        assert_eq!(
+            t.lookup_entry("vertex", "claude-3-5-sonnet@20240620")
+                .map(|e| e.0),
+            Some("vertex/claude-3-5-sonnet@20240620")
         );
         assert_eq!(
-            t.lookup("vertex", "claude-3-5-sonnet@20241022").copied(),
-            t.lookup("anthropic", "claude-3-5-sonnet").copied()
+            t.lookup_entry("vertex", "claude-3-5-sonnet@20241022")
+                .map(|e| e.0),
+            Some("vertex/claude-3-5-sonnet")
+        );
+        // A snapshot Vertex's catalog lacks falls back to its undated name.
+        assert_eq!(
+            t.lookup_entry("vertex", "claude-3-opus@20990101")
+                .map(|e| e.0),
+            Some("claude-3-opus")
         );
         assert_eq!(
-            t.lookup("gemini", "models/gemini-2.5-pro").copied(),
-            t.lookup("gemini", "gemini-2.5-pro").copied()
+            t.lookup("gemini", "models/gemini-2.5-pro").cloned(),
+            t.lookup("gemini", "gemini-2.5-pro").cloned()
         );
         assert!(t.lookup("openai", "gpt-3.5-turbo-0125").is_some());
         assert!(t.lookup("mistral", "mistral-large-2411").is_some());
@@ -460,16 +490,22 @@ mod tests {
     #[test]
     fn provider_specific_price_wins_only_for_that_provider() {
         let t = table();
-        let groq = t
-            .lookup("groq", "openai/gpt-oss-120b")
-            .copied()
-            .expect("groq");
-        let generic = t
-            .lookup("together", "openai/gpt-oss-120b")
-            .copied()
+        let (groq, _) = t.lookup_entry("groq", "openai/gpt-oss-120b").expect("groq");
+        let (generic, _) = t
+            .lookup_entry("ollama", "openai/gpt-oss-120b")
             .expect("generic");
-        assert_eq!(groq.output, 0.75);
-        assert_eq!(generic.output, 0.60);
+        assert_eq!(groq, "groq/openai/gpt-oss-120b");
+        assert_eq!(generic, "gpt-oss-120b");
+        // The catalog's vertex_ai/ and together_ai/ keys answer to Tally's provider names.
+        assert_eq!(
+            t.lookup_entry("together", "openai/gpt-oss-120b")
+                .map(|e| e.0),
+            Some("together/openai/gpt-oss-120b")
+        );
+        assert_eq!(
+            t.lookup_entry("google", "gemini-2.5-pro").map(|e| e.0),
+            Some("google/gemini-2.5-pro")
+        );
     }
 
     #[test]
@@ -489,6 +525,7 @@ mod tests {
             cached_input: Some(0.3),
             cache_write: Some(3.75),
             reasoning: Some(20.0),
+            ..Price::default()
         };
         // 1M prompt of which 200k read and 100k written; 1M completion of which 500k reasoning.
         let c = p.cost(&t(1_000_000, 1_000_000, 200_000, 100_000, 500_000));
@@ -498,7 +535,7 @@ mod tests {
 
     #[test]
     fn inconsistent_counts_never_underflow() {
-        let p = table().lookup("openai", "gpt-4o").copied().expect("priced");
+        let p = table().lookup("openai", "gpt-4o").cloned().expect("priced");
         let c = p.cost(&t(10, 5, 50, 50, 99));
         assert!(c.is_finite() && c >= 0.0);
     }

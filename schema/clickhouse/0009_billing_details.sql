@@ -1,0 +1,11 @@
+-- Prices that are right (#22): what else sets a request's price besides its token classes.
+-- `cache_write_1h_tokens` is the part of `cache_write_tokens` written for an hour (Anthropic
+-- bills it at 2x input, the 5-minute writes at 1.25x); `service_tier` is the tier the provider
+-- says served the request (OpenAI's flex and priority); `web_search_calls` are server-side
+-- search calls, billed per call.
+ALTER TABLE {db}.requests{local}{on_cluster}
+    ADD COLUMN IF NOT EXISTS cache_write_1h_tokens Nullable(UInt64);
+ALTER TABLE {db}.requests{local}{on_cluster}
+    ADD COLUMN IF NOT EXISTS service_tier LowCardinality(Nullable(String));
+ALTER TABLE {db}.requests{local}{on_cluster}
+    ADD COLUMN IF NOT EXISTS web_search_calls UInt32 DEFAULT 0;

@@ -1,0 +1,8 @@
+-- Prices that are right (#22): what else sets a request's price besides its token classes.
+-- `cache_write_1h_tokens` is the part of `cache_write_tokens` written for an hour (Anthropic
+-- bills it at 2x input, the 5-minute writes at 1.25x); `service_tier` is the tier the provider
+-- says served the request (OpenAI's flex and priority); `web_search_calls` are server-side
+-- search calls, billed per call. Kept so that `tally reprice` can recompute a cost exactly.
+ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER;
+ALTER TABLE requests ADD COLUMN service_tier TEXT;
+ALTER TABLE requests ADD COLUMN web_search_calls INTEGER NOT NULL DEFAULT 0;
