@@ -276,13 +276,46 @@ pub const CLICKHOUSE_FLUSH_INTERVAL_MS: u64 = 1_000;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PricingConfig {
+    /// The catalog `tally prices update` writes; when it exists it replaces the built-in
+    /// one. Default `./tally-prices.json`.
+    pub catalog_file: Option<PathBuf>,
     /// A price file in LiteLLM's `model_prices_and_context_window.json` format, loaded over
-    /// the built-in table.
+    /// the catalog and Tally's corrections.
     pub litellm_file: Option<PathBuf>,
     /// `[pricing.models."name"]` entries (USD per 1M tokens), applied last.
     pub models: HashMap<String, Price>,
     /// `[pricing.units."name"]` entries: per image, per minute, per million characters.
     pub units: HashMap<String, UnitPrice>,
+}
+
+impl PricingConfig {
+    /// Where `tally prices update` writes the catalog.
+    pub fn catalog_path(&self) -> PathBuf {
+        self.catalog_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("tally-prices.json"))
+    }
+
+    /// The catalog (the updated one when there is one, else the built-in) with Tally's
+    /// corrections. An updated catalog that does not parse stops the start: running on the
+    /// built-in prices instead would be a silent change of every cost.
+    fn table(&self) -> anyhow::Result<PricingTable> {
+        let path = self.catalog_path();
+        let table = match std::fs::read_to_string(&path) {
+            Ok(text) => PricingTable::with_catalog(&text).with_context(|| {
+                format!(
+                    "pricing.catalog_file {} (written by `tally prices update`; run it again, or remove the file to use the built-in prices)",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PricingTable::builtin()?,
+            Err(e) => {
+                return Err(e).with_context(|| format!("pricing.catalog_file {}", path.display()))
+            }
+        };
+        tracing::info!(models = table.len(), source = table.source().unwrap_or("?"), catalog = %path.display(), "prices loaded");
+        Ok(table)
+    }
 }
 
 /// The store records go to, validated.
@@ -360,7 +393,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<Validated> {
         let proxy = self.proxy.validate()?;
         let providers = Providers::new(&self.providers)?;
-        let mut pricing = PricingTable::builtin()?;
+        let mut pricing = self.pricing.table()?;
         if let Some(path) = &self.pricing.litellm_file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("pricing.litellm_file {}", path.display()))?;

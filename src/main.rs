@@ -10,6 +10,8 @@ use tally::{Config, Server, Store};
 use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
 
+mod prices;
+
 /// jemalloc rather than glibc's allocator: after a burst of 2,000 connections glibc kept
 /// ~60 MiB more resident, freed but fragmented across its arenas, and never returned it.
 /// jemalloc, configured in `.cargo/config.toml` to purge freed pages within a second, came
@@ -52,6 +54,9 @@ enum Command {
     /// Tally-issued keys: create, list, show, revoke, rotate.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Prices: explain a model's cost, refresh the catalog.
+    #[command(subcommand)]
+    Prices(prices::PricesCommand),
 }
 
 #[derive(Subcommand)]
@@ -153,9 +158,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?.validate()?;
+    let raw = Config::load(cli.config.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Not validated first: a catalog file that no longer parses must not stop its own update.
+    if let Command::Prices(command) = command {
+        return prices::run(command, &raw, &runtime);
+    }
+    let config = raw.validate()?;
+    match command {
+        Command::Prices(command) => prices::run(command, &raw, &runtime),
         Command::Serve => runtime.block_on(async {
             let server = Server::bind(config).await?;
             server.run(shutdown_signal()).await

@@ -97,6 +97,22 @@ async fn a_request_lands_in_clickhouse_with_every_field_as_in_sqlite() {
     let rest: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(rest["requests"].as_array().expect("rows").len(), 1);
     assert!(rest["next_cursor"].is_null());
+    // What sets a price besides the token classes (#22) is stored and read back alike.
+    let mut billing = headers.to_vec();
+    billing.push(("x-fake-mode", "billing"));
+    let ask = json!({"model": "claude-sonnet-4-6", "max_tokens": 9, "messages": []});
+    let path = "/anthropic/v1/messages";
+    let (_, h1, _) = post_json(&on_ch.url(path), &billing, &ask).await;
+    let (_, h2, _) = post_json(&on_sqlite.url(path), &billing, &ask).await;
+    let from_ch = on_ch.record(&request_id(&h1)).await;
+    assert_eq!(from_ch["cache_write_1h_tokens"], 40, "{from_ch}");
+    assert_eq!(from_ch["web_search_calls"], 2, "{from_ch}");
+    assert_eq!(from_ch["service_tier"], "standard", "{from_ch}");
+    assert_eq!(
+        comparable(from_ch),
+        comparable(on_sqlite.record(&request_id(&h2)).await),
+        "{path} billing"
+    );
     // A translated request, with the provider's side of its bodies kept.
     let ask = json!({"model": "anthropic/claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]});
     let path = "/unified/v1/chat/completions";

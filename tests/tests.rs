@@ -18,6 +18,7 @@ mod hostile;
 mod keys;
 mod load;
 mod passthrough;
+mod prices;
 mod sdk;
 mod secrets;
 mod stages;

@@ -207,6 +207,58 @@ async fn anthropic_json_and_stream_count_cache_in_prompt() {
     tally.stop().await;
 }
 
+/// Issue 22: one-hour cache writes, web searches and the service tier reach the record and its
+/// cost, streamed or not. The costs are worked by hand from the providers' pages:
+/// claude-sonnet-4-6 is $3 input, $0.30 cache read, $3.75 five-minute and $6 one-hour cache
+/// writes, $15 output per 1M, and $10 per 1,000 web searches (platform.claude.com/docs/en/
+/// about-claude/pricing); gpt-5 under `flex` is $0.625 input, $0.0625 cached, $5 output
+/// (developers.openai.com/api/docs/pricing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_duration_web_searches_and_service_tier_set_the_cost() {
+    use crate::support::fake_upstream::{ANTHROPIC_1H_WRITES, ANTHROPIC_SEARCHES};
+    let up = FakeUpstream::start().await;
+    let tally = TestTally::start(&up.url()).await;
+    let billing = ("x-fake-mode", "billing");
+    let (input, cache_write, cache_read, output) = ANTHROPIC_USAGE;
+    let claude = (input as f64 * 3.0
+        + cache_read as f64 * 0.30
+        + (cache_write - ANTHROPIC_1H_WRITES) as f64 * 3.75
+        + ANTHROPIC_1H_WRITES as f64 * 6.0
+        + output as f64 * 15.0)
+        / 1e6
+        + ANTHROPIC_SEARCHES as f64 * 0.01;
+    let (prompt, completion, cached, _) = OPENAI_USAGE;
+    let flex =
+        ((prompt - cached) as f64 * 0.625 + cached as f64 * 0.0625 + completion as f64 * 5.0) / 1e6;
+    for stream in [false, true] {
+        let rec = roundtrip(
+            &tally,
+            "/anthropic/v1/messages",
+            &[("x-api-key", "sk-ant-api03-abcdefghijkl-wxyz"), billing],
+            json!({"model": "claude-sonnet-4-6", "max_tokens": 50, "stream": stream,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        assert_eq!(rec["cache_write_tokens"], cache_write, "{rec}");
+        assert_eq!(rec["cache_write_1h_tokens"], ANTHROPIC_1H_WRITES, "{rec}");
+        assert_eq!(rec["web_search_calls"], ANTHROPIC_SEARCHES, "{rec}");
+        assert_eq!(rec["service_tier"], "standard", "{rec}");
+        assert_cost(&rec, claude);
+
+        let rec = roundtrip(
+            &tally,
+            "/v1/chat/completions",
+            &[("authorization", "Bearer sk-proj-abc"), billing],
+            json!({"model": "gpt-5", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        assert_eq!(rec["service_tier"], "flex", "stream {stream}: {rec}");
+        assert_eq!(rec["web_search_calls"], 0, "{rec}");
+        assert_cost(&rec, flex);
+    }
+    tally.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_without_usage_are_estimated_and_marked() {
     let up = FakeUpstream::start().await;

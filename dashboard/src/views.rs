@@ -32,6 +32,7 @@ pub fn record_json(r: &Record, with_bodies: bool) -> Value {
         "completion_tokens": t.map(|t| t.completion),
         "cache_read_tokens": t.map(|t| t.cache_read),
         "cache_write_tokens": t.map(|t| t.cache_write),
+        "cache_write_1h_tokens": t.map(|t| t.cache_write_1h),
         "reasoning_tokens": t.map(|t| t.reasoning),
         "total_tokens": t.map(|t| t.total()),
         "tokens_estimated": r.tokens_estimated,
@@ -57,6 +58,11 @@ pub fn record_json(r: &Record, with_bodies: bool) -> Value {
         "key_id": r.key_id,
         "key_name": r.key_name,
     });
+    if let Some(o) = v.as_object_mut() {
+        // Outside the macro: one object that big passes serde_json's recursion limit.
+        o.insert("service_tier".into(), r.service_tier.clone().into());
+        o.insert("web_search_calls".into(), r.web_search_calls.into());
+    }
     if with_bodies {
         if let Some(o) = v.as_object_mut() {
             o.insert("request_body".into(), r.request_body.clone().into());

@@ -20,6 +20,7 @@ use crate::capture::{Capture, Decoder};
 use crate::formats::{self, StreamObserver, WireFormat};
 use crate::metrics::RequestLabels;
 use crate::phases::Refusal;
+use crate::pricing;
 use crate::{ProxyMetrics, Shared};
 
 /// Everything about the request that is known before the response body.
@@ -396,6 +397,7 @@ impl ExchangeState {
             observed.usage_final = true;
         }
         r.response_model = observed.response_model;
+        r.service_tier = observed.service_tier.take();
         let units = formats::Units::merge(self.units.take(), observed.units.take())
             .filter(|_| (200..300).contains(&r.status));
         for (name, value) in units.iter().flat_map(formats::Units::properties) {
@@ -431,6 +433,18 @@ impl ExchangeState {
         // A report made while the answer was still being generated (Anthropic's
         // `message_start`) has exact input counts but a placeholder output: keep the input,
         // estimate the output from what was forwarded.
+        if observed.web_search_calls > formats::MAX_PLAUSIBLE_SEARCHES {
+            shared.metrics.implausible_usage.inc();
+            tracing::warn!(provider = %r.provider, calls = observed.web_search_calls, "the provider reported implausible web search calls; not billed");
+            r.error.get_or_insert_with(|| {
+                format!(
+                    "the provider reported implausible usage ({} web search calls); they are not billed",
+                    observed.web_search_calls
+                )
+            });
+        } else {
+            r.web_search_calls = observed.web_search_calls as u32;
+        }
         let implausible = observed.tokens.filter(|t| !formats::plausible(t));
         if let Some(t) = implausible {
             shared.metrics.implausible_usage.inc();
@@ -634,9 +648,14 @@ fn price(
             let names = [Some(model), record.model.as_deref()];
             let priced =
                 |f: &dyn Fn(&str) -> Option<f64>| names.iter().flatten().find_map(|m| f(m));
-            let tokens = record
-                .tokens
-                .map(|t| priced(&|m| shared.pricing.cost(&record.provider, m, &t)));
+            let tokens = record.tokens.map(|tokens| {
+                let usage = pricing::Usage {
+                    tokens,
+                    service_tier: record.service_tier.as_deref(),
+                    web_search_calls: record.web_search_calls.into(),
+                };
+                priced(&|m| shared.pricing.bill(&record.provider, m, &usage))
+            });
             let units =
                 units.map(|u| priced(&|m| shared.pricing.unit_cost(&record.provider, m, u)));
             // A model is priced by the token (gpt-image-1, gpt-4o-transcribe) or by the unit

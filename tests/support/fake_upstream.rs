@@ -35,6 +35,12 @@
 //!   [`TOOL_CALLS`] in their own shapes; streams split each call's arguments across events as
 //!   OpenAI, Anthropic and Converse do (Gemini sends each call whole).
 //!
+//! - `billing`: what else sets a price besides the token classes: OpenAI chat answers name
+//!   `"service_tier": "flex"` (in every chunk of a stream), Anthropic's usage splits its cache
+//!   writes into [`ANTHROPIC_1H_WRITES`] one-hour writes and the rest five-minute ones
+//!   (`cache_creation`) and reports [`ANTHROPIC_SEARCHES`] web searches (`server_tool_use`,
+//!   in `message_delta` for a stream, as the API sends them).
+//!
 //! `x-fake-delay-ms` delays the response head; `x-fake-interval-ms` spaces stream events.
 //! [`FakeUpstream::script`] queues modes for the next requests, whatever their headers say, so
 //! two fakes can stand for a failing and a healthy provider behind one router.
@@ -84,6 +90,10 @@ pub const GEMINI_USAGE: (u64, u64, u64, u64) = (11, 5, 4, 3);
 pub const RESPONSES_USAGE: (u64, u64, u64, u64) = (30, 9, 10, 3);
 /// Usage the fake reports for Anthropic: input (uncached), cache write, cache read, output.
 pub const ANTHROPIC_USAGE: (u64, u64, u64, u64) = (12, 100, 200, 9);
+/// Of [`ANTHROPIC_USAGE`]'s cache writes, those `billing` mode reports as one-hour writes.
+pub const ANTHROPIC_1H_WRITES: u64 = 40;
+/// Web searches `billing` mode reports for Anthropic.
+pub const ANTHROPIC_SEARCHES: u64 = 2;
 /// Chat usage in `xai` mode: prompt, completion, reasoning, total (a grok-3-mini answer).
 pub const XAI_USAGE: (u64, u64, u64, u64) = (12, 1, 290, 303);
 /// Vectors in a `gzip-big` embeddings answer (1,536 floats each).
@@ -644,6 +654,9 @@ async fn handle(
                 "model": response_model(&model),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": openai_usage(&mode)});
+            if mode == "billing" {
+                v["service_tier"] = json!("flex");
+            }
             if azure {
                 let safe = json!({"hate": {"filtered": false, "severity": "safe"},
                     "self_harm": {"filtered": false, "severity": "safe"},
@@ -662,6 +675,9 @@ async fn handle(
                     "model": response_model(&model), "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
                 if include_usage {
                     v["usage"] = Value::Null;
+                }
+                if mode == "billing" {
+                    v["service_tier"] = json!("flex");
                 }
                 data(v)
             };
@@ -960,21 +976,35 @@ fn anthropic_response(
         return anthropic_tool_calls(model, stream);
     }
     let (input, cache_write, cache_read, output) = ANTHROPIC_USAGE;
+    let billing = mode == "billing";
+    let mut usage = json!({"input_tokens": input, "cache_creation_input_tokens": cache_write,
+                           "cache_read_input_tokens": cache_read, "output_tokens": output});
+    let mut final_usage = json!({"output_tokens": output});
+    if billing {
+        usage["cache_creation"] = json!({"ephemeral_5m_input_tokens": cache_write - ANTHROPIC_1H_WRITES,
+                                         "ephemeral_1h_input_tokens": ANTHROPIC_1H_WRITES});
+        usage["service_tier"] = json!("standard");
+        usage["server_tool_use"] = json!({"web_search_requests": ANTHROPIC_SEARCHES});
+        final_usage["server_tool_use"] = json!({"web_search_requests": ANTHROPIC_SEARCHES});
+    }
     if !stream {
         return json_response(
             json!({"id": "msg_fake", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": {"input_tokens": input, "cache_creation_input_tokens": cache_write,
-                      "cache_read_input_tokens": cache_read, "output_tokens": output}}),
+            "usage": usage}),
         );
+    }
+    let mut start_usage = usage;
+    start_usage["output_tokens"] = json!(1);
+    if let Some(u) = start_usage.as_object_mut() {
+        u.remove("server_tool_use");
     }
     let mut events = vec![
         Step::Data(event(
             "message_start",
             json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message",
             "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": input, "cache_creation_input_tokens": cache_write,
-                      "cache_read_input_tokens": cache_read, "output_tokens": 1}}}),
+            "usage": start_usage}}),
         )),
         Step::Data(event(
             "content_block_start",
@@ -994,8 +1024,11 @@ fn anthropic_response(
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     )));
-    events.push(Step::Data(event("message_delta", json!({"type": "message_delta",
-        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output}}))));
+    events.push(Step::Data(event(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": final_usage}),
+    )));
     events.push(Step::Data(event(
         "message_stop",
         json!({"type": "message_stop"}),

@@ -22,6 +22,23 @@ struct Usage {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default, deserialize_with = "super::count")]
     cache_read_input_tokens: Option<u64>,
+    /// The cache writes split by how long they are kept, which sets their price.
+    cache_creation: Option<CacheCreation>,
+    server_tool_use: Option<ServerToolUse>,
+    /// `standard`, `priority` or `batch`.
+    service_tier: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct CacheCreation {
+    #[serde(default, deserialize_with = "super::count")]
+    ephemeral_1h_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ServerToolUse {
+    #[serde(default, deserialize_with = "super::count")]
+    web_search_requests: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,8 +60,17 @@ struct Body {
 
 /// Merges a usage report into what we have. `message_delta` repeats only the fields it updates
 /// (output tokens are cumulative), so absent fields keep their earlier value.
-fn merge(tokens: &mut Option<Tokens>, u: Usage) {
-    let t = tokens.get_or_insert_with(Tokens::default);
+fn merge(observed: &mut Observed, u: Usage) {
+    if let Some(n) = u.server_tool_use.and_then(|s| s.web_search_requests) {
+        observed.web_search_calls = n;
+    }
+    if u.service_tier.is_some() {
+        observed.service_tier = u.service_tier;
+    }
+    let t = observed.tokens.get_or_insert_with(Tokens::default);
+    if let Some(n) = u.cache_creation.and_then(|c| c.ephemeral_1h_input_tokens) {
+        t.cache_write_1h = n;
+    }
     let uncached = u.input_tokens;
     if let Some(v) = u.cache_read_input_tokens {
         t.cache_read = v;
@@ -69,7 +95,7 @@ fn apply(observed: &mut Observed, body: Body, usage_final: bool) {
         observed.response_model = observed.response_model.take().or(m.model);
         observed.body_id = observed.body_id.take().or(m.id);
         if let Some(u) = m.usage {
-            merge(&mut observed.tokens, u);
+            merge(observed, u);
         }
     }
     if observed.response_model.is_none() {
@@ -79,7 +105,7 @@ fn apply(observed: &mut Observed, body: Body, usage_final: bool) {
         observed.body_id = body.id;
     }
     if let Some(u) = body.usage {
-        merge(&mut observed.tokens, u);
+        merge(observed, u);
         observed.usage_final |= usage_final;
     }
     if let Some(e) = body.error.and_then(ErrorField::message) {

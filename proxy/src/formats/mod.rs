@@ -226,6 +226,12 @@ pub struct Observed {
     /// What the provider's content filter said (Azure), kept in the record's properties
     /// `content_filter` (the verdict) and `content_filter_findings`.
     pub content_filter: Option<ContentFilter>,
+    /// The service tier the provider says served the request (OpenAI's `service_tier`,
+    /// Anthropic's `usage.service_tier`).
+    pub service_tier: Option<String>,
+    /// Server-side web search calls the provider billed (Anthropic's
+    /// `usage.server_tool_use.web_search_requests`), as reported; see [`plausible`].
+    pub web_search_calls: u64,
 }
 
 /// A provider's content-filter verdict over the prompt and the answer.
@@ -477,6 +483,10 @@ impl StreamObserver {
 /// negative count) has a bug, and its number is not recorded.
 pub const MAX_PLAUSIBLE_TOKENS: u64 = 1_000_000_000;
 
+/// More server-side searches than one request can make: Anthropic's `max_uses` caps them per
+/// request, and no model makes a hundred thousand.
+pub const MAX_PLAUSIBLE_SEARCHES: u64 = 100_000;
+
 /// Whether a usage report can be believed; see [`MAX_PLAUSIBLE_TOKENS`].
 pub fn plausible(t: &Tokens) -> bool {
     [
@@ -484,6 +494,7 @@ pub fn plausible(t: &Tokens) -> bool {
         t.completion,
         t.cache_read,
         t.cache_write,
+        t.cache_write_1h,
         t.reasoning,
     ]
     .iter()

@@ -116,6 +116,8 @@ struct Body {
     /// Responses API: `queued`, `in_progress`, `completed`, …, and whether in background mode.
     status: Option<String>,
     background: Option<bool>,
+    /// `default`, `flex`, `priority`, …: which rates the request is billed at.
+    service_tier: Option<String>,
 }
 
 /// Speech is about 150 words a minute: the estimate of a transcript's length when the
@@ -158,6 +160,9 @@ fn apply(observed: &mut Observed, body: Body) {
     }
     if observed.body_id.is_none() {
         observed.body_id = body.id;
+    }
+    if body.service_tier.is_some() {
+        observed.service_tier = body.service_tier;
     }
     if let Some(u) = body.usage {
         // Every OpenAI-style usage object is a count of what was generated so far, never a

@@ -8,6 +8,7 @@
 //! catalog (built in, or the file `tally prices update` wrote), `prices.toml`,
 //! `pricing.litellm_file`, `[pricing.models]`.
 
+mod download;
 mod litellm;
 mod price;
 #[cfg(test)]
@@ -20,6 +21,7 @@ use tally_ingest::Tokens;
 
 use crate::formats::Units;
 
+pub use download::{download, LITELLM_URL};
 pub use price::{Chosen, Class, LongContext, Price, Usage};
 
 const CATALOG: &str = include_str!("catalog.json");
@@ -35,6 +37,14 @@ pub enum PricingError {
     /// A LiteLLM-format JSON price file is not JSON.
     #[error("invalid price file: {0}")]
     Json(#[from] serde_json::Error),
+    /// A catalog could not be fetched.
+    #[error("cannot fetch {url}: {why}")]
+    Fetch {
+        /// What was asked for.
+        url: String,
+        /// What went wrong.
+        why: String,
+    },
     /// A LiteLLM-format entry holds a value that is not a price.
     #[error("invalid price file: line {line}, model {model:?}, field {field:?}: {why}")]
     Invalid {
@@ -81,11 +91,37 @@ impl UnitPrice {
     }
 }
 
+/// Where an entry of the table came from, for `tally prices show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The catalog: built in, or the file `tally prices update` wrote.
+    Catalog,
+    /// Tally's checked corrections (`prices.toml`).
+    Corrections,
+    /// `pricing.litellm_file`.
+    LiteLlmFile,
+    /// `[pricing.models]` in the config.
+    Config,
+}
+
+impl Origin {
+    /// How `tally prices show` names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Catalog => "the catalog",
+            Origin::Corrections => "Tally's corrections (prices.toml)",
+            Origin::LiteLlmFile => "pricing.litellm_file",
+            Origin::Config => "[pricing.models] in the config",
+        }
+    }
+}
+
 /// Model name → price, with the lookup rules of [`PricingTable::lookup`].
 #[derive(Debug, Clone, Default)]
 pub struct PricingTable {
     models: HashMap<String, Price>,
     units: HashMap<String, UnitPrice>,
+    origins: HashMap<String, Origin>,
     source: Option<String>,
 }
 
@@ -110,9 +146,14 @@ impl PricingTable {
         let mut t = Self::default();
         let parsed = litellm::parse(json)?;
         t.source = parsed.source.clone();
-        t.take(parsed);
-        t.extend_toml(CORRECTIONS)?;
+        t.take(parsed, Origin::Catalog);
+        t.extend_toml_from(CORRECTIONS, Origin::Corrections)?;
         Ok(t)
+    }
+
+    /// Where the entry `key` (as [`PricingTable::lookup_entry`] names it) came from.
+    pub fn origin(&self, key: &str) -> Option<Origin> {
+        self.origins.get(key).copied()
     }
 
     /// Where the catalog came from and when it was made, as its `_tally` entry says.
@@ -127,10 +168,14 @@ impl PricingTable {
 
     /// Adds or replaces prices from a TOML document with a `[models."name"]` table.
     pub fn extend_toml(&mut self, text: &str) -> Result<usize, PricingError> {
+        self.extend_toml_from(text, Origin::Config)
+    }
+
+    fn extend_toml_from(&mut self, text: &str, origin: Origin) -> Result<usize, PricingError> {
         let file: TomlFile = toml::from_str(text)?;
         let n = file.models.len() + file.units.len();
         for (k, v) in file.models {
-            self.insert(&k, v);
+            self.insert_from(&k, v, origin);
         }
         for (k, v) in file.units {
             self.insert_units(&k, v);
@@ -143,13 +188,13 @@ impl PricingTable {
     pub fn extend_litellm(&mut self, json: &str) -> Result<usize, PricingError> {
         let parsed = litellm::parse(json)?;
         let n = parsed.models.len();
-        self.take(parsed);
+        self.take(parsed, Origin::LiteLlmFile);
         Ok(n)
     }
 
-    fn take(&mut self, parsed: litellm::Parsed) {
+    fn take(&mut self, parsed: litellm::Parsed, origin: Origin) {
         for (k, v) in parsed.models {
-            self.insert(&k, v);
+            self.insert_from(&k, v, origin);
         }
         for (k, v) in parsed.units {
             self.insert_units(&k, v);
@@ -163,7 +208,13 @@ impl PricingTable {
 
     /// Adds or replaces one model's price.
     pub fn insert(&mut self, model: &str, price: Price) {
-        self.models.insert(model.to_ascii_lowercase(), price);
+        self.insert_from(model, price, Origin::Config);
+    }
+
+    fn insert_from(&mut self, model: &str, price: Price, origin: Origin) {
+        let key = model.to_ascii_lowercase();
+        self.origins.insert(key.clone(), origin);
+        self.models.insert(key, price);
     }
 
     /// Number of priced models.
