@@ -159,6 +159,8 @@ fn show(
             tokens,
             service_tier: tier,
             web_search_calls: searches,
+            // Priced as if made now: off-peak rates depend on the hour.
+            at_ms: Some(tally_keys::now_ms()),
         };
         let (total, c) = price.bill(&u, |class, n, rate| {
             let unit = if class == Class::WebSearch {
@@ -227,6 +229,9 @@ fn show(
         out += &format!("\n  web search: ${fee} per call");
     }
     if let (Some(total), Some(c)) = (cost, chosen) {
+        if c.off_peak {
+            out += "\n  now is off-peak for this model: its off-peak rates apply";
+        }
         let tier = match (&c.service_tier, tier) {
             (Some(t), _) => format!("service tier {t}"),
             (None, Some(t)) => format!("service tier {t} unknown to this entry: base rates"),

@@ -333,6 +333,40 @@ async fn unknown_model_has_null_cost_and_overrides_apply() {
     // The response model is "house-model-2024-08-06": a dated name falls back to the override.
     let (p, c, ..) = OPENAI_USAGE;
     assert_cost(&rec, (p as f64 * 1.0 + c as f64 * 2.0) / 1e6);
+
+    // The models page lists what was seen without a price, and how to price it; a name
+    // that could be markup is shown as text.
+    let sly = "<b>x</b>\"model";
+    roundtrip(
+        &tally,
+        "/v1/chat/completions",
+        &[],
+        json!({"model": sly, "messages": []}),
+    )
+    .await;
+    let (_, _, body) = get(&tally.dashboard_url("/api/models?range=24h")).await;
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    let unpriced = v["unpriced"].as_array().expect("unpriced list");
+    let names: Vec<_> = unpriced.iter().map(|u| u["model"].as_str()).collect();
+    assert_eq!(
+        names,
+        [Some("<b>x</b>\"model"), Some("mystery-model-9")],
+        "{v}"
+    );
+    assert_eq!(unpriced[1]["requests"], 1);
+    assert!(
+        unpriced[1]["hint"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("[pricing.models.\"mystery-model-9\"]")),
+        "{v}"
+    );
+    let (_, _, page) = get(&tally.dashboard_url("/models?range=24h")).await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("Unpriced models") && page.contains("mystery-model-9"));
+    let at = page.find("id=\"unpriced\"").expect("section");
+    let section = &page[at..];
+    assert!(!page.contains("<b>x</b>"), "{section}");
+    assert!(section.contains("&#60;b&#62;x&#60;/b&#62;"), "{section}");
     tally.stop().await;
 }
 

@@ -385,6 +385,34 @@ pub struct ModelsView {
     pub models: Vec<GroupView>,
     /// By provider.
     pub providers: Vec<GroupView>,
+    /// Models seen with tokens but no price (their cost is recorded as null), most requests
+    /// first, with what to add to the config to price them.
+    pub unpriced: Vec<UnpricedView>,
+}
+
+/// A model Tally could not price.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnpricedView {
+    /// The model as requests named it.
+    pub model: String,
+    /// Its requests with tokens and no cost in the window.
+    pub requests: u64,
+    /// A `tally.toml` snippet that prices it (the rates left for the operator to fill).
+    pub hint: String,
+}
+
+impl UnpricedView {
+    fn of(g: &GroupView) -> Option<Self> {
+        let n = g.stats.stats.unpriced;
+        (n > 0).then(|| UnpricedView {
+            model: g.key.clone(),
+            requests: n,
+            hint: format!(
+                "[pricing.models.\"{}\"]\ninput = 0.0   # USD per 1M input tokens\noutput = 0.0  # USD per 1M output tokens",
+                g.key.replace('\\', "\\\\").replace('"', "\\\"")
+            ),
+        })
+    }
 }
 
 /// The models and providers page.
@@ -399,10 +427,14 @@ pub async fn models(reader: &Reader, v: &ViewQuery) -> Result<ModelsView, ApiErr
         )
         .await?
         .into_iter();
+    let models = views(parts.next().unwrap_or_default());
+    let mut unpriced: Vec<_> = models.iter().filter_map(UnpricedView::of).collect();
+    unpriced.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.model.cmp(&b.model)));
     Ok(ModelsView {
         range: v.range.into(),
-        models: views(parts.next().unwrap_or_default()),
+        models,
         providers: views(parts.next().unwrap_or_default()),
+        unpriced,
     })
 }
 

@@ -653,6 +653,7 @@ fn price(
                     tokens,
                     service_tier: record.service_tier.as_deref(),
                     web_search_calls: record.web_search_calls.into(),
+                    at_ms: Some(record.ts),
                 };
                 priced(&|m| shared.pricing.bill(&record.provider, m, &usage))
             });

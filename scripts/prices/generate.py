@@ -30,7 +30,7 @@ MODES = {
     None, "chat", "completion", "responses", "embedding", "image_generation", "image_edit",
     "audio_transcription", "audio_speech", "moderation",
 }
-COST_FIELD = re.compile(r"^(input|output)_cost_per_|^cache_(read|creation)_input_token_cost|^search_context_cost_per_query$")
+COST_FIELD = re.compile(r"^(input|output)_cost_per_|^cache_(read|creation)_input_token_cost|^search_context_cost_per_query$|^off_peak_pricing$")
 
 
 def provider_of(key, entry):

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use super::{render, Nav, PageResult};
 use crate::format::now_ms;
 use crate::query::ViewQuery;
-use crate::views::{self, GroupView};
+use crate::views::{self, GroupView, UnpricedView};
 use crate::AppState;
 
 #[derive(Template)]
@@ -44,6 +44,7 @@ struct ModelsPage {
     nav: Nav,
     models: Vec<(GroupView, String)>,
     providers: Vec<(GroupView, String)>,
+    unpriced: Vec<UnpricedView>,
 }
 
 /// `GET /models`.
@@ -65,5 +66,6 @@ pub async fn models(
         nav: Nav::new("models", "/models", Some(&v)),
         models: linked(m.models, "model"),
         providers: linked(m.providers, "provider"),
+        unpriced: m.unpriced,
     }))
 }

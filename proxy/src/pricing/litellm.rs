@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::price::{LongContext, Price};
+use super::price::{span, LongContext, OffPeak, Price, Window};
 use super::{PricingError, UnitPrice};
 
 /// What a price file holds, keyed as Tally looks models up.
@@ -147,8 +147,63 @@ impl Rates {
             above,
             service_tier: BTreeMap::new(),
             web_search: None,
+            off_peak: None,
         })
     }
+}
+
+/// LiteLLM's `off_peak_pricing`: per-token rates beside `windows` of UTC weekdays and
+/// `HH:MM-HH:MM` spans. Rates it leaves out keep the base price's.
+fn off_peak_rates(base: &Price, v: &Value) -> Result<OffPeak, String> {
+    let o = v.as_object().ok_or("expected an object")?;
+    let mut rates = Rates::default();
+    for (field, n) in o {
+        if let Some((rate, None, None)) = token_field(field) {
+            let n = n
+                .as_f64()
+                .filter(|n| n.is_finite() && *n >= 0.0 && *n <= MAX_PER_TOKEN)
+                .ok_or_else(|| format!("{field}: expected a per-token price, found {n}"))?;
+            rates.base.insert(key(rate), n);
+        }
+    }
+    let price = rates.price(Some(base)).ok_or("no rates")?;
+    let windows = o
+        .get("windows")
+        .and_then(Value::as_array)
+        .ok_or("expected windows")?
+        .iter()
+        .map(|w| {
+            let weekdays = w
+                .get("weekdays")
+                .and_then(Value::as_array)
+                .ok_or("a window needs weekdays")?
+                .iter()
+                .map(|d| d.as_u64().filter(|d| (1..=7).contains(d)).map(|d| d as u8))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("weekdays are 1 (Monday) to 7")?;
+            // One span or a list of them.
+            let hours: Vec<String> = match w.get("hours_utc") {
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|s| s.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or("hours_utc are \"HH:MM-HH:MM\" texts")?,
+                _ => return Err("a window needs hours_utc".to_owned()),
+            };
+            if let Some(bad) = hours.iter().find(|h| span(h).is_none()) {
+                return Err(format!("{bad:?} is not a HH:MM-HH:MM span"));
+            }
+            Ok(Window {
+                weekdays,
+                hours_utc: hours,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(OffPeak {
+        rates: Box::new(price),
+        windows,
+    })
 }
 
 /// The line (1-based) of byte `offset` in `text`.
@@ -206,6 +261,7 @@ pub(super) fn parse(text: &str) -> Result<Parsed, PricingError> {
         let mut tiers: BTreeMap<Option<String>, Rates> = BTreeMap::new();
         let mut units = UnitPrice::default();
         let mut web_search = None;
+        let mut off_peak = None;
         for (field, v) in &entry {
             if let Some((rate, above, tier)) = token_field(field) {
                 let n = number(field, v)?;
@@ -233,6 +289,7 @@ pub(super) fn parse(text: &str) -> Result<Parsed, PricingError> {
                 "output_cost_per_image" => {
                     units.per_image.insert("*".into(), number(field, v)?);
                 }
+                "off_peak_pricing" => off_peak = Some((field.as_str(), v)),
                 "search_context_cost_per_query" => {
                     // Sized by how much context the search returns; the medium size is the
                     // providers' default.
@@ -258,6 +315,15 @@ pub(super) fn parse(text: &str) -> Result<Parsed, PricingError> {
         let keys = tally_keys(&name);
         if let Some(mut price) = base {
             price.web_search = web_search;
+            // docs.fireworks.ai/guides/prompt-caching: serverless cached prompt tokens are
+            // billed at half the input price unless the model's page says otherwise.
+            if price.cached_input.is_none() && name.starts_with("fireworks_ai/") {
+                price.cached_input = Some(price.input / 2.0);
+            }
+            if let Some((field, v)) = off_peak {
+                price.off_peak =
+                    Some(off_peak_rates(&price, v).map_err(|why| invalid(field, why))?);
+            }
             for (tier, rates) in tiers {
                 if let (Some(tier), Some(p)) = (tier, rates.price(Some(&price))) {
                     price.service_tier.insert(tier, p);

@@ -22,7 +22,7 @@ use tally_ingest::Tokens;
 use crate::formats::Units;
 
 pub use download::{download, LITELLM_URL};
-pub use price::{Chosen, Class, LongContext, Price, Usage};
+pub use price::{Chosen, Class, LongContext, OffPeak, Price, Usage, Window};
 
 const CATALOG: &str = include_str!("catalog.json");
 const CORRECTIONS: &str = include_str!("prices.toml");

@@ -34,6 +34,63 @@ pub struct Price {
     pub service_tier: BTreeMap<String, Price>,
     /// USD per server-side web search call (Anthropic's `web_search` tool, OpenAI's).
     pub web_search: Option<f64>,
+    /// Cheaper rates at set hours (DeepSeek's off-peak pricing), by the request's start.
+    pub off_peak: Option<OffPeak>,
+}
+
+/// Rates that apply in UTC time windows instead of the base rates.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffPeak {
+    /// The rates in the windows; classes left unset keep the base rate.
+    pub rates: Box<Price>,
+    /// When they apply.
+    pub windows: Vec<Window>,
+}
+
+/// Days of the week and times of day, UTC.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// ISO weekdays: 1 is Monday, 7 Sunday.
+    pub weekdays: Vec<u8>,
+    /// `"HH:MM-HH:MM"` spans; an end of `00:00` is midnight, so `"00:00-00:00"` is the day.
+    pub hours_utc: Vec<String>,
+}
+
+/// A `"HH:MM-HH:MM"` span as minutes of the day `[start, end)`; `None` when malformed.
+pub(super) fn span(text: &str) -> Option<(u32, u32)> {
+    let minute = |hm: &str| -> Option<u32> {
+        let (h, m) = hm.trim().split_once(':')?;
+        let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+        (h < 24 && m < 60).then_some(h * 60 + m)
+    };
+    let (a, b) = text.split_once('-')?;
+    let (start, end) = (minute(a)?, minute(b)?);
+    Some((start, if end == 0 { 24 * 60 } else { end }))
+}
+
+impl OffPeak {
+    /// Whether `at_ms` (Unix ms, UTC) falls in a window.
+    pub fn applies(&self, at_ms: i64) -> bool {
+        const DAY: i64 = 86_400_000;
+        let days = at_ms.div_euclid(DAY);
+        // 1970-01-01 was a Thursday, ISO weekday 4.
+        let weekday = ((days + 3).rem_euclid(7) + 1) as u8;
+        let minute = (at_ms.rem_euclid(DAY) / 60_000) as u32;
+        self.windows
+            .iter()
+            .filter(|w| w.weekdays.contains(&weekday))
+            .flat_map(|w| w.hours_utc.iter().filter_map(|s| span(s)))
+            .any(|(start, end)| {
+                if start < end {
+                    (start..end).contains(&minute)
+                } else {
+                    // Past midnight: the tail end of the same day, and its start.
+                    minute >= start || minute < end
+                }
+            })
+    }
 }
 
 /// A long-context tier: the rates once the prompt is longer than `tokens`.
@@ -65,6 +122,8 @@ pub struct Usage<'a> {
     pub service_tier: Option<&'a str>,
     /// Server-side web search calls.
     pub web_search_calls: u64,
+    /// When the request started (Unix ms), for rates that depend on the hour.
+    pub at_ms: Option<i64>,
 }
 
 impl<'a> Usage<'a> {
@@ -113,6 +172,8 @@ pub struct Chosen {
     pub service_tier: Option<String>,
     /// The long-context threshold the prompt passed.
     pub above: Option<u64>,
+    /// The off-peak rates applied.
+    pub off_peak: bool,
 }
 
 impl Price {
@@ -134,7 +195,13 @@ impl Price {
                 chosen.service_tier = Some(name.to_owned());
                 p
             }
-            None => self,
+            None => match (&self.off_peak, u.at_ms) {
+                (Some(op), Some(at)) if op.applies(at) => {
+                    chosen.off_peak = true;
+                    &op.rates
+                }
+                _ => self,
+            },
         };
         let t = &u.tokens;
         let tier = p

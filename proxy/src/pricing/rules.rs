@@ -108,7 +108,7 @@ fn the_service_tier_sets_the_rates() {
     let at = |tier| Usage {
         tokens: m,
         service_tier: Some(tier),
-        web_search_calls: 0,
+        ..Usage::default()
     };
     assert_eq!(bill("openai", "gpt-5", &at("flex")), 5.625);
     assert_eq!(bill("openai", "gpt-5", &at("priority")), 22.5);
@@ -119,7 +119,7 @@ fn the_service_tier_sets_the_rates() {
     let long = Usage {
         tokens: tokens(300_000, 0),
         service_tier: Some("priority"),
-        web_search_calls: 0,
+        ..Usage::default()
     };
     assert_eq!(bill("gemini", "gemini-2.5-pro", &long), usd(0.3 * 4.5));
 }
@@ -131,6 +131,7 @@ fn web_search_calls_are_billed_per_call() {
         tokens: tokens(1_000_000, 0),
         service_tier: None,
         web_search_calls: 3,
+        ..Usage::default()
     };
     assert_eq!(bill("anthropic", "claude-sonnet-4-6", &u), 3.03);
 }
@@ -204,4 +205,54 @@ fn the_catalog_says_where_it_came_from_and_when() {
         "{source}"
     );
     assert!(t.len() > 1_500, "{} models", t.len());
+}
+
+/// api-docs.deepseek.com/quick_start/pricing, as the catalog has it: deepseek-v4-pro is $1.32
+/// input and $3.96 output per 1M, and half that off-peak, which is 00:00–01:00, 04:00–06:00
+/// and 10:00–24:00 UTC on weekdays and all of Saturday and Sunday. By the request's start.
+#[test]
+fn off_peak_hours_have_their_own_rates() {
+    let at = |ms| Usage {
+        tokens: tokens(1_000_000, 1_000_000),
+        at_ms: Some(ms),
+        ..Usage::default()
+    };
+    let friday_0430 = 1_796_358_600_000;
+    let friday_0800 = 1_796_371_200_000;
+    let saturday_noon = 1_796_472_000_000;
+    let friday_2359 = 1_796_428_740_000;
+    assert_eq!(bill("deepseek", "deepseek-v4-pro", &at(friday_0800)), 5.28);
+    assert_eq!(bill("deepseek", "deepseek-v4-pro", &at(friday_0430)), 2.64);
+    assert_eq!(
+        bill("deepseek", "deepseek-v4-pro", &at(saturday_noon)),
+        2.64
+    );
+    assert_eq!(bill("deepseek", "deepseek-v4-pro", &at(friday_2359)), 2.64);
+    // Without a time (an explanation of the price alone), the base rates.
+    let untimed = Usage::tokens(tokens(1_000_000, 1_000_000));
+    assert_eq!(bill("deepseek", "deepseek-v4-pro", &untimed), 5.28);
+}
+
+/// docs.fireworks.ai/guides/prompt-caching: cached prompt tokens of serverless models cost
+/// half the input price unless the model lists its own cached price.
+#[test]
+fn fireworks_cache_reads_cost_half_the_input() {
+    let t = Tokens {
+        prompt: 1_000_000,
+        cache_read: 400_000,
+        ..Tokens::default()
+    };
+    let table = table();
+    let (_, p) = table
+        .lookup_entry("fireworks", "accounts/fireworks/models/code-llama-7b")
+        .expect("priced");
+    let expected = (600_000.0 * p.input + 400_000.0 * p.input / 2.0) / 1e6;
+    assert_eq!(
+        bill(
+            "fireworks",
+            "accounts/fireworks/models/code-llama-7b",
+            &Usage::tokens(t)
+        ),
+        usd(expected)
+    );
 }
