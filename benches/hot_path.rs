@@ -173,6 +173,34 @@ fn pricing(c: &mut Criterion) {
             black_box(table.cost(black_box("openai"), black_box("gpt-4o-mini-2024-07-18"), &t))
         })
     });
+    // What a record's finish does for an Anthropic answer: 1-hour writes, a web search, the
+    // request's time (for off-peak rules).
+    let usage = tally_proxy::pricing::Usage {
+        tokens: Tokens {
+            cache_write: 300,
+            cache_write_1h: 100,
+            ..t
+        },
+        service_tier: Some("standard"),
+        web_search_calls: 1,
+        at_ms: Some(1_796_358_600_000),
+    };
+    c.bench_function("pricing/anthropic_bill_with_details", |b| {
+        b.iter(|| {
+            black_box(table.bill(
+                black_box("anthropic"),
+                black_box("claude-sonnet-4-6"),
+                &usage,
+            ))
+        })
+    });
+    c.bench_function("pricing/unknown_model_miss", |b| {
+        b.iter(|| black_box(table.cost(black_box("openai"), black_box("house-model-7"), &t)))
+    });
+    // Once per start (and per `tally prices show`): the catalog and the corrections parsed.
+    c.bench_function("pricing/load_builtin_catalog", |b| {
+        b.iter(|| black_box(PricingTable::builtin().expect("prices").len()))
+    });
 }
 
 /// The crash journal's append, which runs once per request before its last frame: a record

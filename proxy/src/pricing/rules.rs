@@ -193,6 +193,15 @@ fn every_correction_differs_from_the_catalog() {
         if let Some(theirs) = catalog.models.get(&key.to_ascii_lowercase()) {
             assert_ne!(&mine, theirs, "prices.toml's {key:?} repeats the catalog");
         }
+        // A bare name the catalog also lists under its own provider's prefix is never
+        // reached for that provider (`provider/model` is looked up first).
+        for provider in ["mistral", "xai", "deepseek", "groq", "gemini"] {
+            let shadow = format!("{provider}/{}", key.to_ascii_lowercase());
+            assert!(
+                key.contains('/') || !catalog.models.contains_key(&shadow),
+                "prices.toml's {key:?} is shadowed by the catalog's {shadow:?}: key it so"
+            );
+        }
     }
 }
 
