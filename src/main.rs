@@ -57,6 +57,10 @@ enum Command {
     /// Prices: explain a model's cost, refresh the catalog.
     #[command(subcommand)]
     Prices(prices::PricesCommand),
+    /// Recompute the stored costs of a range with the current prices (after a price fix or
+    /// `tally prices update`). Only records whose cost changes are written, so a rerun
+    /// changes nothing; each run is listed on the dashboard.
+    Reprice(prices::RepriceArgs),
 }
 
 #[derive(Subcommand)]
@@ -168,6 +172,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = raw.validate()?;
     match command {
         Command::Prices(command) => prices::run(command, &raw, &runtime),
+        Command::Reprice(args) => prices::reprice(&args, &config, &runtime),
         Command::Serve => runtime.block_on(async {
             let server = Server::bind(config).await?;
             server.run(shutdown_signal()).await

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 use tally_ingest::Tokens;
 use tally_proxy::pricing::{Class, Usage};
@@ -248,4 +248,82 @@ fn show(
         out += &format!("\n  total: {}", usd(total));
     }
     out
+}
+
+#[derive(Args)]
+pub struct RepriceArgs {
+    /// Start of the range: an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01,
+    /// midnight UTC).
+    #[arg(long)]
+    from: String,
+    /// End of the range, exclusive; now when unset.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this model (as requested or as answered).
+    #[arg(long)]
+    model: Option<String>,
+    /// Only this provider.
+    #[arg(long)]
+    provider: Option<String>,
+}
+
+fn parse_time(text: &str, what: &str) -> anyhow::Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+        .with_context(|| {
+            format!("--{what} {text:?}: expected a date (2026-12-01) or an RFC 3339 time (2026-12-01T08:00:00Z)")
+        })
+}
+
+#[allow(clippy::print_stdout)]
+pub fn reprice(
+    args: &RepriceArgs,
+    config: &tally::Validated,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use tally_ingest::reprice;
+    let scope = reprice::Scope {
+        from_ms: parse_time(&args.from, "from")?,
+        to_ms: match &args.to {
+            Some(t) => parse_time(t, "to")?,
+            None => tally_keys::now_ms(),
+        },
+        model: args.model.clone(),
+        provider: args.provider.clone(),
+    };
+    anyhow::ensure!(scope.from_ms < scope.to_ms, "--from must be before --to");
+    let table = &config.pricing;
+    let price = |r: &tally_ingest::Record| {
+        let units = tally_proxy::formats::Units::from_properties(&r.properties);
+        table.price_record(r, units.as_ref())
+    };
+    let catalog = table.source();
+    let out = match &config.store {
+        tally::Store::Sqlite(path) => {
+            anyhow::ensure!(path.exists(), "no store at {}", path.display());
+            reprice::sqlite(path, &scope, catalog, &price)?
+        }
+        tally::Store::ClickHouse(s) => {
+            runtime.block_on(reprice::clickhouse(s, &scope, catalog, &price))?
+        }
+    };
+    tracing::info!(
+        examined = out.examined,
+        changed = out.changed,
+        delta_usd = out.delta_usd,
+        "reprice done"
+    );
+    println!(
+        "{} records with usage examined, {} repriced, total cost changed by ${:.6} ({} newly priced, {} no longer priced).",
+        out.examined, out.changed, out.delta_usd, out.now_priced, out.now_unpriced
+    );
+    if out.changed > 0 {
+        println!("A running Tally's budgets count the corrected spend from their next start.");
+    }
+    Ok(())
 }

@@ -712,3 +712,116 @@ async fn kill_9_under_load_loses_nothing_and_the_journal_stores_nothing_twice() 
         count(&ch, "SELECT count() FROM requests").await
     );
 }
+
+/// `tally reprice` on ClickHouse: the changed records are updated, the hourly rollup is
+/// corrected to agree with them (costs and unpriced counts), a cache hit keeps costing 0 and
+/// saves its new price, and a rerun changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprice_updates_records_and_corrects_the_rollup_once() {
+    use tally_ingest::{reprice, CacheStatus};
+    let ch = ClickHouse::started().await;
+    let settings = ch.settings();
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("migrate");
+    // 90 priced records over two hours, 10 unpriced, one cache hit.
+    let mut rows: Vec<Record> = (0..90)
+        .map(|i| record(i, "house-model", Some(0.5), 200))
+        .collect();
+    rows.extend((90..100).map(|i| record(i, "mystery-9", None, 200)));
+    rows.push(Record {
+        cache_status: CacheStatus::Hit,
+        cost_usd: Some(0.0),
+        cost_saved_usd: Some(0.001),
+        ..record(100, "house-model", Some(0.0), 200)
+    });
+    let n = rows.len() as u64;
+    let settings_w = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings_w)
+            .expect("writer")
+            .write_batch(&rows)
+            .expect("write")
+    })
+    .await
+    .expect("join");
+    wait_for_rows(&ch, n).await;
+
+    let mut table = tally_proxy::PricingTable::default();
+    for (model, input) in [("house-model", 10.0), ("mystery-9", 1.0)] {
+        table.insert(
+            model,
+            tally_proxy::Price {
+                input,
+                output: 2.0 * input,
+                ..Default::default()
+            },
+        );
+    }
+    let price = |r: &Record| table.price_record(r, None);
+    let scope = reprice::Scope {
+        from_ms: 0,
+        to_ms: i64::MAX / 2,
+        ..Default::default()
+    };
+    let out = reprice::clickhouse(&settings, &scope, Some("test"), &price)
+        .await
+        .expect("reprice");
+    assert_eq!((out.examined, out.changed, out.now_priced), (n, n, 10));
+
+    #[derive(Debug, PartialEq, serde::Deserialize, clickhouse::Row)]
+    struct Sums {
+        cost: f64,
+        unpriced: u64,
+    }
+    let sums = |sql: &'static str| {
+        let c = ch.client();
+        async move { c.query(sql).fetch_one::<Sums>().await.expect(sql) }
+    };
+    let records = sums(
+        "SELECT sum(ifNull(cost_usd, 0)) AS cost,
+                countIf(cost_usd IS NULL AND prompt_tokens IS NOT NULL) AS unpriced FROM requests",
+    )
+    .await;
+    let rollup =
+        sums("SELECT sum(cost_usd) AS cost, sum(unpriced) AS unpriced FROM requests_hourly").await;
+    // house-model: (prompt 10+i at $10, completion 5 at $20) per 1M; mystery-9 at $1 / $2.
+    let expected: f64 = (0..90)
+        .map(|i| ((10 + i) as f64 * 10.0 + 5.0 * 20.0) / 1e6)
+        .chain((90..100).map(|i| ((10 + i) as f64 + 5.0 * 2.0) / 1e6))
+        .sum();
+    assert!(
+        (records.cost - expected).abs() < 1e-9,
+        "{records:?} vs {expected}"
+    );
+    assert_eq!(records.unpriced, 0);
+    assert!(
+        (rollup.cost - records.cost).abs() < 1e-9,
+        "rollup {rollup:?}, records {records:?}"
+    );
+    assert_eq!(rollup.unpriced, 0, "the unpriced counts were taken back");
+    let hit = count(
+        &ch,
+        "SELECT count() FROM requests WHERE cache_status = 'hit' AND cost_usd = 0
+           AND abs(cost_saved_usd - (110 * 10 + 5 * 20) / 1e6) < 1e-12",
+    )
+    .await;
+    assert_eq!(hit, 1, "a cache hit costs 0 and saves its new price");
+
+    let again = reprice::clickhouse(&settings, &scope, None, &price)
+        .await
+        .expect("rerun");
+    assert_eq!((again.examined, again.changed), (n, 0));
+    let after =
+        sums("SELECT sum(cost_usd) AS cost, sum(unpriced) AS unpriced FROM requests_hourly").await;
+    assert_eq!(after, rollup, "a rerun corrects nothing twice");
+    assert_eq!(count(&ch, "SELECT count() FROM reprices").await, 2);
+    let reader = tally_dashboard::store::clickhouse::ClickHouseReader::new(&settings);
+    let runs = reader.reprices(0, i64::MAX / 2, 5).await.expect("reprices");
+    assert_eq!(
+        runs.len(),
+        1,
+        "only the run that changed something: {runs:?}"
+    );
+    assert_eq!(runs[0].changed, n);
+}

@@ -196,3 +196,109 @@ fn prices_show_explains_the_entry_the_tier_and_each_class() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown class"));
 }
+
+fn house_prices(input: f64, output: f64, mystery: bool) -> Options {
+    let mut rest = format!(
+        "[pricing.models.\"house-model\"]\ninput = {input}\noutput = {output}\n\
+         [[budgets]]\nname = \"everything\"\nlimit_usd = 1000\nwindow = \"rolling:24h\"\n"
+    );
+    if mystery {
+        rest += "[pricing.models.\"mystery-9\"]\ninput = 1.0\noutput = 1.0\n";
+    }
+    Options {
+        rest,
+        ..Options::default()
+    }
+}
+
+async fn chat(bin: &Bin, model: &str) {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, _) = post_json(&bin.url("/v1/chat/completions"), &[], &body).await;
+    assert_eq!(status, 200);
+}
+
+async fn restart(bin: &mut Bin, up: &FakeUpstream, options: &Options) -> Bin {
+    bin.signal("-TERM");
+    bin.wait().await;
+    let dir = std::mem::replace(&mut bin.dir, tempfile::tempdir().expect("tempdir"));
+    Bin::start_with(&up.url(), dir, options).await
+}
+
+/// After a price fix, `tally reprice` recomputes the stored costs, once: a rerun changes
+/// nothing. A model that had no price gets one; the budgets count the corrected spend from
+/// the next start; the run is on record for the dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprice_recomputes_stored_costs_once_and_budgets_follow() {
+    let up = FakeUpstream::start().await;
+    let old = house_prices(1.0, 2.0, false);
+    let new = house_prices(10.0, 20.0, true);
+    let mut first = Bin::start_with(&up.url(), tempfile::tempdir().expect("tempdir"), &old).await;
+    for _ in 0..3 {
+        chat(&first, "house-model").await;
+    }
+    chat(&first, "mystery-9").await;
+    let mut second = restart(&mut first, &up, &new).await;
+    let (prompt, completion, _, _) = OPENAI_USAGE;
+    let per = |i: f64, o: f64| (prompt as f64 * i + completion as f64 * o) / 1e6;
+    let sum = |b: &Bin| {
+        let conn = rusqlite::Connection::open(b.dir.path().join("tally.db")).expect("open");
+        conn.query_row(
+            "SELECT coalesce(sum(cost_usd), 0), count(cost_usd) FROM requests",
+            [],
+            |r| Ok((r.get::<_, f64>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .expect("sum")
+    };
+    let (before, priced) = sum(&second);
+    assert!((before - 3.0 * per(1.0, 2.0)).abs() < 1e-12, "{before}");
+    assert_eq!(priced, 3, "mystery-9 had no price");
+
+    let cfg = second.dir.path().join("tally.toml");
+    let cfg = cfg.to_str().expect("utf8");
+    let out = tally(&["--config", cfg, "reprice", "--from", "2020-01-01"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("4 records with usage examined, 4 repriced"),
+        "{text}"
+    );
+    assert!(text.contains("1 newly priced"), "{text}");
+    let (after, priced) = sum(&second);
+    let expected = 3.0 * per(10.0, 20.0) + per(1.0, 1.0);
+    assert!((after - expected).abs() < 1e-12, "{after} != {expected}");
+    assert_eq!(priced, 4);
+
+    let again = tally(&["--config", cfg, "reprice", "--from", "2020-01-01"]);
+    let text = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        text.contains("4 records with usage examined, 0 repriced"),
+        "{text}"
+    );
+    assert_eq!(sum(&second).0, after);
+    assert_eq!(second.rows("SELECT count(*) FROM reprices"), 2);
+    assert_eq!(second.rows("SELECT max(changed) FROM reprices"), 4);
+
+    // A bad range is refused before anything is read.
+    let bad = tally(&["--config", cfg, "reprice", "--from", "yesterday"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--from \"yesterday\""));
+
+    let third = restart(&mut second, &up, &new).await;
+    let (_, _, body) = get(&third.dashboard_url("/api/budgets")).await;
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    let spend = v["budgets"][0]["spend_usd"].as_f64().expect("spend");
+    assert!(
+        (spend - expected).abs() < 1e-9,
+        "budget spend {spend} != {expected}: {v}"
+    );
+    let (_, _, page) = get(&third.dashboard_url("/")).await;
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("repriced"),
+        "the overview says costs were repriced"
+    );
+}

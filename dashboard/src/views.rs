@@ -234,6 +234,44 @@ pub struct Overview {
     pub ingest: IngestHealth,
     /// What cache hits in the window saved, USD (`cost_saved_usd` summed).
     pub cache_saved_usd: f64,
+    /// `tally reprice` runs that changed costs in the window, newest first.
+    pub reprices: Vec<RepriceView>,
+}
+
+/// A reprice run, as the overview mentions it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepriceView {
+    /// When it ran, RFC 3339.
+    pub at: String,
+    /// The range it repriced, RFC 3339.
+    pub from: String,
+    /// Its end (exclusive).
+    pub to: String,
+    /// Its filter, readable (`model gpt-4o`, `all models`).
+    pub filter: String,
+    /// Records whose cost changed.
+    pub changed: u64,
+    /// The total change, USD.
+    pub delta_usd: f64,
+}
+
+impl From<crate::store::Reprice> for RepriceView {
+    fn from(r: crate::store::Reprice) -> Self {
+        let filter = match (&r.model, &r.provider) {
+            (Some(m), Some(p)) => format!("model {m} on {p}"),
+            (Some(m), None) => format!("model {m}"),
+            (None, Some(p)) => format!("provider {p}"),
+            (None, None) => "all models".to_owned(),
+        };
+        Self {
+            at: format_ts(r.at_ms),
+            from: format_ts(r.from_ms),
+            to: format_ts(r.to_ms),
+            filter,
+            changed: r.changed,
+            delta_usd: r.delta_usd,
+        }
+    }
 }
 
 /// Every bucket of the range, filled from the store's bucket groups (empty buckets are zero).
@@ -356,6 +394,15 @@ pub async fn overview(
         .await?
         .into_iter();
     let (_, cache_saved_usd) = reader.cache_savings(v.filter.clone()).await?;
+    let reprices = reader
+        .reprices(
+            v.filter.from_ms.unwrap_or(i64::MIN),
+            v.filter.to_ms.unwrap_or(i64::MAX),
+        )
+        .await?
+        .into_iter()
+        .map(RepriceView::from)
+        .collect();
     let mut next = || parts.next().unwrap_or_default();
     let (summary, series, top_models, top_providers, top_users) = (
         totals(next()),
@@ -373,6 +420,7 @@ pub async fn overview(
         top_users,
         ingest: IngestHealth::read(ingest),
         cache_saved_usd,
+        reprices,
     })
 }
 

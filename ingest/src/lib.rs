@@ -28,6 +28,7 @@ pub mod clickhouse;
 pub mod journal;
 pub mod metrics;
 mod record;
+pub mod reprice;
 pub mod spool;
 pub mod sqlite;
 

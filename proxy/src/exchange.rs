@@ -20,7 +20,6 @@ use crate::capture::{Capture, Decoder};
 use crate::formats::{self, StreamObserver, WireFormat};
 use crate::metrics::RequestLabels;
 use crate::phases::Refusal;
-use crate::pricing;
 use crate::{ProxyMetrics, Shared};
 
 /// Everything about the request that is known before the response body.
@@ -637,34 +636,8 @@ fn price(
     units: Option<&formats::Units>,
 ) -> Record {
     if record.tokens.is_some() || units.is_some() {
-        let model = record
-            .response_model
-            .as_deref()
-            .or(record.model.as_deref())
-            .unwrap_or_default();
         let cost = guarded(&shared.metrics, "pricing", || {
-            // A response model the table does not know (a fine-tune, a new snapshot name)
-            // may still be priced under the requested name.
-            let names = [Some(model), record.model.as_deref()];
-            let priced =
-                |f: &dyn Fn(&str) -> Option<f64>| names.iter().flatten().find_map(|m| f(m));
-            let tokens = record.tokens.map(|tokens| {
-                let usage = pricing::Usage {
-                    tokens,
-                    service_tier: record.service_tier.as_deref(),
-                    web_search_calls: record.web_search_calls.into(),
-                    at_ms: Some(record.ts),
-                };
-                priced(&|m| shared.pricing.bill(&record.provider, m, &usage))
-            });
-            let units =
-                units.map(|u| priced(&|m| shared.pricing.unit_cost(&record.provider, m, u)));
-            // A model is priced by the token (gpt-image-1, gpt-4o-transcribe) or by the unit
-            // (dall-e-3, whisper-1, tts-1); whichever the table knows counts.
-            match (tokens.flatten(), units.flatten()) {
-                (Some(t), Some(u)) => Some(t + u),
-                (t, u) => t.or(u),
-            }
+            shared.pricing.price_record(&record, units)
         });
         if cost.is_none() {
             record

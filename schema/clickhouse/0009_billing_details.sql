@@ -9,3 +9,20 @@ ALTER TABLE {db}.requests{local}{on_cluster}
     ADD COLUMN IF NOT EXISTS service_tier LowCardinality(Nullable(String));
 ALTER TABLE {db}.requests{local}{on_cluster}
     ADD COLUMN IF NOT EXISTS web_search_calls UInt32 DEFAULT 0;
+
+-- `tally reprice`: one row per run, so the dashboard can say which costs were recomputed and
+-- when; `changed` records whose cost moved by `delta_usd` in all.
+CREATE TABLE IF NOT EXISTS {db}.reprices{local}{on_cluster}
+(
+    at        DateTime64(3, 'UTC'),
+    from_ts   DateTime64(3, 'UTC'),
+    to_ts     DateTime64(3, 'UTC'),
+    model     Nullable(String),
+    provider  Nullable(String),
+    catalog   Nullable(String),
+    examined  UInt64,
+    changed   UInt64,
+    delta_usd Float64
+)
+ENGINE = {engine}
+ORDER BY at;

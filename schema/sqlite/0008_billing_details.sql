@@ -6,3 +6,17 @@
 ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER;
 ALTER TABLE requests ADD COLUMN service_tier TEXT;
 ALTER TABLE requests ADD COLUMN web_search_calls INTEGER NOT NULL DEFAULT 0;
+
+-- `tally reprice`: one row per run, so the dashboard can say which costs were recomputed and
+-- when. Times in epoch milliseconds; `changed` records whose cost moved by `delta_usd` in all.
+CREATE TABLE IF NOT EXISTS reprices (
+    at_ms     INTEGER NOT NULL,
+    from_ms   INTEGER NOT NULL,
+    to_ms     INTEGER NOT NULL,
+    model     TEXT,
+    provider  TEXT,
+    catalog   TEXT,
+    examined  INTEGER NOT NULL,
+    changed   INTEGER NOT NULL,
+    delta_usd REAL NOT NULL
+);

@@ -60,6 +60,52 @@ impl ClickHouseReader {
         Ok(())
     }
 
+    /// See [`super::Reader::reprices`].
+    pub async fn reprices(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<super::Reprice>, StoreError> {
+        #[derive(serde::Deserialize, clickhouse::Row)]
+        struct Row {
+            at_ms: i64,
+            from_ms: i64,
+            to_ms: i64,
+            model: Option<String>,
+            provider: Option<String>,
+            changed: u64,
+            delta_usd: f64,
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT toUnixTimestamp64Milli(at) AS at_ms, toUnixTimestamp64Milli(from_ts) AS from_ms,
+                        toUnixTimestamp64Milli(to_ts) AS to_ms, model, provider, changed, delta_usd
+                 FROM reprices
+                 WHERE changed > 0 AND from_ts < fromUnixTimestamp64Milli(?)
+                   AND to_ts > fromUnixTimestamp64Milli(?)
+                 ORDER BY at DESC LIMIT ?",
+            )
+            .bind(to_ms)
+            .bind(from_ms)
+            .bind(limit as u64)
+            .fetch_all::<Row>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| super::Reprice {
+                at_ms: r.at_ms,
+                from_ms: r.from_ms,
+                to_ms: r.to_ms,
+                model: r.model,
+                provider: r.provider,
+                changed: r.changed,
+                delta_usd: r.delta_usd,
+            })
+            .collect())
+    }
+
     /// A page of records, newest first, without bodies.
     pub async fn list(&self, f: &RequestFilter) -> Result<Page, StoreError> {
         let mut binds = Vec::new();

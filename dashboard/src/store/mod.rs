@@ -24,7 +24,42 @@ fn joined<T>(r: Result<Result<T, StoreError>, tokio::task::JoinError>) -> Result
     r.map_err(|e| StoreError::Task(e.to_string()))?
 }
 
+/// One run of `tally reprice` whose range overlaps what a page shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reprice {
+    /// When it ran, ms.
+    pub at_ms: i64,
+    /// The range it repriced, ms.
+    pub from_ms: i64,
+    /// Its end, ms (exclusive).
+    pub to_ms: i64,
+    /// Its model filter, if any.
+    pub model: Option<String>,
+    /// Its provider filter, if any.
+    pub provider: Option<String>,
+    /// Records whose cost it changed.
+    pub changed: u64,
+    /// The total change, USD.
+    pub delta_usd: f64,
+}
+
+/// Reprices shown at most.
+const REPRICES: usize = 5;
+
 impl Reader {
+    /// The newest reprice runs that changed costs between `from_ms` and `to_ms`.
+    pub async fn reprices(&self, from_ms: i64, to_ms: i64) -> Result<Vec<Reprice>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(
+                    tokio::task::spawn_blocking(move || r.reprices(from_ms, to_ms, REPRICES)).await,
+                )
+            }
+            Reader::ClickHouse(r) => r.reprices(from_ms, to_ms, REPRICES).await,
+        }
+    }
+
     /// Checks that the store can be read.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {

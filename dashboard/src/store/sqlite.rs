@@ -49,6 +49,38 @@ impl SqliteReader {
         Ok(())
     }
 
+    /// See [`super::Reader::reprices`]. A store older than the `reprices` table has none.
+    pub fn reprices(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<super::Reprice>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = match conn.prepare(
+            "SELECT at_ms, from_ms, to_ms, model, provider, changed, delta_usd FROM reprices
+             WHERE changed > 0 AND from_ms < ?2 AND to_ms > ?1 ORDER BY at_ms DESC LIMIT ?3",
+        ) {
+            Ok(s) => s,
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let rows = stmt.query_map(rusqlite::params![from_ms, to_ms, limit as i64], |r| {
+            Ok(super::Reprice {
+                at_ms: r.get(0)?,
+                from_ms: r.get(1)?,
+                to_ms: r.get(2)?,
+                model: r.get(3)?,
+                provider: r.get(4)?,
+                changed: r.get::<_, i64>(5)?.max(0) as u64,
+                delta_usd: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// A page of records, newest first, without bodies.
     pub fn list(&self, f: &RequestFilter) -> Result<Page, StoreError> {
         let conn = self.conn()?;

@@ -181,6 +181,27 @@ impl Units {
         }
     }
 
+    /// What [`Units::properties`] wrote, read back from a stored record (for `tally reprice`).
+    pub fn from_properties(p: &std::collections::BTreeMap<String, String>) -> Option<Units> {
+        if let Some(n) = p.get("billed_images").and_then(|n| n.parse().ok()) {
+            let text = |k: &str| p.get(k).cloned().unwrap_or_default();
+            return Some(Units::Images {
+                n,
+                size: text("image_size"),
+                quality: text("image_quality"),
+            });
+        }
+        if let Some(seconds) = p.get("billed_audio_seconds").and_then(|s| s.parse().ok()) {
+            return Some(Units::AudioSeconds {
+                seconds,
+                estimated: p.contains_key("billed_audio_seconds_estimated"),
+            });
+        }
+        p.get("billed_characters")
+            .and_then(|n| n.parse().ok())
+            .map(Units::Characters)
+    }
+
     /// The record properties that say what was billed.
     pub fn properties(&self) -> Vec<(&'static str, String)> {
         match self {

@@ -17,7 +17,7 @@ mod rules;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
-use tally_ingest::Tokens;
+use tally_ingest::{Record, Tokens};
 
 use crate::formats::Units;
 
@@ -250,6 +250,32 @@ impl PricingTable {
     pub fn bill(&self, provider: &str, model: &str, usage: &Usage) -> Option<f64> {
         self.lookup(provider, model)
             .map(|p| p.bill(usage, |_, _, _| {}).0)
+    }
+
+    /// What a record cost: its tokens (with its service tier, web searches and start time) plus,
+    /// for an endpoint billed by the unit, its `units`. The response's model is tried first,
+    /// then the requested one: a response model the table does not know (a fine-tune, a new
+    /// snapshot name) may still be priced under the requested name. `None` when neither is
+    /// priced. The request path and `tally reprice` both price with this.
+    pub fn price_record(&self, r: &Record, units: Option<&Units>) -> Option<f64> {
+        let names = [r.response_model.as_deref(), r.model.as_deref()];
+        let names = || names.iter().flatten().copied();
+        let tokens = r.tokens.and_then(|tokens| {
+            let usage = Usage {
+                tokens,
+                service_tier: r.service_tier.as_deref(),
+                web_search_calls: r.web_search_calls.into(),
+                at_ms: Some(r.ts),
+            };
+            names().find_map(|m| self.bill(&r.provider, m, &usage))
+        });
+        let units = units.and_then(|u| names().find_map(|m| self.unit_cost(&r.provider, m, u)));
+        // A model is priced by the token (gpt-image-1, gpt-4o-transcribe) or by the unit
+        // (dall-e-3, whisper-1, tts-1); whichever the table knows counts.
+        match (tokens, units) {
+            (Some(t), Some(u)) => Some(t + u),
+            (t, u) => t.or(u),
+        }
     }
 
     /// The per-unit prices of `model`, found as [`PricingTable::lookup`] finds token prices.
