@@ -11,6 +11,7 @@ use tally_dashboard::store::clickhouse::ClickHouseReader;
 use tally_dashboard::store::sqlite::SqliteReader;
 
 mod prices;
+mod reconcile;
 
 /// jemalloc rather than glibc's allocator: after a burst of 2,000 connections glibc kept
 /// ~60 MiB more resident, freed but fragmented across its arenas, and never returned it.
@@ -61,6 +62,35 @@ enum Command {
     /// `tally prices update`). Only records whose cost changes are written, so a rerun
     /// changes nothing; each run is listed on the dashboard.
     Reprice(prices::RepriceArgs),
+    /// Compare the provider's own usage and cost reports (read with an admin key) with
+    /// Tally's records, per day and model, and name the gaps: traffic that bypassed Tally,
+    /// mispriced and unpriced models. The report is kept for the dashboard's reconcile page.
+    Reconcile {
+        /// `openai` or `anthropic`.
+        provider: String,
+        /// Start: a date (2026-12-01) or an RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// End, exclusive; now when unset.
+        #[arg(long)]
+        to: Option<String>,
+        /// The environment variable holding the admin key (OPENAI_ADMIN_KEY,
+        /// ANTHROPIC_ADMIN_KEY by default). Never a command-line value: it would be in the
+        /// shell's history and the process list.
+        #[arg(long)]
+        admin_key_env: Option<String>,
+        /// Tally's name for the provider, when not the same (`[providers.NAME]`).
+        #[arg(long)]
+        tally_provider: Option<String>,
+        /// Where the reports are read: the provider's API by default
+        /// (https://api.openai.com, https://api.anthropic.com), even when Tally's
+        /// `base_url` for it points elsewhere (another gateway, a regional endpoint).
+        #[arg(long)]
+        admin_base_url: Option<String>,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +203,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Prices(command) => prices::run(command, &raw, &runtime),
         Command::Reprice(args) => prices::reprice(&args, &config, &runtime),
+        Command::Reconcile {
+            provider,
+            from,
+            to,
+            admin_key_env,
+            tally_provider,
+            admin_base_url,
+            json,
+        } => {
+            let var = admin_key_env.unwrap_or_else(|| match provider.as_str() {
+                "anthropic" => "ANTHROPIC_ADMIN_KEY".into(),
+                _ => "OPENAI_ADMIN_KEY".into(),
+            });
+            let key = std::env::var(&var)
+                .ok()
+                .filter(|k| !k.trim().is_empty())
+                .with_context(|| {
+                    format!("set {var} to an admin key of your {provider} organization")
+                })?;
+            let name = tally_provider.unwrap_or_else(|| provider.clone());
+            let base = admin_base_url.unwrap_or_else(|| match provider.as_str() {
+                "anthropic" => "https://api.anthropic.com".into(),
+                _ => "https://api.openai.com".into(),
+            });
+            let from = prices::parse_time(&from, "from")?;
+            let to = match to {
+                Some(t) => prices::parse_time(&t, "to")?,
+                None => tally_keys::now_ms(),
+            };
+            let src = reconcile::Source {
+                kind: &provider,
+                base_url: &base,
+                admin_key: key.trim(),
+            };
+            let report = runtime.block_on(async {
+                let report = reconcile::run(&src, &name, from, to, &config.store).await?;
+                reconcile::keep(&report, &config.store).await?;
+                anyhow::Ok(report)
+            })?;
+            let text = if json {
+                serde_json::to_string_pretty(&report)?
+            } else {
+                reconcile::render(&report)
+            };
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
         Command::Serve => runtime.block_on(async {
             let server = Server::bind(config).await?;
             server.run(shutdown_signal()).await

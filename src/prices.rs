@@ -267,7 +267,7 @@ pub struct RepriceArgs {
     provider: Option<String>,
 }
 
-fn parse_time(text: &str, what: &str) -> anyhow::Result<i64> {
+pub fn parse_time(text: &str, what: &str) -> anyhow::Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis());
     }

@@ -825,3 +825,44 @@ async fn reprice_updates_records_and_corrects_the_rollup_once() {
     );
     assert_eq!(runs[0].changed, n);
 }
+
+/// `tally reconcile` reads Tally's side from ClickHouse too, and keeps its report there for
+/// the dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_reads_and_keeps_its_report_in_clickhouse() {
+    use crate::reconcile::{reconcile, report, row, today_and_yesterday};
+    use crate::support::fake_admin::{Billed, FakeAdmin, ADMIN_KEY};
+    let up = FakeUpstream::start().await;
+    let ch = ClickHouse::started().await;
+    let options = Options {
+        store: ch.store_toml(),
+        ..Options::default()
+    };
+    let bin = Bin::start_with(&up.url(), tempfile::tempdir().expect("tempdir"), &options).await;
+    for _ in 0..2 {
+        let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+        let (status, _, _) = post_json(&bin.url("/v1/chat/completions"), &[], &body).await;
+        assert_eq!(status, 200);
+    }
+    wait_for_rows(&ch, 2).await;
+    let (prompt, completion, cached, _) = crate::support::fake_upstream::OPENAI_USAGE;
+    let (today, _) = today_and_yesterday();
+    let admin = FakeAdmin::start(vec![Billed {
+        day: today.clone(),
+        model: "gpt-4o-mini-2024-07-18".into(),
+        requests: 5,
+        uncached_input: 5 * (prompt - cached),
+        cache_read: 5 * cached,
+        cache_write: 0,
+        output: 5 * completion,
+        cost_usd: 1.0,
+    }])
+    .await;
+    let r = report(&reconcile(&bin, &admin, "openai", Some(ADMIN_KEY)));
+    let mini = row(&r, &today, "gpt-4o-mini");
+    assert_eq!(mini["tally"]["requests"], 2, "{mini}");
+    assert_eq!(mini["gaps"], json!(["not through Tally"]));
+    assert_eq!(count(&ch, "SELECT count() FROM reconciliations").await, 1);
+    let (_, _, page) = get(&bin.dashboard_url("/reconcile")).await;
+    assert!(String::from_utf8_lossy(&page).contains("not through Tally"));
+}

@@ -143,3 +143,10 @@ pub async fn budgets(State(state): State<AppState>) -> Result<Json<views::Budget
         views::budgets(state.alerts.as_deref(), now_ms()).await?,
     ))
 }
+
+/// `GET /api/reconcile`: each provider's newest `tally reconcile` report.
+pub async fn reconcile(
+    State(state): State<AppState>,
+) -> Result<Json<views::ReconcileView>, ApiError> {
+    Ok(Json(views::reconcile(&state.reader).await?))
+}

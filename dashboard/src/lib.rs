@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/properties", get(pages::properties))
         .route("/keys", get(pages::keys))
         .route("/budgets", get(pages::budgets))
+        .route("/reconcile", get(pages::reconcile))
         .route("/assets/{name}", get(pages::asset))
         .route("/metrics", get(metrics))
         .route("/api/requests", get(api::list_requests))
@@ -83,6 +84,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/properties", get(api::properties))
         .route("/api/keys", get(api::keys))
         .route("/api/budgets", get(api::budgets))
+        .route("/api/reconcile", get(api::reconcile))
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require));
     let admin = state.keys.clone();
     let app = Router::new()

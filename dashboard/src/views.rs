@@ -681,3 +681,72 @@ pub async fn budgets(
         alerts: a.history(ALERT_HISTORY).await?,
     })
 }
+
+/// The reconcile page: each provider's newest `tally reconcile` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileView {
+    /// One per provider reconciled.
+    pub reports: Vec<ReconcileReport>,
+}
+
+/// One provider's newest report.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReconcileReport {
+    /// `openai` or `anthropic`.
+    pub provider: String,
+    /// When it ran, RFC 3339 (filled from the store, not the report).
+    #[serde(default)]
+    pub at: String,
+    /// The range, ms.
+    pub from_ms: i64,
+    /// Its end, ms.
+    pub to_ms: i64,
+    /// Day × model.
+    pub rows: Vec<ReconcileRow>,
+}
+
+/// One day and model of a report.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReconcileRow {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Without its snapshot date.
+    pub model: String,
+    /// The provider's numbers.
+    pub provider: ReconcileSide,
+    /// Tally's.
+    pub tally: ReconcileSide,
+    /// What differs; empty when they agree.
+    pub gaps: Vec<String>,
+}
+
+/// One side of a row.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReconcileSide {
+    /// Requests, where the provider reports them.
+    pub requests: Option<u64>,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cost, USD.
+    pub cost_usd: f64,
+}
+
+/// Reads each provider's newest report. A report that does not parse (written by another
+/// version) is left out rather than failing the page.
+pub async fn reconcile(reader: &Reader) -> Result<ReconcileView, ApiError> {
+    let reports = reader
+        .reconciliations()
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            let mut report: ReconcileReport = serde_json::from_str(&r.report).ok()?;
+            report.at = format_ts(r.at_ms);
+            // Gaps first.
+            report.rows.sort_by_key(|row| row.gaps.is_empty());
+            Some(report)
+        })
+        .collect();
+    Ok(ReconcileView { reports })
+}

@@ -26,3 +26,16 @@ CREATE TABLE IF NOT EXISTS {db}.reprices{local}{on_cluster}
 )
 ENGINE = {engine}
 ORDER BY at;
+
+-- `tally reconcile`: each run's report (JSON: day x model, both sides, the gaps), for the
+-- dashboard's reconcile page.
+CREATE TABLE IF NOT EXISTS {db}.reconciliations{local}{on_cluster}
+(
+    at       DateTime64(3, 'UTC'),
+    provider String,
+    from_ts  DateTime64(3, 'UTC'),
+    to_ts    DateTime64(3, 'UTC'),
+    report   String
+)
+ENGINE = {engine}
+ORDER BY at;

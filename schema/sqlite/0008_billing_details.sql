@@ -20,3 +20,13 @@ CREATE TABLE IF NOT EXISTS reprices (
     changed   INTEGER NOT NULL,
     delta_usd REAL NOT NULL
 );
+
+-- `tally reconcile`: each run's report (JSON: day x model, both sides, the gaps), for the
+-- dashboard's reconcile page.
+CREATE TABLE IF NOT EXISTS reconciliations (
+    at_ms    INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    from_ms  INTEGER NOT NULL,
+    to_ms    INTEGER NOT NULL,
+    report   TEXT NOT NULL
+);

@@ -3,6 +3,7 @@
 
 pub mod bin;
 pub mod clickhouse;
+pub mod fake_admin;
 pub mod fake_bedrock;
 pub mod fake_google_auth;
 pub mod fake_upstream;

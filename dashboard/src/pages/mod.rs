@@ -31,7 +31,7 @@ use crate::views::{self, Point, StatsView, TopView};
 
 pub use assets::asset;
 pub use budgets::budgets;
-pub use models::{keys, models};
+pub use models::{keys, models, reconcile};
 pub(crate) use nav::Nav;
 pub use overview::overview;
 pub use properties::properties;

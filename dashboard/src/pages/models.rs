@@ -69,3 +69,19 @@ pub async fn models(
         unpriced: m.unpriced,
     }))
 }
+
+#[derive(Template)]
+#[template(path = "reconcile.html")]
+struct ReconcilePage {
+    nav: Nav,
+    view: views::ReconcileView,
+}
+
+/// `GET /reconcile`: the providers' own reports against Tally's records.
+pub async fn reconcile(State(state): State<AppState>) -> PageResult {
+    let view = views::reconcile(&state.reader).await?;
+    Ok(render(&ReconcilePage {
+        nav: Nav::new("reconcile", "/reconcile", None),
+        view,
+    }))
+}

@@ -25,7 +25,7 @@ pub struct Nav {
     pub refreshes: Vec<(String, &'static str, bool)>,
 }
 
-const PAGES: [(&str, &str, &str); 8] = [
+const PAGES: [(&str, &str, &str); 9] = [
     ("/", "Overview", "overview"),
     ("/requests", "Requests", "requests"),
     ("/sessions", "Sessions", "sessions"),
@@ -34,6 +34,7 @@ const PAGES: [(&str, &str, &str); 8] = [
     ("/properties", "Properties", "properties"),
     ("/keys", "Keys", "keys"),
     ("/budgets", "Budgets", "budgets"),
+    ("/reconcile", "Reconcile", "reconcile"),
 ];
 
 impl Nav {

@@ -60,6 +60,33 @@ impl ClickHouseReader {
         Ok(())
     }
 
+    /// See [`super::Reader::reconciliations`].
+    pub async fn reconciliations(&self) -> Result<Vec<super::Reconciliation>, StoreError> {
+        #[derive(serde::Deserialize, clickhouse::Row)]
+        struct Row {
+            at_ms: i64,
+            provider: String,
+            report: String,
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT toUnixTimestamp64Milli(max(at)) AS at_ms, provider,
+                        argMax(report, at) AS report
+                 FROM reconciliations GROUP BY provider ORDER BY provider",
+            )
+            .fetch_all::<Row>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| super::Reconciliation {
+                at_ms: r.at_ms,
+                provider: r.provider,
+                report: r.report,
+            })
+            .collect())
+    }
+
     /// See [`super::Reader::reprices`].
     pub async fn reprices(
         &self,

@@ -43,6 +43,17 @@ pub struct Reprice {
     pub delta_usd: f64,
 }
 
+/// The newest `tally reconcile` report of a provider, as stored (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconciliation {
+    /// When it ran, ms.
+    pub at_ms: i64,
+    /// `openai` or `anthropic`.
+    pub provider: String,
+    /// The report.
+    pub report: String,
+}
+
 /// Reprices shown at most.
 const REPRICES: usize = 5;
 
@@ -57,6 +68,17 @@ impl Reader {
                 )
             }
             Reader::ClickHouse(r) => r.reprices(from_ms, to_ms, REPRICES).await,
+        }
+    }
+
+    /// The newest reconcile report of each provider.
+    pub async fn reconciliations(&self) -> Result<Vec<Reconciliation>, StoreError> {
+        match self {
+            Reader::Sqlite(r) => {
+                let r = r.clone();
+                joined(tokio::task::spawn_blocking(move || r.reconciliations()).await)
+            }
+            Reader::ClickHouse(r) => r.reconciliations().await,
         }
     }
 

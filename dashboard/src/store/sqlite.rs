@@ -49,6 +49,30 @@ impl SqliteReader {
         Ok(())
     }
 
+    /// See [`super::Reader::reconciliations`].
+    pub fn reconciliations(&self) -> Result<Vec<super::Reconciliation>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = match conn.prepare(
+            "SELECT r.at_ms, r.provider, r.report FROM reconciliations r
+             WHERE r.at_ms = (SELECT max(at_ms) FROM reconciliations WHERE provider = r.provider)
+             ORDER BY r.provider",
+        ) {
+            Ok(s) => s,
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let rows = stmt.query_map([], |r| {
+            Ok(super::Reconciliation {
+                at_ms: r.get(0)?,
+                provider: r.get(1)?,
+                report: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// See [`super::Reader::reprices`]. A store older than the `reprices` table has none.
     pub fn reprices(
         &self,

@@ -21,7 +21,7 @@ use tally_ingest::{Record, Tokens};
 
 use crate::formats::Units;
 
-pub use download::{download, LITELLM_URL};
+pub use download::{download, get, LITELLM_URL};
 pub use price::{Chosen, Class, LongContext, OffPeak, Price, Usage, Window};
 
 const CATALOG: &str = include_str!("catalog.json");
