@@ -165,6 +165,35 @@ fn u(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Every result of every page of a report, with the day of its bucket (a bucket starts at
+/// `start_time` in seconds, OpenAI, or at `starting_at` in RFC 3339, Anthropic).
+async fn results(
+    src: &Source<'_>,
+    path: &str,
+    query: &str,
+) -> anyhow::Result<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    for b in pages(src, path, query).await? {
+        let day = match b.get("start_time").and_then(Value::as_i64) {
+            Some(s) => day_of(s * 1000),
+            None => b
+                .get("starting_at")
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(10).collect())
+                .unwrap_or_default(),
+        };
+        for r in b
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push((day.clone(), r.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// The provider's side, by (day, undated model).
 async fn provider_side(
     src: &Source<'_>,
@@ -172,61 +201,32 @@ async fn provider_side(
     to_ms: i64,
 ) -> anyhow::Result<BTreeMap<(String, String), Side>> {
     let mut out: BTreeMap<(String, String), Side> = BTreeMap::new();
-    // Each bucket's start (seconds or RFC 3339) names its day.
-    let bucket_day = |b: &Value| -> String {
-        if let Some(s) = b.get("start_time").and_then(Value::as_i64) {
-            return day_of(s * 1000);
-        }
-        b.get("starting_at")
-            .and_then(Value::as_str)
-            .map(|s| s.chars().take(10).collect())
-            .unwrap_or_default()
-    };
+    let model_of = |r: &Value| undated(r.get("model").and_then(Value::as_str).unwrap_or(""));
     match src.kind {
         "openai" => {
-            let q = format!(
-                "start_time={}&end_time={}&bucket_width=1d&group_by=model&limit=31",
-                from_ms / 1000,
-                to_ms / 1000
-            );
-            for b in pages(src, "/v1/organization/usage/completions", &q).await? {
-                let day = bucket_day(&b);
-                for r in b
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let model = undated(r.get("model").and_then(Value::as_str).unwrap_or(""));
-                    let s = out.entry((day.clone(), model)).or_default();
-                    *s.requests.get_or_insert(0) += u(r, "num_model_requests");
-                    s.input_tokens += u(r, "input_tokens");
-                    s.output_tokens += u(r, "output_tokens");
-                    s.cached_tokens += u(r, "input_cached_tokens");
-                }
+            let q = |group: &str| {
+                format!(
+                    "start_time={}&end_time={}&bucket_width=1d&group_by={group}&limit=31",
+                    from_ms / 1000,
+                    to_ms / 1000
+                )
+            };
+            for (day, r) in results(src, "/v1/organization/usage/completions", &q("model")).await? {
+                let s = out.entry((day, model_of(&r))).or_default();
+                *s.requests.get_or_insert(0) += u(&r, "num_model_requests");
+                s.input_tokens += u(&r, "input_tokens");
+                s.output_tokens += u(&r, "output_tokens");
+                s.cached_tokens += u(&r, "input_cached_tokens");
             }
-            let q = format!(
-                "start_time={}&end_time={}&bucket_width=1d&group_by=line_item&limit=31",
-                from_ms / 1000,
-                to_ms / 1000
-            );
-            for b in pages(src, "/v1/organization/costs", &q).await? {
-                let day = bucket_day(&b);
-                for r in b
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    // `gpt-4o-2024-08-06, input`: the model, then the token class.
-                    let item = r.get("line_item").and_then(Value::as_str).unwrap_or("");
-                    let model = undated(item.rsplit_once(", ").map_or(item, |(m, _)| m));
-                    let usd = r
-                        .pointer("/amount/value")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.0);
-                    out.entry((day.clone(), model)).or_default().cost_usd += usd;
-                }
+            for (day, r) in results(src, "/v1/organization/costs", &q("line_item")).await? {
+                // `gpt-4o-2024-08-06, input`: the model, then the token class.
+                let item = r.get("line_item").and_then(Value::as_str).unwrap_or("");
+                let model = undated(item.rsplit_once(", ").map_or(item, |(m, _)| m));
+                let usd = r
+                    .pointer("/amount/value")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                out.entry((day, model)).or_default().cost_usd += usd;
             }
         }
         "anthropic" => {
@@ -235,56 +235,37 @@ async fn provider_side(
                     .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                     .unwrap_or_default()
             };
-            let q = format!(
-                "starting_at={}&ending_at={}&bucket_width=1d&group_by[]=model&limit=31",
-                at(from_ms),
-                at(to_ms)
-            );
-            for b in pages(src, "/v1/organizations/usage_report/messages", &q).await? {
-                let day = bucket_day(&b);
-                for r in b
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let model = undated(r.get("model").and_then(Value::as_str).unwrap_or(""));
-                    let s = out.entry((day.clone(), model)).or_default();
-                    let writes = r.get("cache_creation").map_or(0, |c| {
-                        u(c, "ephemeral_5m_input_tokens") + u(c, "ephemeral_1h_input_tokens")
-                    });
-                    let read = u(r, "cache_read_input_tokens");
-                    s.input_tokens += u(r, "uncached_input_tokens") + read + writes;
-                    s.cached_tokens += read;
-                    s.output_tokens += u(r, "output_tokens");
-                }
+            let q = |group: &str| {
+                format!(
+                    "starting_at={}&ending_at={}&bucket_width=1d&group_by[]={group}&limit=31",
+                    at(from_ms),
+                    at(to_ms)
+                )
+            };
+            for (day, r) in
+                results(src, "/v1/organizations/usage_report/messages", &q("model")).await?
+            {
+                let s = out.entry((day, model_of(&r))).or_default();
+                let writes = r.get("cache_creation").map_or(0, |c| {
+                    u(c, "ephemeral_5m_input_tokens") + u(c, "ephemeral_1h_input_tokens")
+                });
+                let read = u(&r, "cache_read_input_tokens");
+                s.input_tokens += u(&r, "uncached_input_tokens") + read + writes;
+                s.cached_tokens += read;
+                s.output_tokens += u(&r, "output_tokens");
             }
-            let q = format!(
-                "starting_at={}&ending_at={}&bucket_width=1d&group_by[]=description&limit=31",
-                at(from_ms),
-                at(to_ms)
-            );
-            for b in pages(src, "/v1/organizations/cost_report", &q).await? {
-                let day = bucket_day(&b);
-                for r in b
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let Some(model) = r.get("model").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    // Cents, as a decimal string.
-                    let cents: f64 = r
-                        .get("amount")
-                        .and_then(Value::as_str)
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(0.0);
-                    out.entry((day.clone(), undated(model)))
-                        .or_default()
-                        .cost_usd += cents / 100.0;
+            for (day, r) in results(src, "/v1/organizations/cost_report", &q("description")).await?
+            {
+                if r.get("model").and_then(Value::as_str).is_none() {
+                    continue;
                 }
+                // Cents, as a decimal string.
+                let cents: f64 = r
+                    .get("amount")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0.0);
+                out.entry((day, model_of(&r))).or_default().cost_usd += cents / 100.0;
             }
         }
         other => anyhow::bail!("cannot reconcile {other:?}: openai or anthropic"),

@@ -38,7 +38,8 @@ base_url = "{upstream}"
     (cfg, p, d)
 }
 
-fn tally(args: &[&str]) -> std::process::Output {
+/// The binary with `args`, outside any configuration the environment would give it.
+pub(crate) fn tally(args: &[&str]) -> std::process::Output {
     Command::new(TALLY_BIN)
         .args(args)
         .env_remove("TALLY_CONFIG")

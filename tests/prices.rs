@@ -1,21 +1,11 @@
 //! `tally prices`: the catalog refreshed at run time, refused when malformed, and explained.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
+use crate::cli::tally;
 use crate::support::bin::{Bin, Options};
 use crate::support::fake_upstream::OPENAI_USAGE;
 use crate::support::*;
-
-fn tally(args: &[&str]) -> std::process::Output {
-    Command::new(TALLY_BIN)
-        .args(args)
-        .env_remove("TALLY_CONFIG")
-        .env_remove("TALLY_CLICKHOUSE_URL")
-        .output()
-        .expect("run tally")
-}
 
 async fn cost_of_a_chat(bin: &Bin) -> f64 {
     let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
