@@ -58,6 +58,45 @@ pub struct Config {
     pub routers: BTreeMap<String, tally_proxy::stages::RouterConfig>,
     /// `[auth]`: Tally keys.
     pub auth: AuthConfig,
+    /// `[privacy]`: redaction before storage.
+    pub privacy: PrivacySection,
+}
+
+/// `[privacy]`: the redaction rules, and the key their `hash` mode uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PrivacySection {
+    /// The HMAC key of `hash` mode, `{ env = "VAR" }` or `{ file = "path" }`, read at start;
+    /// required when a detector hashes. Like provider keys, never stored or logged.
+    pub hmac_key: Option<tally_proxy::SecretSource>,
+    /// Detectors, modes and scopes.
+    #[serde(flatten)]
+    pub rules: tally_privacy::PrivacyConfig,
+}
+
+impl PrivacySection {
+    fn redactor(&self) -> anyhow::Result<tally_privacy::Redactor> {
+        let key = match &self.hmac_key {
+            None => None,
+            Some(tally_proxy::SecretSource::Env(var)) => Some(
+                std::env::var(var)
+                    .with_context(|| {
+                        format!("privacy.hmac_key: environment variable {var} is not set")
+                    })?
+                    .trim()
+                    .as_bytes()
+                    .to_vec(),
+            ),
+            Some(tally_proxy::SecretSource::File(path)) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("privacy.hmac_key: cannot read {}", path.display()))?
+                    .trim()
+                    .as_bytes()
+                    .to_vec(),
+            ),
+        };
+        Ok(tally_privacy::Redactor::new(&self.rules, key)?)
+    }
 }
 
 /// `[auth]`.
@@ -360,6 +399,8 @@ pub struct Validated {
     pub stages: tally_proxy::StagesConfig,
     /// Tally keys.
     pub auth: AuthSettings,
+    /// Redaction before storage.
+    pub redactor: std::sync::Arc<tally_privacy::Redactor>,
 }
 
 impl Config {
@@ -516,7 +557,19 @@ impl Config {
             admin_token: nonempty(&a.admin_token),
             rotate_grace: Duration::from_secs(a.rotate_grace_secs),
         };
+        let redactor = std::sync::Arc::new(self.privacy.redactor()?);
+        for s in &self.privacy.rules.scopes {
+            if let Some(p) = &s.provider {
+                if providers.get(p).is_none() {
+                    bail!(
+                        "privacy.scopes: provider {p:?} is not configured; the providers are {}",
+                        providers.names().join(", ")
+                    );
+                }
+            }
+        }
         Ok(Validated {
+            redactor,
             auth,
             stages,
             alerts,

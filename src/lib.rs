@@ -18,7 +18,7 @@ use tally_dashboard::store::Reader;
 use tally_ingest::clickhouse::ClickHouseWriter;
 use tally_ingest::journal::Journal;
 use tally_ingest::spool::Spool;
-use tally_ingest::{sqlite, IngestMetrics, IngestWorker};
+use tally_ingest::{sqlite, Hooks, IngestMetrics, IngestWorker, RecordFilter};
 use tally_proxy::{Proxy, Stages};
 use tokio::net::TcpListener;
 
@@ -147,6 +147,8 @@ impl Server {
         let mut registry = Registry::with_prefix("tally");
         let ingest_metrics = IngestMetrics::default();
         ingest_metrics.register(&mut registry);
+        config.redactor.register(&mut registry);
+        let redactor: Option<Arc<dyn RecordFilter>> = Some(config.redactor.clone());
         let (tx, rx) = tally_ingest::channel(config.channel_capacity, ingest_metrics.clone());
         let (spool_dir, spool_max) = &config.spool;
         let spool = Spool::open(spool_dir, *spool_max)
@@ -194,7 +196,10 @@ impl Server {
                     config.batch.clone(),
                     ingest_metrics.clone(),
                     spool,
-                    alerts.as_ref().map(|a| a.observer()),
+                    Hooks {
+                        filter: redactor.clone(),
+                        observer: alerts.as_ref().map(|a| a.observer()),
+                    },
                     journal,
                 )?;
                 (worker, Reader::Sqlite(SqliteReader::new(path)), alerts)
@@ -213,7 +218,10 @@ impl Server {
                     config.batch.clone(),
                     ingest_metrics.clone(),
                     spool,
-                    alerts.as_ref().map(|a| a.observer()),
+                    Hooks {
+                        filter: redactor.clone(),
+                        observer: alerts.as_ref().map(|a| a.observer()),
+                    },
                     journal,
                 )?;
                 (

@@ -94,6 +94,23 @@ pub trait RecordObserver: Send + Sync {
     fn observe(&self, record: &Record);
 }
 
+/// Rewrites every record the worker receives before anything else sees it: the observer, the
+/// store and the spool get what it leaves (redaction, `tally-privacy`). It runs on the worker's
+/// thread, off the proxy's event loops; like the observer, it must be quick.
+pub trait RecordFilter: Send + Sync {
+    /// Called once per record, in arrival order, before the observer.
+    fn filter(&self, record: &mut Record);
+}
+
+/// What the worker runs on each record before batching it, in this order.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Rewrites the record ([`RecordFilter`]).
+    pub filter: Option<Arc<dyn RecordFilter>>,
+    /// Sees the rewritten record ([`RecordObserver`]).
+    pub observer: Option<Arc<dyn RecordObserver>>,
+}
+
 /// Limits for the flush loop.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
@@ -149,21 +166,21 @@ impl IngestWorker {
         metrics: IngestMetrics,
         spool: Option<Spool>,
     ) -> std::io::Result<Self> {
-        Self::spawn_observed(rx, writer, config, metrics, spool, None)
+        Self::spawn_observed(rx, writer, config, metrics, spool, Hooks::default())
     }
 
-    /// As [`IngestWorker::spawn_with_spool`], and shows every record to `observer` as it
-    /// arrives from the channel, before it is written: live counters (budgets) see spend that
-    /// happened even if the store is down.
+    /// As [`IngestWorker::spawn_with_spool`], and runs `hooks` on every record as it arrives
+    /// from the channel, before it is written: the filter rewrites it, then live counters
+    /// (budgets) see spend that happened even if the store is down.
     pub fn spawn_observed<W: BatchWriter>(
         rx: RecordReceiver,
         writer: W,
         config: BatchConfig,
         metrics: IngestMetrics,
         spool: Option<Spool>,
-        observer: Option<Arc<dyn RecordObserver>>,
+        hooks: Hooks,
     ) -> std::io::Result<Self> {
-        Self::spawn_journaled(rx, writer, config, metrics, spool, observer, None)
+        Self::spawn_journaled(rx, writer, config, metrics, spool, hooks, None)
     }
 
     /// As [`IngestWorker::spawn_observed`], releasing each record's journal ticket once its
@@ -175,7 +192,7 @@ impl IngestWorker {
         config: BatchConfig,
         metrics: IngestMetrics,
         spool: Option<Spool>,
-        observer: Option<Arc<dyn RecordObserver>>,
+        hooks: Hooks,
         journal: Option<(Journal, Recovered)>,
     ) -> std::io::Result<Self> {
         let (journal, recovered) = journal.unzip();
@@ -195,7 +212,7 @@ impl IngestWorker {
                     writer,
                     config,
                     metrics,
-                    observer,
+                    hooks,
                     journal,
                     tickets: Vec::new(),
                     batch: Vec::new(),
@@ -252,7 +269,7 @@ struct FlushLoop<W> {
     writer: W,
     config: BatchConfig,
     metrics: IngestMetrics,
-    observer: Option<Arc<dyn RecordObserver>>,
+    hooks: Hooks,
     journal: Option<Journal>,
     /// The journal tickets of `batch`, released when it is safe.
     tickets: Vec<Ticket>,
@@ -370,8 +387,13 @@ impl<W: BatchWriter> FlushLoop<W> {
         self.push(queued.record);
     }
 
-    fn push(&mut self, record: Record) {
-        if let Some(o) = &self.observer {
+    /// The one way into a batch, for received and recovered records alike, so both are
+    /// filtered and observed.
+    fn push(&mut self, mut record: Record) {
+        if let Some(f) = &self.hooks.filter {
+            f.filter(&mut record);
+        }
+        if let Some(o) = &self.hooks.observer {
             o.observe(&record);
         }
         self.batch_bytes += record.approx_bytes();

@@ -68,7 +68,7 @@ pub use metrics::ProxyMetrics;
 pub use phases::authenticate::Auth;
 pub use phases::REQUEST_ID_HEADER;
 pub use pricing::{Price, PricingTable, UnitPrice};
-pub use providers::{Provider, ProviderConfig, Providers, StreamUsage};
+pub use providers::{Provider, ProviderConfig, Providers, SecretSource, StreamUsage};
 pub use settings::{ProxyConfig, Settings, SettingsError};
 pub use stages::{StageError, Stages, StagesConfig};
 
