@@ -64,14 +64,29 @@ pub struct Config {
 
 /// `[privacy]`: the redaction rules, and the key their `hash` mode uses.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
+#[serde(try_from = "figment::value::Dict")]
 pub struct PrivacySection {
     /// The HMAC key of `hash` mode, `{ env = "VAR" }` or `{ file = "path" }`, read at start;
     /// required when a detector hashes. Like provider keys, never stored or logged.
     pub hmac_key: Option<tally_proxy::SecretSource>,
     /// Detectors, modes and scopes.
-    #[serde(flatten)]
     pub rules: tally_privacy::PrivacyConfig,
+}
+
+/// The key is taken out by hand and the rest read as the privacy crate's config, because
+/// `#[serde(flatten)]` would silently accept unknown keys, and a misspelt detector setting must
+/// stop the start like any other typo.
+impl TryFrom<figment::value::Dict> for PrivacySection {
+    type Error = figment::Error;
+
+    fn try_from(mut dict: figment::value::Dict) -> Result<Self, Self::Error> {
+        let hmac_key = dict
+            .remove("hmac_key")
+            .map(|v| v.deserialize())
+            .transpose()?;
+        let rules = figment::value::Value::from(dict).deserialize()?;
+        Ok(Self { hmac_key, rules })
+    }
 }
 
 impl PrivacySection {
@@ -769,6 +784,55 @@ mod tests {
                 .err()
                 .expect("typo");
             assert!(e.to_string().contains("\"opneai\" is neither"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// The README's privacy example loads, redacts with the key from the environment, and
+    /// mistakes in `[privacy]` stop the start with the reason.
+    #[test]
+    fn the_readme_privacy_example_is_valid_and_mistakes_are_named() {
+        let readme = include_str!("../README.md");
+        let example = readme
+            .split("## Privacy")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("a toml block");
+        let invalid = |jail: &mut figment::Jail, text: &str| -> String {
+            jail.create_file("p.toml", text).expect("write");
+            match Config::load(Some(Path::new("p.toml"))).and_then(|c| c.validate()) {
+                Ok(_) => panic!("accepted:\n{text}"),
+                Err(e) => format!("{e:#}"),
+            }
+        };
+        figment::Jail::expect_with(|jail| {
+            let with_provider = format!(
+                "[providers.my-vllm]\nkind = \"openai\"\nbase_url = \"http://h\"\n{example}"
+            );
+            let e = invalid(jail, &with_provider);
+            assert!(e.contains("TALLY_PRIVACY_KEY is not set"), "{e}");
+            jail.set_env("TALLY_PRIVACY_KEY", "k3y");
+            jail.create_file("p.toml", &with_provider)?;
+            let v = Config::load(Some(Path::new("p.toml")))
+                .expect("loads")
+                .validate()
+                .expect("valid");
+            let mut r = tally_ingest::Record::new(uuid::Uuid::now_v7(), 0);
+            r.request_body = Some("mail bob@example.com about TCK-123456".into());
+            tally_ingest::RecordFilter::filter(&*v.redactor, &mut r);
+            let body = r.request_body.expect("kept");
+            assert!(body.starts_with("mail [EMAIL:"), "{body}");
+            assert!(body.ends_with(" about [TICKET]"), "{body}");
+
+            let e = invalid(jail, example);
+            assert!(e.contains("provider \"my-vllm\" is not configured"), "{e}");
+            let e = invalid(jail, "[privacy]\nredact_user_id = true\n");
+            assert!(e.contains("redact_user_id"), "{e}");
+            let e = invalid(jail, "[privacy.detectors]\nemail = \"hash\"\n");
+            assert!(e.contains("hmac_key"), "{e}");
+            let e = invalid(jail, "[privacy.detectors]\nemail = \"scramble\"\n");
+            assert!(e.contains("scramble"), "{e}");
             Ok(())
         });
     }
