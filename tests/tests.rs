@@ -19,6 +19,7 @@ mod keys;
 mod load;
 mod passthrough;
 mod prices;
+mod privacy;
 mod reconcile;
 mod sdk;
 mod secrets;

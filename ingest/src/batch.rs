@@ -31,6 +31,10 @@ const REPLAY_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// far more than one interval of peak traffic.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// A journal segment older than this is sealed, so it is deleted once its records are
+/// stored: records sit in the journal before redaction, and should not for long.
+const JOURNAL_SEAL_AFTER: Duration = Duration::from_secs(1);
+
 /// Rows per batch when unset. A batch is one transaction (SQLite) or one INSERT (ClickHouse);
 /// under load, bigger batches write each touched index page once for more rows: 10,000 rows a
 /// batch doubled SQLite's sustained rate over 1,000 (BENCHMARKS.md, "Ingest"). Light traffic
@@ -323,6 +327,9 @@ impl<W: BatchWriter> FlushLoop<W> {
                 }
             }
             self.metrics.channel_depth.set(self.rx.len() as i64);
+            if let Some(j) = &self.journal {
+                j.seal_older_than(JOURNAL_SEAL_AFTER);
+            }
             if deadline.is_some_and(|d| d <= Instant::now()) {
                 self.flush();
                 deadline = None;

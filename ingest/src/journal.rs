@@ -131,6 +131,8 @@ impl State {
 
 struct Active {
     id: u64,
+    /// When it was begun: an old one is sealed by [`Journal::seal_older_than`].
+    begun: std::time::Instant,
     file: fs::File,
     /// Where the next frame goes.
     offset: u64,
@@ -362,6 +364,7 @@ impl Journal {
         self.update_gauges(&state);
         Ok(Some(Active {
             id,
+            begun: std::time::Instant::now(),
             file,
             offset: MAGIC.len() as u64,
             size,
@@ -389,6 +392,24 @@ impl Journal {
         for path in done {
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot delete a journal segment");
+            }
+        }
+    }
+
+    /// Seals the active segments begun more than `age` ago, so that a record is on disk only
+    /// until its batch is stored and not until its segment fills, which at a low rate can take
+    /// hours: the journal holds records before redaction (`tally-privacy` runs on the ingest
+    /// thread). Called by the ingest worker on its ticks; a lane busy with an append is left
+    /// for the next tick rather than waited for, so an event loop never waits on this.
+    pub fn seal_older_than(&self, age: std::time::Duration) {
+        for lane in &self.shared.lanes {
+            let Ok(mut lane) = lane.try_lock() else {
+                continue;
+            };
+            if lane.as_ref().is_some_and(|a| a.begun.elapsed() >= age) {
+                let active = lane.take();
+                drop(lane);
+                self.seal(active);
             }
         }
     }
@@ -530,6 +551,26 @@ mod tests {
         j.close();
         assert_eq!(files(dir.path()), 0);
         assert_eq!(m.journal_bytes.get(), 0);
+    }
+
+    #[test]
+    fn an_old_active_segment_is_sealed_and_goes_with_its_last_ticket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let m = IngestMetrics::default();
+        let (j, _) = Journal::open(dir.path(), DEFAULT_MAX_BYTES, m.clone()).expect("open");
+        let t = j.append(&record(1)).expect("append");
+        j.seal_older_than(std::time::Duration::from_secs(3600));
+        assert_eq!(files(dir.path()), 1, "young: still active");
+        j.seal_older_than(std::time::Duration::ZERO);
+        assert_eq!(files(dir.path()), 1, "sealed, a ticket still out");
+        j.release([t]);
+        assert_eq!(files(dir.path()), 0);
+        // The next append begins a fresh segment.
+        let t = j.append(&record(2)).expect("append");
+        assert_eq!(files(dir.path()), 1);
+        j.seal_older_than(std::time::Duration::ZERO);
+        j.release([t]);
+        assert_eq!((files(dir.path()), m.journal_bytes.get()), (0, 0));
     }
 
     #[test]

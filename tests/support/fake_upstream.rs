@@ -608,7 +608,19 @@ async fn handle(
         .and_then(Value::as_bool)
         .unwrap_or(false)
         && mode != "no-usage";
-    let text: String = WORDS.concat();
+    // "echo": a chat answer that repeats the last message, for tests of what is stored of a
+    // response.
+    let echoed = (mode == "echo").then(|| {
+        req_json
+            .pointer("/messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.last())
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned()
+    });
+    let text: String = echoed.clone().unwrap_or_else(|| WORDS.concat());
 
     let mut resp = if path.contains("/publishers/anthropic/models/") {
         // Claude on Vertex AI: Anthropic's Messages, the model and the stream flag in the path.
@@ -685,11 +697,14 @@ async fn handle(
                 json!({"role": "assistant", "content": ""}),
                 Value::Null,
             ))];
-            events.extend(
-                WORDS
-                    .iter()
-                    .map(|w| Step::Data(chunk(json!({"content": w}), Value::Null))),
-            );
+            match &echoed {
+                Some(t) => events.push(Step::Data(chunk(json!({"content": t}), Value::Null))),
+                None => events.extend(
+                    WORDS
+                        .iter()
+                        .map(|w| Step::Data(chunk(json!({"content": w}), Value::Null))),
+                ),
+            }
             events.push(Step::Data(chunk(json!({}), json!("stop"))));
             if include_usage {
                 events.push(Step::Data(data(json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk",

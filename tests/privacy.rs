@@ -1,0 +1,317 @@
+//! Redaction before storage, end to end: the real binary with a `[privacy]` policy serves
+//! requests carrying planted personal data and secrets (in bodies, streamed answers, a
+//! property and the user id), and afterwards not one planted value is in any byte Tally wrote
+//! (database, WAL, spool, crash journal, log), while the masks and hashes are where they
+//! belong, and `/metrics` counts them. A `kill -9` right after the answers shows that records
+//! recovered from the journal are redacted too, and a running Tally keeps no journal segment
+//! with them for more than a moment.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::bin::{Bin, Options};
+use crate::support::*;
+
+const EMAIL: &str = "alice.planted@example.com";
+const USER: &str = "carol.planted@example.org";
+const PHONE: &str = "+1 415-555-2671";
+const CARD: &str = "4111 1111 1111 1111";
+const IBAN: &str = "DE89 3704 0044 0532 0130 00";
+const IP: &str = "203.0.113.77";
+const ANTHROPIC_KEY: &str = "sk-ant-api03-PLANTED0123456789abcdefghijkl";
+/// The proxy already turns `sk-…` shapes into a hint before the record exists; this one is
+/// left to the privacy defaults.
+const GITHUB: &str = "ghp_PLANTED0123456789abcdefghijklmnopqrstu";
+const TICKET: &str = "TCK-424242";
+const SSN: &str = "078-05-1121";
+/// Planted on the provider whose scope turns emails off: it must be kept.
+const KEPT_EMAIL: &str = "dave.kept@example.net";
+
+const PLANTED: [&str; 10] = [
+    GITHUB,
+    EMAIL,
+    USER,
+    PHONE,
+    CARD,
+    IBAN,
+    IP,
+    ANTHROPIC_KEY,
+    TICKET,
+    SSN,
+];
+
+fn options(dir: &std::path::Path, upstream: &str) -> Options {
+    let key = dir.join("hmac.key");
+    std::fs::write(&key, "a-test-hmac-key\n").expect("key");
+    Options {
+        rest: format!(
+            r#"
+[providers.selfhosted]
+kind = "openai"
+base_url = "{upstream}"
+
+[privacy]
+hmac_key = {{ file = "{key}" }}
+redact_user_ids = true
+
+[privacy.detectors]
+email = "hash"
+phone = "mask"
+card = "mask"
+iban = "mask"
+ip = "mask"
+ssn = "drop"
+
+[[privacy.patterns]]
+name = "ticket"
+regex = 'TCK-[0-9]{{6}}'
+
+[[privacy.scopes]]
+provider = "selfhosted"
+detectors = {{ email = "off" }}
+"#,
+            key = key.display()
+        ),
+        ..Options::default()
+    }
+}
+
+fn chat(content: &str, stream: bool) -> Value {
+    json!({"model": "gpt-4o-mini", "stream": stream,
+           "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": content}]})
+}
+
+const HEADERS: [(&str, &str); 4] = [
+    ("authorization", "Bearer sk-test"),
+    ("x-fake-mode", "echo"),
+    ("tally-user-id", USER),
+    ("tally-property-contact", PHONE),
+];
+
+/// Every file under `dir` but the config and the key, as bytes with the names.
+fn written(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if !matches!(
+                path.file_name().and_then(|n| n.to_str()),
+                Some("tally.toml" | "hmac.key")
+            ) {
+                out.push((
+                    path.display().to_string(),
+                    std::fs::read(&path).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn assert_nothing_planted(dir: &std::path::Path) {
+    let files = written(dir);
+    assert!(
+        files.iter().any(|(n, _)| n.ends_with("tally.db")),
+        "{:?}",
+        files.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    for (name, bytes) in &files {
+        for planted in PLANTED {
+            assert!(
+                memchr::memmem::find(bytes, planted.as_bytes()).is_none(),
+                "{planted:?} is in {name}"
+            );
+        }
+    }
+}
+
+fn journal_segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("spool/journal"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+fn column(tally: &Bin, sql: &str) -> Vec<Option<String>> {
+    let conn = rusqlite::Connection::open(tally.dir.path().join("tally.db")).expect("open");
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    stmt.query_map([], |r| r.get::<_, Option<String>>(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+async fn wait_rows(tally: &Bin, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tally.rows("SELECT count(*) FROM requests") < n {
+        assert!(Instant::now() < deadline, "{}", tally.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_values_are_in_no_byte_tally_writes() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(dir.path(), &up.url());
+    let mut tally = Bin::start_with(&up.url(), dir, &opts).await;
+    let prompt = format!(
+        "I am {EMAIL}, call {PHONE}, card {CARD}, IBAN {IBAN}, from {IP}, key {ANTHROPIC_KEY}, token {GITHUB}, re {TICKET}"
+    );
+    let url = tally.url("/v1/chat/completions");
+    for stream in [false, true] {
+        let (status, _, body) = post_json(&url, &HEADERS, &chat(&prompt, stream)).await;
+        assert_eq!(status, 200);
+        // The client gets the answer untouched: redaction is for storage only.
+        assert!(String::from_utf8_lossy(&body).contains(CARD));
+    }
+    let (status, _, _) = post_json(&url, &HEADERS, &chat(&format!("my ssn is {SSN}"), false)).await;
+    assert_eq!(status, 200);
+    let kept = format!("write to {KEPT_EMAIL} from {IP}");
+    let (status, _, _) = post_json(
+        &tally.url("/selfhosted/v1/chat/completions"),
+        &[HEADERS[0], HEADERS[1], ("tally-user-id", KEPT_EMAIL)],
+        &chat(&kept, false),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // What the provider was sent is what the client sent.
+    let sent = up.received();
+    assert!(String::from_utf8_lossy(&sent[0].body).contains(EMAIL));
+    wait_rows(&tally, 4).await;
+
+    let bodies = column(
+        &tally,
+        "SELECT request_body || ' ' || response_body FROM requests WHERE provider = 'openai' AND request_body IS NOT NULL ORDER BY ts",
+    );
+    assert_eq!(bodies.len(), 2, "the ssn request's bodies are dropped");
+    let mut digests = Vec::new();
+    for b in bodies.iter().flatten() {
+        for mask in [
+            "[PHONE]",
+            "[CARD]",
+            "[IBAN]",
+            "[IP]",
+            "[GITHUB_TOKEN]",
+            "[TICKET]",
+        ] {
+            assert!(b.contains(mask), "{mask} not in {b}");
+        }
+        let at = b.find("[EMAIL:").expect("email hashed");
+        digests.push(b[at..at + 20].to_owned());
+    }
+    // Equal addresses hash alike, across requests, bodies and streamed answers.
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    assert!(bodies[1]
+        .as_deref()
+        .is_some_and(|b| b.matches(&digests[0]).count() == 2));
+    let dropped = column(
+        &tally,
+        "SELECT coalesce(request_body, 'absent') || coalesce(response_body, ' absent') FROM requests WHERE request_body IS NULL",
+    );
+    assert_eq!(dropped, [Some("absent absent".to_owned())]);
+    // User ids and properties.
+    let users = column(
+        &tally,
+        "SELECT DISTINCT user_id FROM requests WHERE provider = 'openai'",
+    );
+    assert_eq!(users.len(), 1);
+    assert!(
+        users[0]
+            .as_deref()
+            .is_some_and(|u| u.starts_with("[EMAIL:")),
+        "{users:?}"
+    );
+    let contacts = column(
+        &tally,
+        "SELECT DISTINCT json_extract(properties, '$.contact') FROM requests WHERE provider = 'openai'",
+    );
+    assert_eq!(contacts, [Some("[PHONE]".to_owned())]);
+    // The provider scope keeps its emails, and the rest of the policy still holds.
+    let selfhosted = column(
+        &tally,
+        "SELECT request_body FROM requests WHERE provider = 'selfhosted'",
+    );
+    let s = selfhosted[0].as_deref().expect("kept");
+    assert!(
+        s.contains(KEPT_EMAIL) && s.contains("[IP]") && !s.contains(IP),
+        "{s}"
+    );
+
+    let (_, _, metrics) = get(&tally.dashboard_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        r#"tally_redactions_total{detector="card",mode="mask"} 4"#,
+        // Four bodies, and the user id of all three requests to openai.
+        r#"tally_redactions_total{detector="email",mode="hash"} 7"#,
+        // Four bodies, and three properties.
+        r#"tally_redactions_total{detector="phone",mode="mask"} 7"#,
+        r#"tally_redactions_total{detector="ssn",mode="drop"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
+
+    // A running Tally keeps no journal segment holding these records for long.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while journal_segments(tally.dir.path()) > 0 {
+        assert!(Instant::now() < deadline, "the journal kept its segment");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tally.signal("-TERM");
+    assert!(tally.wait().await.success());
+    assert_nothing_planted(tally.dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_recovered_from_the_journal_after_kill_9_are_redacted() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(dir.path(), &up.url());
+    // A long flush interval: the answers are in the journal, not the store, at the kill.
+    let opts = Options {
+        rest: format!("{}\n[ingest]\nflush_interval_ms = 60000\n", opts.rest),
+        ..opts
+    };
+    let mut tally = Bin::start_with(&up.url(), dir, &opts).await;
+    let prompt = format!("I am {EMAIL}, card {CARD}, token {GITHUB}");
+    let url = tally.url("/v1/chat/completions");
+    for _ in 0..3 {
+        let (status, _, _) = post_json(&url, &HEADERS, &chat(&prompt, false)).await;
+        assert_eq!(status, 200);
+    }
+    tally.signal("-KILL");
+    tally.wait().await;
+    assert_eq!(tally.rows("SELECT count(*) FROM requests"), 0);
+    assert!(
+        journal_segments(tally.dir.path()) > 0,
+        "the crash left a journal"
+    );
+
+    let dir = std::mem::replace(&mut tally.dir, tempfile::tempdir().expect("tempdir"));
+    let again = Bin::start_with(&up.url(), dir, &opts).await;
+    again
+        .wait_for_log("journal recovery done", Duration::from_secs(30))
+        .await;
+    // Recovered records are written at once; the flush interval is for new ones.
+    wait_rows(&again, 3).await;
+    for b in column(&again, "SELECT request_body FROM requests") {
+        let b = b.expect("kept");
+        assert!(
+            b.contains("[CARD]") && b.contains("[EMAIL:") && b.contains("[GITHUB_TOKEN]"),
+            "{b}"
+        );
+    }
+    let mut again = again;
+    again.signal("-TERM");
+    assert!(again.wait().await.success());
+    assert_nothing_planted(again.dir.path());
+}
