@@ -77,14 +77,16 @@ pub struct PrivacySection {
 /// `#[serde(flatten)]` would silently accept unknown keys, and a misspelt detector setting must
 /// stop the start like any other typo.
 impl TryFrom<figment::value::Dict> for PrivacySection {
-    type Error = figment::Error;
+    type Error = String;
 
     fn try_from(mut dict: figment::value::Dict) -> Result<Self, Self::Error> {
         let hmac_key = dict
             .remove("hmac_key")
-            .map(|v| v.deserialize())
+            .map(|v| v.deserialize().map_err(|e| format!("hmac_key: {e}")))
             .transpose()?;
-        let rules = figment::value::Value::from(dict).deserialize()?;
+        let rules = figment::value::Value::from(dict)
+            .deserialize()
+            .map_err(|e| e.to_string())?;
         Ok(Self { hmac_key, rules })
     }
 }
