@@ -100,5 +100,34 @@ fn redaction(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, redaction);
+/// Text built to make a detector work hardest, 256 KiB of one repeated unit: the cost must
+/// stay linear in the body (a `BEGIN` line repeated without an `END` was quadratic once).
+fn adversarial(c: &mut Criterion) {
+    let mut g = c.benchmark_group("redact adversarial 256KiB");
+    g.sample_size(20);
+    let r = redactor(true);
+    for (name, unit) in [
+        ("pem_begin", "-----BEGIN PRIVATE KEY-----"),
+        ("aws_ids", "AKIAIOSFODNN7EXAMPLE "),
+        ("iban_groups", "DE89 3704 "),
+        ("dashed_digits", "12-"),
+    ] {
+        let text = unit.repeat(256 * 1024 / unit.len());
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        let rec = record(&text);
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || rec.clone(),
+                |mut rec| {
+                    r.filter(&mut rec);
+                    black_box(rec)
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, redaction, adversarial);
 criterion_main!(benches);

@@ -398,7 +398,22 @@ impl<W: BatchWriter> FlushLoop<W> {
     /// filtered and observed.
     fn push(&mut self, mut record: Record) {
         if let Some(f) = &self.hooks.filter {
-            f.filter(&mut record);
+            let filtered =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.filter(&mut record)));
+            if filtered.is_err() {
+                // A bug in redaction must neither stop the storing of every later record nor
+                // store what it was to remove: the record keeps its numbers and loses every
+                // text the filter reads. The panic's message is not logged: it may quote them.
+                record.request_body = None;
+                record.response_body = None;
+                record.upstream_request_body = None;
+                record.upstream_response_body = None;
+                record.error = record.error.as_ref().map(|_| "[redacted]".to_owned());
+                record.properties.clear();
+                record.user_id = None;
+                self.metrics.filter_panics.inc();
+                tracing::error!(request_id = %record.request_id, "redaction failed on a record; it is stored without its texts");
+            }
         }
         if let Some(o) = &self.hooks.observer {
             o.observe(&record);

@@ -56,6 +56,8 @@ pub struct IngestMetrics {
     pub journal_recovered: Counter,
     /// Journal segments that ended in a torn or corrupt frame.
     pub journal_corrupt: Counter,
+    /// Records whose filter (redaction) panicked; stored without the texts it reads.
+    pub filter_panics: Counter,
 }
 
 /// Every reason a record is not journaled.
@@ -102,6 +104,7 @@ impl Default for IngestMetrics {
             journal_segments: Gauge::default(),
             journal_recovered: Counter::default(),
             journal_corrupt: Counter::default(),
+            filter_panics: Counter::default(),
         }
     }
 }
@@ -198,6 +201,11 @@ impl IngestMetrics {
             "journal_corrupt",
             "Crash-journal segments that ended in a torn or corrupt frame",
             self.journal_corrupt.clone(),
+        );
+        registry.register(
+            "ingest_filter_panics",
+            "Records whose redaction failed with a panic; stored without bodies, error text, properties or user id",
+            self.filter_panics.clone(),
         );
         registry.register(
             "batch_write_seconds",

@@ -580,3 +580,57 @@ fn what_a_crash_left_is_written_once_and_only_what_the_store_lacks() {
     );
     assert_eq!(journal_files(&jdir), 0, "recovered segments are deleted");
 }
+
+#[test]
+fn a_filter_that_panics_costs_the_record_its_texts_not_the_worker() {
+    struct Fragile;
+    impl RecordFilter for Fragile {
+        fn filter(&self, r: &mut Record) {
+            if r.user_id.as_deref() == Some("user-3") {
+                r.request_body = Some("half-redacted".into());
+                panic!("a bug in redaction");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let metrics = IngestMetrics::default();
+    let (tx, rx) = channel(100, metrics.clone());
+    let worker = IngestWorker::spawn_observed(
+        rx,
+        sqlite_store(&db),
+        fast_config(),
+        metrics.clone(),
+        None,
+        Hooks {
+            filter: Some(Arc::new(Fragile)),
+            observer: None,
+        },
+    )
+    .expect("spawn");
+    for i in 0..10 {
+        assert!(tx.send(record(i)));
+    }
+    worker.shutdown();
+    assert_eq!(stored(&db), 10, "every record, and the worker lived on");
+    assert_eq!(metrics.filter_panics.get(), 1);
+    let conn = sqlite::open_ro(&db).expect("open ro");
+    let (bodies, props, user): (Option<String>, String, Option<String>) = conn
+        .query_row(
+            "SELECT coalesce(request_body, response_body, upstream_request_body, upstream_response_body), \
+             properties, user_id FROM requests WHERE status = 200 AND cost_usd IS NOT NULL \
+             AND user_id IS NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("the record of the panic");
+    assert_eq!((bodies, props.as_str(), user), (None, "{}", None));
+    let with_bodies: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM requests WHERE request_body = '{}'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(with_bodies, 9);
+}

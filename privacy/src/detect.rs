@@ -507,7 +507,13 @@ fn ips(text: &str, has_digit: bool, found: &mut Vec<Finding>) {
 
 fn secrets(text: &str, push: &mut dyn FnMut(Finding)) {
     let mut aws_ids: Vec<(usize, usize)> = Vec::new();
+    // The end of the last private key: a BEGIN line inside it is part of it, and is not
+    // searched from again (a body of repeated BEGIN lines would otherwise cost n²).
+    let mut pem_until = 0;
     for m in SECRETS_RE.find_iter(text) {
+        if m.start() < pem_until {
+            continue;
+        }
         let s = m.as_str();
         let lower = s.get(..6).unwrap_or(s).to_ascii_lowercase();
         if lower.starts_with("aws") || lower.starts_with("secret") {
@@ -527,7 +533,8 @@ fn secrets(text: &str, push: &mut dyn FnMut(Finding)) {
             continue;
         }
         if s.starts_with("-----BEGIN") {
-            push(finding(m.start(), pem_end(text, m.end()), PRIVATE_KEY));
+            pem_until = pem_end(text, m.end());
+            push(finding(m.start(), pem_until, PRIVATE_KEY));
             continue;
         }
         if !right_ok(text, m.end()) {
@@ -583,15 +590,12 @@ fn aws_secret_near(text: &str, id_start: usize, id_end: usize, push: &mut dyn Fn
 /// Where a PEM key that starts before `from` ends: after its END line, or, when the END line
 /// is missing (a truncated body), at the end of the JSON string it sits in.
 fn pem_end(text: &str, from: usize) -> usize {
-    if let Some(m) = PEM_END_RE.find(&text[from..]) {
-        // Not past the string it started in.
-        let closing = json_string_end(text, from);
-        if from + m.end() <= closing {
-            return from + m.end();
-        }
-        return closing;
+    // Not past the string it started in.
+    let closing = json_string_end(text, from);
+    match PEM_END_RE.find(&text[from..closing]) {
+        Some(m) => from + m.end(),
+        None => closing,
     }
-    json_string_end(text, from)
 }
 
 /// The offset of the next unescaped `"` at or after `from`, or the text's end.
@@ -838,6 +842,12 @@ mod tests {
         assert_eq!(
             found(cut, "private_key"),
             [r"-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg"]
+        );
+        // BEGIN lines inside a key are part of it: one finding, to the END line.
+        let nested = "-----BEGIN PRIVATE KEY-----\\n-----BEGIN PRIVATE KEY-----\\nMII\\n-----END PRIVATE KEY----- after";
+        assert_eq!(
+            found(nested, "private_key"),
+            [&nested[..nested.len() - " after".len()]]
         );
     }
 

@@ -1,0 +1,53 @@
+//! The redactor on arbitrary text in every field it reads, with every detector on in each
+//! mode: it runs on the ingest thread, where a panic would stop the storing of every record,
+//! so it must never panic, whatever a body holds (bytes cut inside a UTF-8 character, half a
+//! JSON escape, a PEM header without its end, digits for megabytes). The first byte picks the
+//! mode; the rest is the text.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use tally_ingest::{Record, RecordFilter};
+use tally_privacy::{Mode, PatternConfig, PrivacyConfig, Redactor, WordsConfig};
+
+fn redactors() -> &'static [Redactor; 3] {
+    static R: OnceLock<[Redactor; 3]> = OnceLock::new();
+    R.get_or_init(|| {
+        [Mode::Mask, Mode::Hash, Mode::Drop].map(|mode| {
+            let mut c = PrivacyConfig {
+                redact_user_ids: true,
+                ..PrivacyConfig::default()
+            };
+            for name in tally_privacy::detect::BUILTIN {
+                c.detectors.insert(name.to_owned(), mode);
+            }
+            c.patterns.push(PatternConfig {
+                name: "ticket".into(),
+                regex: "TCK-[0-9]{6}".into(),
+                mode,
+            });
+            c.words.push(WordsConfig {
+                name: "codename".into(),
+                words: vec!["bluebird".into(), "Project Falcon".into()],
+                case_insensitive: true,
+                mode,
+            });
+            Redactor::new(&c, Some(b"fuzz".to_vec())).expect("a valid config")
+        })
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest).into_owned();
+    let mut r = Record::new(uuid::Uuid::nil(), 0);
+    r.request_body = Some(text.clone());
+    r.response_body = Some(format!("{{\"content\":\"{text}\"}}"));
+    r.error = Some(text.clone());
+    r.user_id = Some(text.clone());
+    r.properties.insert("p".into(), text);
+    redactors()[usize::from(pick) % 3].filter(&mut r);
+});
