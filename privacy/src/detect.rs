@@ -78,7 +78,16 @@ static EMAIL_RE: LazyLock<Regex> =
 // write. Plain digit runs without a separator or a + are not candidates: ids, order numbers
 // and timestamps look exactly like them.
 static PHONE_RE: LazyLock<Regex> = LazyLock::new(|| {
-    re(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{1,5}){1,5}|\+\d{7,15}")
+    re(concat!(
+        // +country (with the trunk zero some write as "(0)"), (area), then groups.
+        r"(?:(?:\+\d{1,3}(?: ?\(0\))?[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{1,5}(?:[ .-]\d{1,8}){1,5}",
+        // (area) and the rest in one run: "(0117)4960893".
+        r"|\(\d{1,5}\)[ .-]?\d{3,10}",
+        // +country and the rest in one run.
+        r"|\+\d{1,3}(?: ?\(0\))? ?\d{6,14})",
+        // An extension stays with its number.
+        r"(?: ?(?:x|ext\.?) ?\d{1,6})?"
+    ))
 });
 static CARD_RE: LazyLock<Regex> = LazyLock::new(|| re(r"\d(?:[ -]?\d){12,18}"));
 static IBAN_RE: LazyLock<Regex> =
@@ -396,11 +405,26 @@ fn cards(text: &str, found: &mut Vec<Finding>) {
             if n < 13 {
                 break;
             }
-            if n <= 19 && luhn(&s[..e]) && number_ok(text, m.start(), m.start() + e) {
+            if issuer_length_ok(s.as_bytes()[0], n)
+                && luhn(&s[..e])
+                && number_ok(text, m.start(), m.start() + e)
+            {
                 found.push(finding(m.start(), m.start() + e, CARD));
                 break;
             }
         }
+    }
+}
+
+/// Lengths the issuers use by first digit: Diners 14, Amex 15, 16 for most, 17–19 for some
+/// Visa, Maestro, UnionPay and JCB. Thirteen digits (the retired short Visa) are left out:
+/// one barcode in ten passes Luhn, and EAN-13 barcodes are far more common in text.
+fn issuer_length_ok(first: u8, digits: usize) -> bool {
+    match digits {
+        14 | 15 => first == b'3',
+        16 => (b'2'..=b'6').contains(&first),
+        17..=19 => (b'3'..=b'6').contains(&first),
+        _ => false,
     }
 }
 
@@ -462,7 +486,11 @@ fn phones(text: &str, region: phonenumber::country::Id, found: &mut Vec<Finding>
             continue;
         }
         let start = m.start();
-        if !number_ok(text, start, m.end()) {
+        // A colon next to it makes it part of a time: `19:05:57.498202`.
+        let b = text.as_bytes();
+        let timed = start.checked_sub(1).is_some_and(|i| b[i] == b':')
+            || b.get(m.end()).is_some_and(|&c| c == b':');
+        if timed || !number_ok(text, start, m.end()) {
             continue;
         }
         let region = if s.starts_with('+') {
@@ -701,6 +729,10 @@ mod tests {
         assert!(found("4111 1111-1111 1111", "card").is_empty());
         // Starts with 1, 7, 8, 9 or 0: order numbers, not cards (this one passes Luhn).
         assert!(found("order 1000000000000008", "card").is_empty());
+        // Thirteen digits: a barcode far more often than the retired short Visa, even when
+        // Luhn passes; and an issuer's lengths (Amex is 15 digits and starts with 3).
+        assert!(found("ean 4733539838757", "card").is_empty());
+        assert!(found("5105 1051 0510 515", "card").is_empty());
     }
 
     #[test]
@@ -755,6 +787,19 @@ mod tests {
         assert_eq!(found("or +44 20 7946 0958.", "phone"), ["+44 20 7946 0958"]);
         assert_eq!(found(r#"\n+14155552671"#, "phone"), ["+14155552671"]);
         assert_eq!(found("415-555-2671", "phone"), ["415-555-2671"]);
+        // The trunk zero in parentheses, an area in parentheses before one run, extensions.
+        assert_eq!(
+            found("ring +44(0)20 7946 0958 today", "phone"),
+            ["+44(0)20 7946 0958"]
+        );
+        assert_eq!(found("or +49 (0)30 901820", "phone"), ["+49 (0)30 901820"]);
+        assert_eq!(
+            found("call (415)5552671 x204.", "phone"),
+            ["(415)5552671 x204"]
+        );
+        assert_eq!(found("415-555-2671x99", "phone"), ["415-555-2671x99"]);
+        // Part of a time.
+        assert!(found("at 1981-07-11T19:05:57.498202", "phone").is_empty());
         // Dates, versions, plain ids and numbers no plan has.
         for bad in [
             "2024-05-13",
