@@ -1,7 +1,8 @@
 //! What redaction costs the ingest thread per record: request and response bodies of 1 KiB and
 //! 64 KiB, as chat JSON of ordinary prose, under the default policy (secrets only) and with
 //! every detector on; and a 1 KiB body that holds one of each kind of value, so every finder
-//! does its checks and a rewrite happens. Throughput is of one body.
+//! does its checks and a rewrite happens. Throughput is of one body. The `guard` group is the
+//! same detectors on the request path (`[privacy.request]`).
 //! `cargo bench --bench privacy -- --warm-up-time 1 --measurement-time 3`.
 
 use std::hint::black_box;
@@ -129,5 +130,45 @@ fn adversarial(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, redaction, adversarial);
+/// The request-path guard (`[privacy.request]`) on the same bodies: what it adds to a request
+/// on its event loop, besides one UTF-8 check and, when it masks, one copy of the body. The
+/// "secrets" guard blocks on every secret detector; "all" also masks every personal-data one.
+fn guard(c: &mut Criterion) {
+    let mut g = c.benchmark_group("guard");
+    let cases = [
+        ("prose 1KiB", body(1024, PROSE)),
+        ("prose 64KiB", body(64 * 1024, PROSE)),
+        ("findings 1KiB", body(1024, FINDINGS)),
+    ];
+    let secrets: Vec<String> = tally_privacy::detect::BUILTIN
+        .iter()
+        .filter(|n| tally_privacy::detect::is_secret(n))
+        .map(|n| (*n).to_owned())
+        .collect();
+    let personal: Vec<String> = ["email", "phone", "card", "iban", "ssn", "ip"]
+        .map(String::from)
+        .to_vec();
+    for (policy, mask) in [("secrets", Vec::new()), ("all", personal)] {
+        let config = PrivacyConfig {
+            request: tally_privacy::RequestConfig {
+                block: secrets.clone(),
+                mask,
+                ..Default::default()
+            },
+            ..PrivacyConfig::default()
+        };
+        let guard = tally_privacy::RequestGuard::new(&config)
+            .expect("guard")
+            .expect("configured");
+        for (name, text) in &cases {
+            g.throughput(Throughput::Bytes(text.len() as u64));
+            g.bench_with_input(BenchmarkId::new(policy, name), text, |b, text| {
+                b.iter(|| black_box(guard.check(black_box(text), true)).is_clean())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, redaction, adversarial, guard);
 criterion_main!(benches);

@@ -418,6 +418,8 @@ pub struct Validated {
     pub auth: AuthSettings,
     /// Redaction before storage.
     pub redactor: std::sync::Arc<tally_privacy::Redactor>,
+    /// The request-path guard, when `[privacy.request]` names a detector.
+    pub guard: Option<std::sync::Arc<tally_privacy::RequestGuard>>,
 }
 
 impl Config {
@@ -575,6 +577,7 @@ impl Config {
             rotate_grace: Duration::from_secs(a.rotate_grace_secs),
         };
         let redactor = std::sync::Arc::new(self.privacy.redactor()?);
+        let guard = tally_privacy::RequestGuard::new(&self.privacy.rules)?.map(std::sync::Arc::new);
         for s in &self.privacy.rules.scopes {
             if let Some(p) = &s.provider {
                 if providers.get(p).is_none() {
@@ -587,6 +590,7 @@ impl Config {
         }
         Ok(Validated {
             redactor,
+            guard,
             auth,
             stages,
             alerts,
@@ -826,6 +830,35 @@ mod tests {
             let body = r.request_body.expect("kept");
             assert!(body.starts_with("mail [EMAIL:"), "{body}");
             assert!(body.ends_with(" about [TICKET]"), "{body}");
+
+            assert!(v.guard.is_none(), "the guard is opt-in");
+            // The request-path example, with the first one's word list.
+            let request = readme
+                .split("### Before forwarding")
+                .nth(1)
+                .and_then(|s| s.split("```toml\n").nth(1))
+                .and_then(|s| s.split("```").next())
+                .expect("a toml block");
+            jail.create_file("p.toml", &format!("{with_provider}\n{request}"))?;
+            let v = Config::load(Some(Path::new("p.toml")))
+                .expect("loads")
+                .validate()
+                .expect("valid");
+            let guard = v.guard.expect("a guard");
+            assert_eq!(
+                guard.check(r#"{"content":"about Bluebird"}"#, true),
+                tally_privacy::Verdict::Blocked {
+                    detector: "codename",
+                    masked: r#"{"content":"about [CODENAME]"}"#.into()
+                }
+            );
+            let e = invalid(jail, "[privacy.request]\nblock = [\"emial\"]\n");
+            assert!(e.contains("unknown detector \"emial\""), "{e}");
+            let e = invalid(
+                jail,
+                "[privacy.request]\nblock = [\"email\"]\nunchecked = \"ignore\"\n",
+            );
+            assert!(e.contains("ignore"), "{e}");
 
             let e = invalid(jail, example);
             assert!(e.contains("provider \"my-vllm\" is not configured"), "{e}");

@@ -148,6 +148,9 @@ impl Server {
         let ingest_metrics = IngestMetrics::default();
         ingest_metrics.register(&mut registry);
         config.redactor.register(&mut registry);
+        if let Some(g) = &config.guard {
+            g.register(&mut registry);
+        }
         let redactor: Option<Arc<dyn RecordFilter>> = Some(config.redactor.clone());
         let (tx, rx) = tally_ingest::channel(config.channel_capacity, ingest_metrics.clone());
         let (spool_dir, spool_max) = &config.spool;
@@ -235,6 +238,7 @@ impl Server {
         let refresher = keyring.spawn_refresh(key_store.clone(), config.auth.refresh);
         let stages = Stages {
             budgets: alerts.as_ref().map(|a| a.engine().clone()),
+            guard: config.guard.clone(),
             auth: Some(Arc::new(tally_proxy::Auth::new(
                 keyring.clone(),
                 config.auth.require_key,

@@ -315,3 +315,136 @@ async fn records_recovered_from_the_journal_after_kill_9_are_redacted() {
     assert!(again.wait().await.success());
     assert_nothing_planted(again.dir.path());
 }
+
+/// #20 part 2, the request path: with `[privacy.request]`, the real OpenAI and Anthropic SDKs
+/// get a 400 they raise as `BadRequestError` naming the detector when a blocking detector
+/// finds something, and an ordinary answer when a masking one does, while the provider never
+/// receives the value. Refused requests are recorded with the refusal and a masked body; a body
+/// too large to check and a body that is not UTF-8 are refused, and `/metrics` counts it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_guard_blocks_and_masks_before_the_provider_sees_it() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = Options {
+        proxy: "max_body_bytes = 16384".into(),
+        rest: format!(
+            r#"
+[providers.anthropic]
+base_url = "{upstream}"
+
+[privacy.request]
+block = ["github_token"]
+mask = ["email", "ssn"]
+"#,
+            upstream = up.url()
+        ),
+        ..Options::default()
+    };
+    let tally = Bin::start_with(&up.url(), dir, &opts).await;
+    let proxy = tally.url("");
+    let r = run_sdk_script("privacy_guard.py", &[&proxy, GITHUB, EMAIL, SSN]).await;
+
+    for call in ["openai_block", "anthropic_block"] {
+        let b = &r[call];
+        assert_eq!(b["raised"], "BadRequestError", "{call}: {r}");
+        assert_eq!(b["status"], 400, "{call}");
+        let message = b["message"].as_str().unwrap_or_default();
+        assert!(message.contains("github_token"), "{call}: {message}");
+        assert!(!message.contains(GITHUB), "{call}: {message}");
+    }
+    assert_eq!(r["openai_block"]["body"]["detector"], "github_token", "{r}");
+    let masked_prompt = "write to [EMAIL] about ssn [SSN]";
+    for call in ["openai_mask", "openai_stream_mask", "anthropic_mask"] {
+        // The echoing upstream answers with what it received.
+        assert_eq!(r[call]["text"], masked_prompt, "{call}: {r}");
+    }
+    for call in ["openai_mask", "openai_stream_mask"] {
+        assert_eq!(r[call]["masked"], "email, ssn", "{call}: {r}");
+    }
+
+    // Raw HTTP: a body over max_body_bytes cannot be checked whole, so it is refused by
+    // default; a body that is not UTF-8 and holds a masked value cannot be rewritten.
+    let url = tally.url("/v1/chat/completions");
+    let big = chat(&"x".repeat(20_000), false);
+    let (status, _, body) = post_json(&url, &HEADERS[..1], &big).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "tally_privacy_unchecked", "{v}");
+    let mut binary =
+        format!("{{\"model\":\"gpt-4o-mini\",\"note\":\"{EMAIL}\",\"x\":\"").into_bytes();
+    binary.extend_from_slice(&[0xff, 0xfe, b'"', b'}']);
+    let (status, _, body) = send(
+        http::Method::POST,
+        &url,
+        &[HEADERS[0], ("content-type", "application/json")],
+        binary,
+    )
+    .await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("not UTF-8"));
+
+    // Only the three masked requests reached the provider, and none held a planted value.
+    let sent = up.received();
+    assert_eq!(
+        sent.len(),
+        3,
+        "{:?}",
+        sent.iter().map(|s| &s.path_and_query).collect::<Vec<_>>()
+    );
+    for s in &sent {
+        let b = String::from_utf8_lossy(&s.body);
+        for planted in [EMAIL, SSN, GITHUB] {
+            assert!(!b.contains(planted), "{planted} reached the provider: {b}");
+        }
+        assert!(b.contains(masked_prompt), "{b}");
+    }
+
+    wait_rows(&tally, 7).await;
+    let refusals = column(
+        &tally,
+        "SELECT refusal FROM requests WHERE refusal IS NOT NULL ORDER BY refusal",
+    );
+    assert_eq!(
+        refusals,
+        [
+            Some("tally_privacy_blocked".to_owned()),
+            Some("tally_privacy_blocked".to_owned()),
+            Some("tally_privacy_blocked".to_owned()),
+            Some("tally_privacy_unchecked".to_owned()),
+        ]
+    );
+    // A blocked request's record keeps its body with the finding masked.
+    let blocked = column(
+        &tally,
+        "SELECT request_body FROM requests WHERE refusal = 'tally_privacy_blocked' AND request_body IS NOT NULL",
+    );
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    for b in blocked.iter().flatten() {
+        // `[EMAIL]` is the guard's: the default storage policy leaves emails alone.
+        assert!(b.contains("[GITHUB_TOKEN]") && b.contains("[EMAIL]"), "{b}");
+    }
+    let (_, _, metrics) = get(&tally.dashboard_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    for line in [
+        r#"tally_privacy_request_total{detector="github_token",action="blocked"} 2"#,
+        r#"tally_privacy_request_total{detector="email",action="masked"} 3"#,
+        r#"tally_privacy_request_total{detector="ssn",action="masked"} 3"#,
+        r#"tally_privacy_request_total{detector="email",action="blocked"} 1"#,
+        r#"tally_privacy_request_unchecked_total{outcome="refused"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "no {line} in\n{metrics}");
+    }
+    // Nothing Tally wrote holds a planted value (the default storage policy does not look for
+    // emails: these were masked before the record existed).
+    let mut tally = tally;
+    tally.signal("-TERM");
+    assert!(tally.wait().await.success());
+    for (name, bytes) in written(tally.dir.path()) {
+        for planted in [EMAIL, SSN, GITHUB] {
+            assert!(
+                memchr::memmem::find(&bytes, planted.as_bytes()).is_none(),
+                "{planted:?} is in {name}"
+            );
+        }
+    }
+}

@@ -202,6 +202,11 @@ impl Detectors {
         }
     }
 
+    /// The country phone numbers without a `+` are read in.
+    pub fn region(&self) -> phonenumber::country::Id {
+        self.region
+    }
+
     /// Detector names by index.
     pub fn names(&self) -> &[String] {
         &self.names

@@ -14,6 +14,7 @@
 //! what it did in `tally_redactions_total{detector,mode}`.
 
 pub mod detect;
+mod request;
 
 use std::collections::BTreeMap;
 
@@ -27,6 +28,7 @@ use sha2::Sha256;
 use tally_ingest::Record;
 
 use detect::{Detectors, Finding, Pattern, Words, BUILTIN};
+pub use request::{RequestConfig, RequestGuard, Unchecked, Verdict};
 
 /// What a detector does with what it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -73,6 +75,8 @@ pub struct PrivacyConfig {
     pub redact_user_ids: bool,
     /// The country a phone number without `+` is read in (ISO 3166 code); `US` when unset.
     pub phone_region: String,
+    /// `[privacy.request]`: detectors that block or mask on the request path (opt-in).
+    pub request: RequestConfig,
 }
 
 impl Default for PrivacyConfig {
@@ -84,6 +88,7 @@ impl Default for PrivacyConfig {
             scopes: Vec::new(),
             redact_user_ids: false,
             phone_region: "US".into(),
+            request: RequestConfig::default(),
         }
     }
 }
@@ -207,37 +212,8 @@ impl Redactor {
     /// hashes.
     pub fn new(config: &PrivacyConfig, hmac_key: Option<Vec<u8>>) -> Result<Self, ConfigError> {
         let err = |s: String| ConfigError(s);
-        let region: phonenumber::country::Id = config.phone_region.parse().map_err(|_| {
-            err(format!(
-                "phone_region {:?} is not an ISO 3166 country code like \"US\" or \"GB\"",
-                config.phone_region
-            ))
-        })?;
-        let mut seen: Vec<&str> = BUILTIN.to_vec();
-        let mut patterns = Vec::new();
-        for p in &config.patterns {
-            check_name(&p.name, &seen)?;
-            seen.push(&p.name);
-            let regex = regex::Regex::new(&p.regex)
-                .map_err(|e| err(format!("pattern {:?}: invalid regex: {e}", p.name)))?;
-            patterns.push(Pattern {
-                name: p.name.clone(),
-                regex,
-            });
-        }
-        let mut words = Vec::new();
-        for w in &config.words {
-            check_name(&w.name, &seen)?;
-            seen.push(&w.name);
-            if w.words.iter().all(|w| w.trim().is_empty()) {
-                return Err(err(format!("words {:?}: the list is empty", w.name)));
-            }
-            words.push(
-                Words::new(w.name.clone(), &w.words, w.case_insensitive)
-                    .map_err(|e| err(format!("words {:?}: {e}", w.name)))?,
-            );
-        }
-        let detectors = Detectors::new(patterns, words, region);
+        let detectors = build_detectors(config)?;
+        let region = detectors.region();
         let index = |name: &str| {
             detectors.index(name).ok_or_else(|| {
                 err(format!(
@@ -453,6 +429,42 @@ impl tally_ingest::RecordFilter for Redactor {
             body(self, &mut record.user_id, modes);
         }
     }
+}
+
+/// The built-in detectors plus `config`'s patterns and word lists, checked.
+fn build_detectors(config: &PrivacyConfig) -> Result<Detectors, ConfigError> {
+    let err = |s: String| ConfigError(s);
+    let region: phonenumber::country::Id = config.phone_region.parse().map_err(|_| {
+        err(format!(
+            "phone_region {:?} is not an ISO 3166 country code like \"US\" or \"GB\"",
+            config.phone_region
+        ))
+    })?;
+    let mut seen: Vec<&str> = BUILTIN.to_vec();
+    let mut patterns = Vec::new();
+    for p in &config.patterns {
+        check_name(&p.name, &seen)?;
+        seen.push(&p.name);
+        let regex = regex::Regex::new(&p.regex)
+            .map_err(|e| err(format!("pattern {:?}: invalid regex: {e}", p.name)))?;
+        patterns.push(Pattern {
+            name: p.name.clone(),
+            regex,
+        });
+    }
+    let mut words = Vec::new();
+    for w in &config.words {
+        check_name(&w.name, &seen)?;
+        seen.push(&w.name);
+        if w.words.iter().all(|w| w.trim().is_empty()) {
+            return Err(err(format!("words {:?}: the list is empty", w.name)));
+        }
+        words.push(
+            Words::new(w.name.clone(), &w.words, w.case_insensitive)
+                .map_err(|e| err(format!("words {:?}: {e}", w.name)))?,
+        );
+    }
+    Ok(Detectors::new(patterns, words, region))
 }
 
 fn check_name(name: &str, seen: &[&str]) -> Result<(), ConfigError> {

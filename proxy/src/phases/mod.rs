@@ -15,6 +15,7 @@
 //! | body head | [`request_body::read`] | the bounded body head; model, stream flag, user, read as the upstream will; an unreadable JSON body is refused where budgets or limits apply |
 //! | destination | [`route::destination`] | who serves it: the path's provider, a router (`Tally-Router`, a model alias), or on the unified API the body's `provider/model` |
 //! | authenticate | [`authenticate::authenticate`] | the caller's Tally key: checked, its allow-lists applied, and taken off the request |
+//! | privacy guard | [`crate::stages::guard::check`] | a blocking detector's finding refuses; a masking one's is replaced before forwarding |
 //! | budgets | [`crate::stages::budget::enforce`] | an exhausted enforcing budget refuses |
 //! | rate limits | [`crate::stages::ratelimit::admit`] | a policy over its limit refuses |
 //! | cache | [`crate::stages::cache::lookup`] | a stored answer is replayed |
@@ -134,6 +135,7 @@ async fn run(ctx: &mut Ctx, mut parts: Parts, body: Incoming) -> Result<Answer, 
     request_body::readable_when_metered(ctx, &head, &tags, &parts.headers)?;
     let destination = route::destination(ctx, route.destination, &tags, &mut head.facts)?;
     authenticate::authenticate(ctx, &mut parts.headers, &destination, &head.facts)?;
+    stages::guard::check(ctx, &mut head)?;
     stages::budget::enforce(ctx, &head)?;
     stages::ratelimit::admit(ctx, destination.name(), &tags, &parts.headers).await?;
     let forward = send::Forward {

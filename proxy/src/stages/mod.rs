@@ -1,16 +1,19 @@
-//! Optional stages on the request path: budget enforcement, rate limits, the response cache
-//! and routers (retries, fallbacks, load balancing). Each stage is one module holding both its
-//! engine and its request-path glue: the phase function `phases::run` calls, and the
-//! `StageHook` through which it sees the response and the finished record. Budgets' engine is
-//! in `tally-budgets`; only its phase is here.
+//! Optional stages on the request path: the privacy guard, budget enforcement, rate limits,
+//! the response cache and routers (retries, fallbacks, load balancing). Each stage is one
+//! module holding both its engine and its request-path glue: the phase function `phases::run`
+//! calls, and the `StageHook` through which it sees the response and the finished record.
+//! Budgets' engine is in `tally-budgets` and the guard's detectors in `tally-privacy`; only
+//! their phases are here.
 //!
 //! Each stage is built from its config table once at start and kept in [`Stages`]. A stage a
 //! request does not use costs it one branch: the cache is consulted only when the request or
 //! the provider asks for it, rate limits only when a policy exists or the request names one,
-//! routers only for `/router/<name>/…`, `Tally-Router` or an aliased model.
+//! the guard only when `[privacy.request]` names a detector, routers only for
+//! `/router/<name>/…`, `Tally-Router` or an aliased model.
 
 pub(crate) mod budget;
 pub mod cache;
+pub mod guard;
 pub mod ratelimit;
 mod redis;
 pub mod routing;
@@ -110,6 +113,8 @@ pub struct Stages {
     pub routers: Option<Arc<Routers>>,
     /// Tally keys (the authenticate phase); none: every request passes with its own key.
     pub auth: Option<Arc<crate::phases::authenticate::Auth>>,
+    /// The privacy guard (`[privacy.request]`): block or mask before forwarding.
+    pub guard: Option<Arc<tally_privacy::RequestGuard>>,
 }
 
 impl Stages {
@@ -123,6 +128,7 @@ impl Stages {
             rate_limits: Some(Arc::new(RateLimiter::build(&config.rate_limits)?)),
             routers: (!routers.is_empty()).then(|| Arc::new(routers)),
             auth: None,
+            guard: None,
         })
     }
 }
