@@ -56,6 +56,8 @@ pub struct Config {
     pub rate_limits: tally_proxy::stages::RateLimitsConfig,
     /// `[routers.<name>]`: targets, strategy, retries and fallbacks.
     pub routers: BTreeMap<String, tally_proxy::stages::RouterConfig>,
+    /// `[[guardrails]]`: external checks before forwarding.
+    pub guardrails: Vec<tally_proxy::stages::GuardrailConfig>,
     /// `[auth]`: Tally keys.
     pub auth: AuthConfig,
     /// `[privacy]`: redaction before storage.
@@ -558,6 +560,7 @@ impl Config {
             cache: self.cache.clone(),
             rate_limits: self.rate_limits.clone(),
             routers: self.routers.clone(),
+            guardrails: self.guardrails.clone(),
         };
         // Everything but the Redis connections is checked now, so `tally serve` fails before
         // binding anything when a router names an unknown provider or a policy is malformed.

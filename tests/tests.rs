@@ -13,6 +13,7 @@ mod endpoints;
 mod errors;
 mod faults;
 mod gemini;
+mod guardrails;
 mod hardening;
 mod hostile;
 mod keys;

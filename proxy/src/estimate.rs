@@ -83,7 +83,7 @@ pub fn estimate(
 }
 
 /// Concatenates the text a model reads from a request body, and counts its messages.
-fn prompt_text(body: &[u8]) -> (String, u64) {
+pub(crate) fn prompt_text(body: &[u8]) -> (String, u64) {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return (String::new(), 0);
     };

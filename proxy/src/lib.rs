@@ -161,6 +161,9 @@ impl Proxy {
     /// Adds the proxy's metrics to `registry`.
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.shared.metrics.register(registry);
+        if let Some(g) = &self.shared.stages.guardrails {
+            g.register(registry);
+        }
     }
 
     /// The proxy's metrics.

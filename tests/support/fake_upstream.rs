@@ -41,6 +41,11 @@
 //!   (`cache_creation`) and reports [`ANTHROPIC_SEARCHES`] web searches (`server_tool_use`,
 //!   in `message_delta` for a stream, as the API sends them).
 //!
+//! Besides the providers' APIs: OpenAI's `/v1/moderations` (flags an input holding "violent",
+//! in the documented answer shape), and a guardrail hook at `/guardrail/<mode>` speaking
+//! Tally's hook protocol: `allow`, `block`, `slow` (answers after 3 s), `malformed`, `error`
+//! (a 500), `block-if-injection` (blocks a text holding "ignore previous instructions").
+//!
 //! `x-fake-delay-ms` delays the response head; `x-fake-interval-ms` spaces stream events.
 //! [`FakeUpstream::script`] queues modes for the next requests, whatever their headers say, so
 //! two fakes can stand for a failing and a healthy provider behind one router.
@@ -514,6 +519,9 @@ async fn handle(
     }
     if super::fake_google_auth::serves(&path) {
         return super::fake_google_auth::token(&parts, &body);
+    }
+    if path == "/v1/moderations" || path.starts_with("/guardrail/") {
+        return guardrail(&path, &body).await;
     }
     if path.contains("/projects/") {
         if let Some(refused) = super::fake_google_auth::refuse_expired(&parts) {
@@ -1049,4 +1057,45 @@ fn anthropic_response(
         json!({"type": "message_stop"}),
     )));
     sse(tail(mode, events), interval)
+}
+
+/// OpenAI's moderation endpoint and a guardrail hook; see the module docs.
+async fn guardrail(path: &str, body: &[u8]) -> Response<Body> {
+    let req: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let json_response =
+        |status: StatusCode, v: Value| full(status, "application/json", v.to_string());
+    if path == "/v1/moderations" {
+        let input = req["input"].as_str().unwrap_or("");
+        let flagged = input.contains("violent");
+        return json_response(
+            StatusCode::OK,
+            json!({"id": "modr-fake", "model": req["model"], "results": [{
+                "flagged": flagged,
+                "categories": {"violence": flagged, "hate": false, "self-harm": false},
+                "category_scores": {"violence": if flagged { 0.97 } else { 0.001 }, "hate": 0.0001, "self-harm": 0.0001}
+            }]}),
+        );
+    }
+    let text = req["text"].as_str().unwrap_or("");
+    match &path["/guardrail/".len()..] {
+        "allow" => json_response(StatusCode::OK, json!({"action": "allow"})),
+        "block" => json_response(
+            StatusCode::OK,
+            json!({"action": "block", "reason": "blocked by the test hook"}),
+        ),
+        "block-if-injection" if text.contains("ignore previous instructions") => json_response(
+            StatusCode::OK,
+            json!({"action": "block", "reason": "prompt injection"}),
+        ),
+        "block-if-injection" => json_response(StatusCode::OK, json!({"action": "allow"})),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            json_response(StatusCode::OK, json!({"action": "allow"}))
+        }
+        "malformed" => json_response(StatusCode::OK, json!({"verdict": "fine"})),
+        _ => json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "hook down"}),
+        ),
+    }
 }

@@ -18,6 +18,7 @@
 //! | privacy guard | [`crate::stages::guard::check`] | a blocking detector's finding refuses; a masking one's is replaced before forwarding |
 //! | budgets | [`crate::stages::budget::enforce`] | an exhausted enforcing budget refuses |
 //! | rate limits | [`crate::stages::ratelimit::admit`] | a policy over its limit refuses |
+//! | guardrails | [`crate::stages::guardrail::check`] | external hooks (moderation, a classifier) allow or block; a failed hook fails open or closed |
 //! | cache | [`crate::stages::cache::lookup`] | a stored answer is replayed |
 //! | send | [`send::send`] | the upstream request: headers, injection, translation to the target's dialect, attempts, retries, fallbacks |
 //! | respond | [`respond::respond`] | the client's answer: the tee around the upstream's, a replay, or a refusal |
@@ -138,6 +139,7 @@ async fn run(ctx: &mut Ctx, mut parts: Parts, body: Incoming) -> Result<Answer, 
     stages::guard::check(ctx, &mut head)?;
     stages::budget::enforce(ctx, &head)?;
     stages::ratelimit::admit(ctx, destination.name(), &tags, &parts.headers).await?;
+    stages::guardrail::check(ctx, destination.name(), &head, &parts.headers).await?;
     let forward = send::Forward {
         parts,
         path: route.forward_path,

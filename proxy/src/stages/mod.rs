@@ -1,7 +1,8 @@
 //! Optional stages on the request path: the privacy guard, budget enforcement, rate limits,
-//! the response cache and routers (retries, fallbacks, load balancing). Each stage is one
-//! module holding both its engine and its request-path glue: the phase function `phases::run`
-//! calls, and the `StageHook` through which it sees the response and the finished record.
+//! guardrail hooks, the response cache and routers (retries, fallbacks, load balancing). Each
+//! stage is one module holding both its engine and its request-path glue: the phase function
+//! `phases::run` calls, and the `StageHook` through which it sees the response and the
+//! finished record.
 //! Budgets' engine is in `tally-budgets` and the guard's detectors in `tally-privacy`; only
 //! their phases are here.
 //!
@@ -14,6 +15,7 @@
 pub(crate) mod budget;
 pub mod cache;
 pub mod guard;
+pub mod guardrail;
 pub mod ratelimit;
 mod redis;
 pub mod routing;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use cache::{CacheConfig, ResponseCache};
+pub use guardrail::{GuardrailConfig, Guardrails};
 pub use ratelimit::{PolicyConfig, RateLimiter, RateLimitsConfig};
 pub use routing::{RouterConfig, Routers, Strategy, TargetConfig};
 
@@ -68,6 +71,8 @@ pub struct StagesConfig {
     pub rate_limits: RateLimitsConfig,
     /// `[routers.<name>]`.
     pub routers: BTreeMap<String, RouterConfig>,
+    /// `[[guardrails]]`.
+    pub guardrails: Vec<GuardrailConfig>,
 }
 
 impl StagesConfig {
@@ -81,6 +86,7 @@ impl StagesConfig {
             ..self.rate_limits.clone()
         })?;
         let known = |name: &str| providers.get(name).is_some() || self.routers.contains_key(name);
+        Guardrails::build(&self.guardrails, providers, &known)?;
         let lists = std::iter::once(("cache.providers".to_owned(), &self.cache.providers)).chain(
             self.rate_limits.policies.iter().map(|p| {
                 (
@@ -115,6 +121,8 @@ pub struct Stages {
     pub auth: Option<Arc<crate::phases::authenticate::Auth>>,
     /// The privacy guard (`[privacy.request]`): block or mask before forwarding.
     pub guard: Option<Arc<tally_privacy::RequestGuard>>,
+    /// Guardrail hooks (`[[guardrails]]`).
+    pub guardrails: Option<Arc<Guardrails>>,
 }
 
 impl Stages {
@@ -122,6 +130,8 @@ impl Stages {
     /// backends connect lazily, so this must run inside Tokio.
     pub fn build(config: &StagesConfig, providers: &Providers) -> Result<Self, StageError> {
         let routers = Routers::build(&config.routers, providers)?;
+        let known = |name: &str| providers.get(name).is_some() || config.routers.contains_key(name);
+        let guardrails = Guardrails::build(&config.guardrails, providers, &known)?;
         Ok(Self {
             budgets: None,
             cache: Some(Arc::new(ResponseCache::build(&config.cache)?)),
@@ -129,6 +139,7 @@ impl Stages {
             routers: (!routers.is_empty()).then(|| Arc::new(routers)),
             auth: None,
             guard: None,
+            guardrails: guardrails.map(Arc::new),
         })
     }
 }
