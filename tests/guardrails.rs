@@ -103,7 +103,12 @@ providers = ["broken"]
     // A slow hook that fails open lets the request through; one that fails closed does not.
     let (status, _, _) = post("/slowopen/v1/chat/completions", "hi").await;
     assert_eq!(status, 200);
-    let (status, _, body) = post("/slowclosed/v1/chat/completions", "hi").await;
+    let url = tally.url("/slowclosed/v1/chat/completions");
+    let spoofed = [
+        auth[0],
+        ("tally-property-tally.guardrail.moderation", "allow"),
+    ];
+    let (status, _, body) = post_json(&url, &spoofed, &chat("hi")).await;
     assert_eq!(status, 503);
     let e = error(&body);
     assert_eq!(e["code"], "tally_guardrail_unavailable", "{e}");
@@ -233,8 +238,9 @@ providers = ["broken"]
             "error (failed open)".into()
         )
     );
-    // A hook that applies to other providers leaves no verdict.
+    // A hook that applies to other providers leaves no verdict, and a client cannot forge one.
     assert_eq!(verdict(&rows[3], "moderation"), "");
+    assert_eq!(verdict(&rows[4], "moderation"), "");
 
     // The properties page breaks traffic down by verdict, so the blocked requests are one
     // click away.

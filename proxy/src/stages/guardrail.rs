@@ -234,6 +234,10 @@ pub(crate) async fn check(
     let Some(guardrails) = ctx.shared.stages.guardrails.clone() else {
         return Ok(());
     };
+    // A verdict comes from a hook, never from a client's `Tally-Property-tally.guardrail.…`.
+    ctx.record()
+        .properties
+        .retain(|k, _| !k.starts_with("tally.guardrail."));
     let applies: Vec<&Hook> = guardrails
         .hooks
         .iter()
