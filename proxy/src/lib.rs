@@ -233,17 +233,7 @@ impl Proxy {
                 tracing::error!("a proxy event loop panicked");
             }
         }
-        // Records of requests whose tokens are being estimated are still on their way.
-        let started = tokio::time::Instant::now();
-        while self.shared.pending_estimates.load(Ordering::Acquire) > 0 {
-            if started.elapsed() > ESTIMATE_DRAIN_TIMEOUT {
-                tracing::warn!(
-                    "token estimates still running at shutdown; their records may be lost"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Each loop kept its runtime until the token estimates had sent their records.
         Ok(())
     }
 }
@@ -380,6 +370,7 @@ fn event_loop(
             return;
         }
     };
+    let drain = shared.clone();
     rt.block_on(async move {
         let listener = match TcpListener::from_std(listener) {
             Ok(l) => l,
@@ -396,8 +387,25 @@ fn event_loop(
         })
         .await;
     });
-    // Token estimates run on this runtime's blocking threads; `serve` waits for their records.
-    rt.shutdown_timeout(ESTIMATE_DRAIN_TIMEOUT);
+    // Token estimates run on this runtime's blocking threads, and a runtime that shuts down
+    // drops the blocking tasks that have not started yet (tokio schedules `spawn_blocking` as
+    // non-mandatory): their records would be lost. So the runtime lives until every estimate
+    // has sent its record (those of the other loops too, which costs nothing: they all wait
+    // together), within a bound.
+    rt.block_on(async move {
+        let started = tokio::time::Instant::now();
+        while drain.pending_estimates.load(Ordering::Acquire) > 0 {
+            if started.elapsed() > ESTIMATE_DRAIN_TIMEOUT {
+                tracing::warn!(
+                    pending = drain.pending_estimates.load(Ordering::Acquire),
+                    "token estimates still running at shutdown; their records are left to the crash journal (lost when it is off)"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
 }
 
 /// Accepts and serves connections until `shutdown`, then drains them within the grace period.
