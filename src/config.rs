@@ -581,6 +581,15 @@ impl Config {
         };
         let redactor = std::sync::Arc::new(self.privacy.redactor()?);
         let guard = tally_privacy::RequestGuard::new(&self.privacy.rules)?.map(std::sync::Arc::new);
+        if let Some(g) = &guard {
+            if let Some(p) = g
+                .providers()
+                .iter()
+                .find(|p| providers.get(p).is_none() && !self.routers.contains_key(*p))
+            {
+                bail!("privacy.request.providers: {p:?} is neither a provider nor a router");
+            }
+        }
         for s in &self.privacy.rules.scopes {
             if let Some(p) = &s.provider {
                 if providers.get(p).is_none() {
@@ -862,6 +871,11 @@ mod tests {
                 "[privacy.request]\nblock = [\"email\"]\nunchecked = \"ignore\"\n",
             );
             assert!(e.contains("ignore"), "{e}");
+            let e = invalid(
+                jail,
+                "[privacy.request]\nblock = [\"email\"]\nproviders = [\"nope\"]\n",
+            );
+            assert!(e.contains("\"nope\" is neither a provider"), "{e}");
 
             let e = invalid(jail, example);
             assert!(e.contains("provider \"my-vllm\" is not configured"), "{e}");

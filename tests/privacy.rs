@@ -332,9 +332,14 @@ async fn the_request_guard_blocks_and_masks_before_the_provider_sees_it() {
 [providers.anthropic]
 base_url = "{upstream}"
 
+[providers.selfhosted]
+kind = "openai"
+base_url = "{upstream}"
+
 [privacy.request]
 block = ["github_token"]
 mask = ["email", "ssn"]
+providers = ["openai", "anthropic"]
 "#,
             upstream = up.url()
         ),
@@ -383,8 +388,20 @@ mask = ["email", "ssn"]
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("not UTF-8"));
 
-    // Only the three masked requests reached the provider, and none held a planted value.
-    let sent = up.received();
+    // A provider the guard is not limited to gets the body as sent.
+    let (status, _, _) = post_json(
+        &tally.url("/selfhosted/v1/chat/completions"),
+        &HEADERS[..1],
+        &chat(&format!("write to {KEPT_EMAIL}"), false),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut sent = up.received();
+    let unguarded = sent.pop().expect("the selfhosted request");
+    assert!(contains(&unguarded.body, KEPT_EMAIL));
+
+    // Only the three masked requests reached the guarded providers, and none held a planted
+    // value.
     assert_eq!(
         sent.len(),
         3,
@@ -399,7 +416,7 @@ mask = ["email", "ssn"]
         assert!(b.contains(masked_prompt), "{b}");
     }
 
-    wait_rows(&tally, 7).await;
+    wait_rows(&tally, 8).await;
     let refusals = column(
         &tally,
         "SELECT refusal FROM requests WHERE refusal IS NOT NULL ORDER BY refusal",

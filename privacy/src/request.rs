@@ -28,6 +28,9 @@ pub struct RequestConfig {
     pub mask: Vec<String>,
     /// A body too large to check whole; refused when unset.
     pub unchecked: Unchecked,
+    /// Only requests to these providers (or routers) are checked; all when empty. A provider
+    /// on your own machines may see what an outside one must not.
+    pub providers: Vec<String>,
 }
 
 /// What becomes of a request body the guard cannot read whole (larger than the proxy's
@@ -95,6 +98,7 @@ pub struct RequestGuard {
     blocks: Vec<bool>,
     labels: Vec<String>,
     unchecked: Unchecked,
+    providers: Vec<String>,
     /// `[blocked, masked]` per detector.
     counters: Vec<[Counter; 2]>,
     family: Family<GuardLabels, Counter>,
@@ -173,6 +177,7 @@ impl RequestGuard {
             blocks,
             labels,
             unchecked: r.unchecked,
+            providers: r.providers.clone(),
             counters,
             family,
             unchecked_family: Family::default(),
@@ -192,6 +197,16 @@ impl RequestGuard {
             "Request bodies too large for the guard to read whole, refused or forwarded",
             self.unchecked_family.clone(),
         );
+    }
+
+    /// Whether requests to `destination` (a provider or router) are checked.
+    pub fn applies_to(&self, destination: &str) -> bool {
+        self.providers.is_empty() || self.providers.iter().any(|p| p == destination)
+    }
+
+    /// The providers or routers it is limited to; empty for all.
+    pub fn providers(&self) -> &[String] {
+        &self.providers
     }
 
     /// What to do with a body too large to check; counts it.
@@ -276,7 +291,9 @@ mod tests {
             block: vec!["openai_key".into()],
             mask: vec!["email".into(), "ssn".into()],
             unchecked: Unchecked::Refuse,
+            providers: vec!["openai".into()],
         });
+        assert!(g.applies_to("openai") && !g.applies_to("my-vllm"));
         let clean = r#"{"messages":[{"role":"user","content":"hello there"}]}"#;
         assert_eq!(g.check(clean, true), Verdict::Clean);
 

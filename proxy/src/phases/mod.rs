@@ -136,7 +136,7 @@ async fn run(ctx: &mut Ctx, mut parts: Parts, body: Incoming) -> Result<Answer, 
     request_body::readable_when_metered(ctx, &head, &tags, &parts.headers)?;
     let destination = route::destination(ctx, route.destination, &tags, &mut head.facts)?;
     authenticate::authenticate(ctx, &mut parts.headers, &destination, &head.facts)?;
-    stages::guard::check(ctx, &mut head)?;
+    stages::guard::check(ctx, destination.name(), &mut head)?;
     stages::budget::enforce(ctx, &head)?;
     stages::ratelimit::admit(ctx, destination.name(), &tags, &parts.headers).await?;
     stages::guardrail::check(ctx, destination.name(), &head, &parts.headers).await?;

@@ -22,8 +22,14 @@ use crate::phases::{Ctx, Refusal};
 pub const MASKED_HEADER: &str = "tally-privacy-masked";
 
 /// The guard phase. Without `[privacy.request]` it costs one branch.
-pub(crate) fn check(ctx: &mut Ctx, head: &mut BodyHead) -> Result<(), Refusal> {
-    let Some(guard) = ctx.shared.stages.guard.clone() else {
+pub(crate) fn check(ctx: &mut Ctx, destination: &str, head: &mut BodyHead) -> Result<(), Refusal> {
+    let Some(guard) = ctx
+        .shared
+        .stages
+        .guard
+        .clone()
+        .filter(|g| g.applies_to(destination))
+    else {
         return Ok(());
     };
     if !head.complete() {
