@@ -2,7 +2,9 @@
 //! mode: it runs on the ingest thread, where a panic would stop the storing of every record,
 //! so it must never panic, whatever a body holds (bytes cut inside a UTF-8 character, half a
 //! JSON escape, a PEM header without its end, digits for megabytes). The first byte picks the
-//! mode; the rest is the text.
+//! mode; the rest is the text. The request-path guard (`[privacy.request]`), which runs on the
+//! event loops, gets the same text: every secret detector blocking, the rest masking; a JSON
+//! body it masks must stay JSON.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -38,6 +40,26 @@ fn redactors() -> &'static [Redactor; 3] {
     })
 }
 
+fn guard() -> &'static tally_privacy::RequestGuard {
+    static G: OnceLock<tally_privacy::RequestGuard> = OnceLock::new();
+    G.get_or_init(|| {
+        let (block, mask): (Vec<&str>, Vec<&str>) = tally_privacy::detect::BUILTIN
+            .iter()
+            .partition(|n| tally_privacy::detect::is_secret(n));
+        let c = PrivacyConfig {
+            request: tally_privacy::RequestConfig {
+                block: block.into_iter().map(String::from).collect(),
+                mask: mask.into_iter().map(String::from).collect(),
+                ..Default::default()
+            },
+            ..PrivacyConfig::default()
+        };
+        tally_privacy::RequestGuard::new(&c)
+            .expect("a valid config")
+            .expect("a guard")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {
         return;
@@ -50,4 +72,14 @@ fuzz_target!(|data: &[u8]| {
     r.user_id = Some(text.clone());
     r.properties.insert("p".into(), text);
     redactors()[usize::from(pick) % 3].filter(&mut r);
+
+    let body = String::from_utf8_lossy(rest);
+    let _ = guard().check(&body, pick % 2 == 0);
+    let json = serde_json::json!({ "messages": [{ "role": "user", "content": &*body }] }).to_string();
+    if let tally_privacy::Verdict::Masked { text, .. } = guard().check(&json, true) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+            "masking broke the JSON: {text}"
+        );
+    }
 });

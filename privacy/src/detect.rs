@@ -326,16 +326,23 @@ fn right_ok(text: &str, end: usize) -> bool {
         .is_none_or(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
 }
 
-/// Moves a match's start past a JSON escape's letter it swallowed (`\nbob@…` → `bob@…`).
+/// Moves a match's start past a JSON escape it swallowed: `\nbob@…` → `bob@…`, and
+/// `\u0001bob@…` → `bob@…` (the fuzz target found the second: a control character before an
+/// address, masked with its `u0001`, left a lone `\` that broke the JSON).
 fn skip_escape(text: &str, start: usize) -> usize {
     let b = text.as_bytes();
-    if start >= 1
-        && b[start - 1] == b'\\'
-        && matches!(b.get(start), Some(b'n' | b'r' | b't' | b'b' | b'f'))
-    {
-        start + 1
-    } else {
-        start
+    if start == 0 || b[start - 1] != b'\\' {
+        return start;
+    }
+    match b.get(start) {
+        Some(b'n' | b'r' | b't' | b'b' | b'f') => start + 1,
+        Some(b'u')
+            if b.get(start + 1..start + 5)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+        {
+            start + 5
+        }
+        _ => start,
     }
 }
 
@@ -713,6 +720,11 @@ mod tests {
             ["ALICE@EXAMPLE.COM"]
         );
         assert!(found("@handle and user@localhost and a@b", "email").is_empty());
+        // A control character before the address, as JSON writes it (found by fuzzing).
+        assert_eq!(
+            found(r#"{"content":"\u0001bob@x.io\tok"}"#, "email"),
+            ["bob@x.io"]
+        );
     }
 
     #[test]
