@@ -528,18 +528,20 @@ fn ips(text: &str, has_digit: bool, found: &mut Vec<Finding>) {
     }
     if memchr::memmem::find(text.as_bytes(), b":").is_some() {
         for m in IPV6_RE.find_iter(text) {
-            let s = m.as_str();
+            // `\b` and `\f` end in hex digits: `\bfe80::1` must not take the escape's letter.
+            let start = skip_escape(text, m.start());
+            let s = &text[start..m.end()];
             // `std::fs`, `12:30:45`: too few hex digits to be an address anyone wrote out.
             let hex = s.bytes().filter(u8::is_ascii_hexdigit).count();
             if hex >= 4
                 && s.parse::<Ipv6Addr>().is_ok()
-                && left_ok(text, m.start())
+                && left_ok(text, start)
                 && text
                     .as_bytes()
                     .get(m.end())
                     .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b':' || *c == b'_'))
             {
-                found.push(finding(m.start(), m.end(), IP));
+                found.push(finding(start, m.end(), IP));
             }
         }
     }
@@ -724,6 +726,11 @@ mod tests {
         assert_eq!(
             found(r#"{"content":"\u0001bob@x.io\tok"}"#, "email"),
             ["bob@x.io"]
+        );
+        // A backspace before an IPv6 address: `b` is a hex digit (found by fuzzing).
+        assert_eq!(
+            found(r#"{"content":"\b80::1ff:fe23:4567 ok"}"#, "ip"),
+            ["80::1ff:fe23:4567"]
         );
     }
 
