@@ -585,7 +585,7 @@ impl Config {
             if let Some(p) = g
                 .providers()
                 .iter()
-                .find(|p| providers.get(p).is_none() && !self.routers.contains_key(*p))
+                .find(|p| !stages.is_destination(p, &providers))
             {
                 bail!("privacy.request.providers: {p:?} is neither a provider nor a router");
             }

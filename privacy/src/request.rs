@@ -238,15 +238,14 @@ impl RequestGuard {
             };
         }
         let mut text_out = String::with_capacity(text.len());
-        let mut detectors: Vec<&str> = Vec::new();
+        let mut seen: Vec<usize> = Vec::new();
         let mut at = 0;
         for f in &found {
             text_out.push_str(&text[at..f.start]);
             text_out.push_str(&self.labels[f.detector]);
             at = f.end;
-            let name = names[f.detector].as_str();
-            if !detectors.contains(&name) {
-                detectors.push(name);
+            if !seen.contains(&f.detector) {
+                seen.push(f.detector);
             }
         }
         text_out.push_str(&text[at..]);
@@ -258,14 +257,12 @@ impl RequestGuard {
             };
         }
         // Per request, not per value: the series counts requests that were masked.
-        for name in &detectors {
-            if let Some(i) = self.detectors.index(name) {
-                self.counters[i][1].inc();
-            }
+        for &i in &seen {
+            self.counters[i][1].inc();
         }
         Verdict::Masked {
             text: text_out,
-            detectors,
+            detectors: seen.iter().map(|&i| names[i].as_str()).collect(),
         }
     }
 }

@@ -76,6 +76,11 @@ pub struct StagesConfig {
 }
 
 impl StagesConfig {
+    /// Whether `name` is something a request can be sent to: a provider or a router.
+    pub fn is_destination(&self, name: &str, providers: &Providers) -> bool {
+        providers.get(name).is_some() || self.routers.contains_key(name)
+    }
+
     /// Checks everything but the Redis connections, without building anything that needs a
     /// runtime: routers against the providers, policies, and the provider lists of the cache
     /// and the policies (each name must be a provider or a router).
@@ -85,7 +90,7 @@ impl StagesConfig {
             backend: Backend::Memory,
             ..self.rate_limits.clone()
         })?;
-        let known = |name: &str| providers.get(name).is_some() || self.routers.contains_key(name);
+        let known = |name: &str| self.is_destination(name, providers);
         Guardrails::build(&self.guardrails, providers, &known)?;
         let lists = std::iter::once(("cache.providers".to_owned(), &self.cache.providers)).chain(
             self.rate_limits.policies.iter().map(|p| {
@@ -130,7 +135,7 @@ impl Stages {
     /// backends connect lazily, so this must run inside Tokio.
     pub fn build(config: &StagesConfig, providers: &Providers) -> Result<Self, StageError> {
         let routers = Routers::build(&config.routers, providers)?;
-        let known = |name: &str| providers.get(name).is_some() || config.routers.contains_key(name);
+        let known = |name: &str| config.is_destination(name, providers);
         let guardrails = Guardrails::build(&config.guardrails, providers, &known)?;
         Ok(Self {
             budgets: None,
