@@ -168,11 +168,7 @@ providers = ["broken"]
     assert_eq!(m["model"], "omni-moderation-latest", "{m}");
 
     // Every verdict is in the record.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while tally.rows("SELECT count(*) FROM requests") < 6 {
-        assert!(std::time::Instant::now() < deadline, "{}", tally.log());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    tally.wait_for_rows(6).await;
     let conn = rusqlite::Connection::open(tally.dir.path().join("tally.db")).expect("open");
     let mut stmt = conn
         .prepare("SELECT provider, coalesce(refusal, status), properties FROM requests ORDER BY ts, request_id")
@@ -253,17 +249,15 @@ providers = ["broken"]
         "{page}"
     );
 
-    let (_, _, metrics) = get(&tally.dashboard_url("/metrics")).await;
-    let metrics = String::from_utf8_lossy(&metrics);
-    for line in [
-        r#"tally_guardrail_total{guardrail="injection",outcome="allow"} 5"#,
-        r#"tally_guardrail_total{guardrail="injection",outcome="block"} 1"#,
-        r#"tally_guardrail_total{guardrail="moderation",outcome="block"} 1"#,
-        r#"tally_guardrail_total{guardrail="slow-open",outcome="timeout"} 1"#,
-        r#"tally_guardrail_total{guardrail="slow-closed",outcome="timeout"} 1"#,
-        r#"tally_guardrail_total{guardrail="malformed",outcome="malformed"} 1"#,
-        r#"tally_guardrail_total{guardrail="down",outcome="error"} 1"#,
-    ] {
-        assert!(metrics.contains(line), "no {line} in\n{metrics}");
-    }
+    tally
+        .assert_metrics(&[
+            r#"tally_guardrail_total{guardrail="injection",outcome="allow"} 5"#,
+            r#"tally_guardrail_total{guardrail="injection",outcome="block"} 1"#,
+            r#"tally_guardrail_total{guardrail="moderation",outcome="block"} 1"#,
+            r#"tally_guardrail_total{guardrail="slow-open",outcome="timeout"} 1"#,
+            r#"tally_guardrail_total{guardrail="slow-closed",outcome="timeout"} 1"#,
+            r#"tally_guardrail_total{guardrail="malformed",outcome="malformed"} 1"#,
+            r#"tally_guardrail_total{guardrail="down",outcome="error"} 1"#,
+        ])
+        .await;
 }

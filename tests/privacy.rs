@@ -150,14 +150,6 @@ fn column(tally: &Bin, sql: &str) -> Vec<Option<String>> {
         .collect()
 }
 
-async fn wait_rows(tally: &Bin, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tally.rows("SELECT count(*) FROM requests") < n {
-        assert!(Instant::now() < deadline, "{}", tally.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_values_are_in_no_byte_tally_writes() {
     let up = FakeUpstream::start().await;
@@ -187,7 +179,7 @@ async fn planted_values_are_in_no_byte_tally_writes() {
     // What the provider was sent is what the client sent.
     let sent = up.received();
     assert!(String::from_utf8_lossy(&sent[0].body).contains(EMAIL));
-    wait_rows(&tally, 4).await;
+    tally.wait_for_rows(4).await;
 
     let bodies = column(
         &tally,
@@ -247,18 +239,16 @@ async fn planted_values_are_in_no_byte_tally_writes() {
         "{s}"
     );
 
-    let (_, _, metrics) = get(&tally.dashboard_url("/metrics")).await;
-    let metrics = String::from_utf8_lossy(&metrics);
-    for line in [
-        r#"tally_redactions_total{detector="card",mode="mask"} 4"#,
-        // Four bodies, and the user id of all three requests to openai.
-        r#"tally_redactions_total{detector="email",mode="hash"} 7"#,
-        // Four bodies, and three properties.
-        r#"tally_redactions_total{detector="phone",mode="mask"} 7"#,
-        r#"tally_redactions_total{detector="ssn",mode="drop"} 2"#,
-    ] {
-        assert!(metrics.contains(line), "no {line} in\n{metrics}");
-    }
+    tally
+        .assert_metrics(&[
+            r#"tally_redactions_total{detector="card",mode="mask"} 4"#,
+            // Four bodies, and the user id of all three requests to openai.
+            r#"tally_redactions_total{detector="email",mode="hash"} 7"#,
+            // Four bodies, and three properties.
+            r#"tally_redactions_total{detector="phone",mode="mask"} 7"#,
+            r#"tally_redactions_total{detector="ssn",mode="drop"} 2"#,
+        ])
+        .await;
 
     // A running Tally keeps no journal segment holding these records for long.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -302,7 +292,7 @@ async fn records_recovered_from_the_journal_after_kill_9_are_redacted() {
         .wait_for_log("journal recovery done", Duration::from_secs(30))
         .await;
     // Recovered records are written at once; the flush interval is for new ones.
-    wait_rows(&again, 3).await;
+    again.wait_for_rows(3).await;
     for b in column(&again, "SELECT request_body FROM requests") {
         let b = b.expect("kept");
         assert!(
@@ -416,7 +406,7 @@ providers = ["openai", "anthropic"]
         assert!(b.contains(masked_prompt), "{b}");
     }
 
-    wait_rows(&tally, 8).await;
+    tally.wait_for_rows(8).await;
     let refusals = column(
         &tally,
         "SELECT refusal FROM requests WHERE refusal IS NOT NULL ORDER BY refusal",
@@ -440,17 +430,15 @@ providers = ["openai", "anthropic"]
         // `[EMAIL]` is the guard's: the default storage policy leaves emails alone.
         assert!(b.contains("[GITHUB_TOKEN]") && b.contains("[EMAIL]"), "{b}");
     }
-    let (_, _, metrics) = get(&tally.dashboard_url("/metrics")).await;
-    let metrics = String::from_utf8_lossy(&metrics);
-    for line in [
-        r#"tally_privacy_request_total{detector="github_token",action="blocked"} 2"#,
-        r#"tally_privacy_request_total{detector="email",action="masked"} 3"#,
-        r#"tally_privacy_request_total{detector="ssn",action="masked"} 3"#,
-        r#"tally_privacy_request_total{detector="email",action="blocked"} 1"#,
-        r#"tally_privacy_request_unchecked_total{outcome="refused"} 1"#,
-    ] {
-        assert!(metrics.contains(line), "no {line} in\n{metrics}");
-    }
+    tally
+        .assert_metrics(&[
+            r#"tally_privacy_request_total{detector="github_token",action="blocked"} 2"#,
+            r#"tally_privacy_request_total{detector="email",action="masked"} 3"#,
+            r#"tally_privacy_request_total{detector="ssn",action="masked"} 3"#,
+            r#"tally_privacy_request_total{detector="email",action="blocked"} 1"#,
+            r#"tally_privacy_request_unchecked_total{outcome="refused"} 1"#,
+        ])
+        .await;
     // Nothing Tally wrote holds a planted value (the default storage policy does not look for
     // emails: these were masked before the record existed).
     let mut tally = tally;

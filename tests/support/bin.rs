@@ -158,6 +158,24 @@ impl Bin {
         let conn = rusqlite::Connection::open(self.dir.path().join("tally.db")).expect("open");
         conn.query_row(sql, [], |r| r.get(0)).expect("query")
     }
+
+    /// Waits (bounded) until the store has at least `n` records; shows the log if not.
+    pub async fn wait_for_rows(&self, n: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.rows("SELECT count(*) FROM requests") < n {
+            assert!(std::time::Instant::now() < deadline, "{}", self.log());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that `/metrics` holds each of `lines` exactly as written.
+    pub async fn assert_metrics(&self, lines: &[&str]) {
+        let (_, _, body) = super::get(&self.dashboard_url("/metrics")).await;
+        let metrics = String::from_utf8_lossy(&body);
+        for line in lines {
+            assert!(metrics.contains(line), "no {line} in\n{metrics}");
+        }
+    }
 }
 
 impl Drop for Bin {
