@@ -91,6 +91,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Erase a user's, a session's or a property value's records: from the store, from the
+    /// spool, and from whatever reaches the store later (each purge is kept in `purges`,
+    /// which the store checks every insert against). Records that start after the purge are
+    /// kept.
+    Purge(PurgeArgs),
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct PurgeArgs {
+    /// Every record with this user id (`Tally-User-Id`).
+    #[arg(long)]
+    user: Option<String>,
+    /// Every record with this session id (`Tally-Session-Id`).
+    #[arg(long)]
+    session: Option<String>,
+    /// Every record whose property KEY is VALUE, as `--property tenant=acme`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    property: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Spool(command) => spool(&config, command),
+        Command::Purge(args) => purge(&config, &args, &runtime),
         Command::Keys(command) => runtime.block_on(keys(&config, command)),
     }
 }
@@ -411,6 +431,81 @@ fn spool(config: &tally::Validated, command: SpoolCommand) -> anyhow::Result<()>
                 println!("left in quarantine (unreadable): {path}");
             }
         }
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn purge(
+    config: &tally::Validated,
+    args: &PurgeArgs,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    use tally_ingest::purge::{self, Scope};
+    let nonempty = |what: &str, v: &str| -> anyhow::Result<String> {
+        anyhow::ensure!(!v.is_empty(), "--{what} needs a value");
+        Ok(v.to_owned())
+    };
+    let scope = match (&args.user, &args.session, &args.property) {
+        (Some(u), _, _) => Scope::User(nonempty("user", u)?),
+        (_, Some(s), _) => Scope::Session(nonempty("session", s)?),
+        (_, _, Some(p)) => {
+            let (k, v) = p.split_once('=').with_context(|| {
+                format!("--property {p:?}: expected KEY=VALUE, e.g. tenant=acme")
+            })?;
+            Scope::Property(nonempty("property", k)?, nonempty("property", v)?)
+        }
+        _ => anyhow::bail!("name what to purge: --user, --session or --property"),
+    };
+    // The value as the client sent it, and as redaction may have stored it.
+    let scopes: Vec<Scope> = match &scope {
+        Scope::User(v) => config
+            .redactor
+            .stored_forms(v, true)
+            .into_iter()
+            .map(Scope::User)
+            .collect(),
+        Scope::Property(k, v) => config
+            .redactor
+            .stored_forms(v, false)
+            .into_iter()
+            .map(|v| Scope::Property(k.clone(), v))
+            .collect(),
+        Scope::Session(_) => vec![scope.clone()],
+    };
+    let (dir, max_bytes) = &config.spool;
+    let spool = (dir.as_path(), *max_bytes);
+    let (mut records, mut spooled, mut scrubbed) = (0, 0, true);
+    for form in &scopes {
+        let out = match &config.store {
+            tally::Store::Sqlite(path) => {
+                anyhow::ensure!(path.exists(), "no store at {}", path.display());
+                purge::sqlite(path, form, spool)?
+            }
+            tally::Store::ClickHouse(s) => runtime.block_on(purge::clickhouse(s, form, spool))?,
+        };
+        tracing::info!(
+            purge_id = %out.purge_id,
+            kind = form.kind(),
+            records = out.records,
+            spooled = out.spooled,
+            "purge done"
+        );
+        records += out.records;
+        spooled += out.spooled;
+        scrubbed &= out.spool_scrubbed;
+    }
+    let forms = match scopes.len() {
+        1 => String::new(),
+        n => format!(" (as sent and in {} redacted forms)", n - 1),
+    };
+    println!(
+        "Purged {scope}{forms}: {records} records deleted from the store, {spooled} from the spool."
+    );
+    if !scrubbed {
+        println!(
+            "The spool is in use by a running Tally: its records of {scope} are dropped when it replays them."
+        );
     }
     Ok(())
 }

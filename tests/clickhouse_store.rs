@@ -866,3 +866,151 @@ async fn reconcile_reads_and_keeps_its_report_in_clickhouse() {
     let (_, _, page) = get(&bin.dashboard_url("/reconcile")).await;
     assert!(String::from_utf8_lossy(&page).contains("not through Tally"));
 }
+
+/// The rollup's exact columns, summed from the rollup or computed from the records.
+#[derive(Debug, PartialEq, serde::Deserialize, clickhouse::Row)]
+struct ExactSums {
+    requests: u64,
+    errors: u64,
+    prompt: u64,
+    completion: u64,
+    cache_read: u64,
+    cost_micros: i64,
+    unpriced: u64,
+    estimated: u64,
+    cache_hits: u64,
+    latency_sum: u64,
+    ttft_count: u64,
+}
+
+async fn rollup_and_records(ch: &ClickHouse) -> (ExactSums, ExactSums) {
+    let c = ch.client();
+    let rollup = c
+        .query(
+            "SELECT sum(requests) AS requests, sum(errors) AS errors,
+                    sum(prompt_tokens) AS prompt, sum(completion_tokens) AS completion,
+                    sum(cache_read_tokens) AS cache_read,
+                    toInt64(round(sum(cost_usd) * 1e6)) AS cost_micros,
+                    sum(unpriced) AS unpriced, sum(estimated) AS estimated,
+                    sum(cache_hits) AS cache_hits, sum(latency_ms_sum) AS latency_sum,
+                    sum(ttft_count) AS ttft_count
+             FROM requests_hourly",
+        )
+        .fetch_one::<ExactSums>()
+        .await
+        .expect("rollup");
+    let records = c
+        .query(&format!(
+            "SELECT count() AS requests, countIf({}) AS errors,
+                    sum(ifNull(prompt_tokens, 0)) AS prompt,
+                    sum(ifNull(completion_tokens, 0)) AS completion,
+                    sum(ifNull(cache_read_tokens, 0)) AS cache_read,
+                    toInt64(round(sum(ifNull(cost_usd, 0)) * 1e6)) AS cost_micros,
+                    countIf(cost_usd IS NULL AND prompt_tokens IS NOT NULL) AS unpriced,
+                    countIf(tokens_estimated) AS estimated,
+                    countIf(cache_status = 'hit') AS cache_hits,
+                    sum(latency_ms) AS latency_sum, countIf(ttft_ms IS NOT NULL) AS ttft_count
+             FROM requests",
+            tally_ingest::IS_ERROR_SQL
+        ))
+        .fetch_one::<ExactSums>()
+        .await
+        .expect("records");
+    (rollup, records)
+}
+
+/// `tally purge` on ClickHouse: a user's records are deleted and the rollup's exact sums
+/// follow them; the purge is kept in `purges` with its count; the writer then leaves that
+/// user's older records out of every batch (a replay after the purge), and keeps newer ones;
+/// a property purge works the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_deletes_corrects_the_rollup_and_the_writer_refuses_late_records() {
+    use tally_ingest::purge::{self, Scope};
+    let ch = ClickHouse::started().await;
+    let settings = ch.settings();
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("migrate");
+    let rows = seed();
+    let n = rows.len() as u64;
+    let settings_w = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings_w)
+            .expect("writer")
+            .write_batch(&rows)
+            .expect("write")
+    })
+    .await
+    .expect("join");
+    wait_for_rows(&ch, n).await;
+    let spool = tempfile::tempdir().expect("tempdir");
+
+    let out = purge::clickhouse(
+        &settings,
+        &Scope::User("u1".into()),
+        (spool.path(), u64::MAX),
+    )
+    .await
+    .expect("purge");
+    assert_eq!((out.records, out.spool_scrubbed), (n / 3, true));
+    assert_eq!(count(&ch, "SELECT count() FROM requests").await, n - n / 3);
+    assert_eq!(
+        count(&ch, "SELECT count() FROM requests WHERE user_id = 'u1'").await,
+        0
+    );
+    let (rollup, records) = rollup_and_records(&ch).await;
+    assert_eq!(rollup, records, "the rollup's sums follow the deletes");
+    assert_eq!(
+        count(
+            &ch,
+            "SELECT records FROM purges WHERE kind = 'user' AND value = 'u1'"
+        )
+        .await,
+        n / 3
+    );
+
+    // A batch after the purge (a spool or journal replay): u1's old record is left out, the
+    // others and u1's new request are stored.
+    let mut late = record(500, "gpt-4o", Some(0.01), 200);
+    late.user_id = Some("u1".into());
+    let other = record(501, "gpt-4o", Some(0.01), 200);
+    let mut fresh = record(502, "gpt-4o", Some(0.01), 200);
+    fresh.user_id = Some("u1".into());
+    fresh.ts = chrono::Utc::now().timestamp_millis() + 1_000;
+    let settings_w = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings_w)
+            .expect("writer")
+            .write_batch(&[late, other, fresh])
+            .expect("write")
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        count(&ch, "SELECT count() FROM requests").await,
+        n - n / 3 + 2
+    );
+    assert_eq!(
+        count(&ch, "SELECT count() FROM requests WHERE user_id = 'u1'").await,
+        1,
+        "only the request made after the purge"
+    );
+
+    let dev = count(
+        &ch,
+        "SELECT count() FROM requests WHERE properties['env'] = 'dev'",
+    )
+    .await;
+    assert!(dev > 0);
+    let out = purge::clickhouse(
+        &settings,
+        &Scope::Property("env".into(), "dev".into()),
+        (spool.path(), u64::MAX),
+    )
+    .await
+    .expect("purge env=dev");
+    assert_eq!(out.records, dev);
+    let (rollup, records) = rollup_and_records(&ch).await;
+    assert_eq!(rollup, records);
+    assert_eq!(count(&ch, "SELECT count() FROM purges").await, 2);
+}

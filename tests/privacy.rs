@@ -453,3 +453,131 @@ providers = ["openai", "anthropic"]
         }
     }
 }
+
+/// #20 part 4, erasure: `tally purge --user` with the user id as the client sent it erases
+/// the records stored under its hashed form. Records still in the crash journal after a
+/// `kill -9` are refused by the store when the next start replays them; a purge while Tally
+/// runs deletes at once and says the spool is left to the running writer; requests made
+/// after a purge are kept; every purge is in `purges`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_erases_a_user_everywhere_a_record_can_be() {
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = options(dir.path(), &up.url());
+    let slow = Options {
+        rest: format!("{}\n[ingest]\nflush_interval_ms = 60000\n", opts.rest),
+        ..opts.clone()
+    };
+    let headers = |user: &'static str| {
+        [
+            ("authorization", "Bearer sk-test"),
+            ("x-fake-mode", "echo"),
+            ("tally-user-id", user),
+            ("tally-property-tenant", "acme"),
+        ]
+    };
+    let mut tally = Bin::start_with(&up.url(), dir, &slow).await;
+    let url = tally.url("/v1/chat/completions");
+    for user in [USER, USER, "bob"] {
+        let (status, _, _) = post_json(&url, &headers(user), &chat("hello", false)).await;
+        assert_eq!(status, 200);
+    }
+    tally.signal("-KILL");
+    tally.wait().await;
+    assert_eq!(tally.rows("SELECT count(*) FROM requests"), 0);
+    assert!(
+        journal_segments(tally.dir.path()) > 0,
+        "the crash left a journal"
+    );
+
+    let cfg = tally.dir.path().join("tally.toml");
+    let cfg = cfg.to_str().expect("utf8").to_owned();
+    let out = crate::cli::tally(&["--config", &cfg, "purge", "--user", USER]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("in 1 redacted forms): 0 records deleted from the store, 0 from the spool"),
+        "{text}"
+    );
+    assert!(!text.contains("in use"), "Tally is stopped: {text}");
+
+    let dir = std::mem::replace(&mut tally.dir, tempfile::tempdir().expect("tempdir"));
+    let mut again = Bin::start_with(&up.url(), dir, &opts).await;
+    again
+        .wait_for_log("journal recovery done", Duration::from_secs(30))
+        .await;
+    again.wait_for_rows(1).await;
+    assert_eq!(
+        column(&again, "SELECT user_id FROM requests"),
+        [Some("bob".to_owned())],
+        "the purged user's journaled records were refused by the store"
+    );
+    // After the purge, the same user is new traffic, and kept.
+    let (status, _, _) = post_json(
+        &again.url("/v1/chat/completions"),
+        &headers(USER),
+        &chat("again", false),
+    )
+    .await;
+    assert_eq!(status, 200);
+    again.wait_for_rows(2).await;
+    assert_eq!(
+        again.rows(
+            "SELECT count(*) FROM requests WHERE user_id LIKE '[USER:%' OR user_id LIKE '[EMAIL:%'"
+        ),
+        1
+    );
+
+    let out = crate::cli::tally(&["--config", &cfg, "purge", "--user", USER]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 records deleted from the store"), "{text}");
+    assert!(
+        text.contains("The spool is in use by a running Tally"),
+        "{text}"
+    );
+    assert_eq!(again.rows("SELECT count(*) FROM requests"), 1);
+    let out = crate::cli::tally(&["--config", &cfg, "purge", "--property", "tenant=acme"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 records deleted"));
+    assert_eq!(again.rows("SELECT count(*) FROM requests"), 0);
+    assert_eq!(
+        again.rows("SELECT count(*) FROM purges"),
+        5,
+        "two forms twice, and the tenant"
+    );
+    assert_eq!(again.rows("SELECT sum(records) FROM purges"), 2);
+
+    // Mistakes are named before anything is touched.
+    for (args, says) in [
+        (vec!["purge"], "--user"),
+        (vec!["purge", "--property", "tenant"], "expected KEY=VALUE"),
+        (
+            vec!["purge", "--user", "a", "--session", "b"],
+            "cannot be used with",
+        ),
+        (vec!["purge", "--user", ""], "needs a value"),
+    ] {
+        let mut full = vec!["--config", cfg.as_str()];
+        full.extend(args);
+        let out = crate::cli::tally(&full);
+        assert!(!out.status.success(), "{full:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{full:?}: {err}");
+    }
+    assert_eq!(again.rows("SELECT count(*) FROM purges"), 5);
+    again.signal("-TERM");
+    assert!(again.wait().await.success());
+}

@@ -27,6 +27,7 @@ mod channel;
 pub mod clickhouse;
 pub mod journal;
 pub mod metrics;
+pub mod purge;
 mod record;
 pub mod reprice;
 pub mod spool;

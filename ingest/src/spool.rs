@@ -287,6 +287,80 @@ impl Spool {
         Ok(out)
     }
 
+    /// Removes the records `erased` picks from every segment, waiting and quarantined
+    /// (`tally purge`); returns how many. A segment is rewritten without them in place (same
+    /// sequence number, so the replay order holds: written to a temporary name, synced,
+    /// renamed), or deleted when nothing is left. A quarantined segment that does not parse
+    /// cannot be searched and is left, named in the log.
+    pub fn erase(&mut self, erased: impl Fn(&Record) -> bool) -> Result<u64, SpoolError> {
+        let mut removed = 0;
+        let mut kept = Vec::with_capacity(self.segments.len());
+        for segment in std::mem::take(&mut self.segments) {
+            let batch = match read_segment(&segment.path, true) {
+                Ok(b) => b,
+                // Unreadable: the replay quarantines it; nothing here can search it.
+                Err(_) => {
+                    kept.push(segment);
+                    continue;
+                }
+            };
+            let before = batch.len();
+            let rest: Vec<Record> = batch.into_iter().filter(|r| !erased(r)).collect();
+            if rest.len() == before {
+                kept.push(segment);
+                continue;
+            }
+            removed += (before - rest.len()) as u64;
+            if rest.is_empty() {
+                fs::remove_file(&segment.path).map_err(io(&segment.path))?;
+                continue;
+            }
+            let rows = rest.len() as u64;
+            let path = self.dir.join(format!("{:020}-{rows}.seg", segment.seq));
+            let payload = encode(&rest, &self.dir)?;
+            write_segment(
+                &self.dir.join(format!("{:020}.tmp", segment.seq)),
+                &path,
+                &payload,
+            )?;
+            if path != segment.path {
+                fs::remove_file(&segment.path).map_err(io(&segment.path))?;
+            }
+            kept.push(Segment {
+                seq: segment.seq,
+                path,
+                bytes: (HEADER + payload.len()) as u64,
+                rows: Some(rows),
+            });
+        }
+        self.segments = kept;
+        let qdir = self.dir.join("quarantine");
+        if let Ok(entries) = fs::read_dir(&qdir) {
+            for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+                if path.extension().is_none_or(|e| e != "seg") {
+                    continue;
+                }
+                let Ok(batch) = read_segment(&path, false) else {
+                    tracing::warn!(segment = %path.display(), "a quarantined spool segment does not parse, so a purge could not search it");
+                    continue;
+                };
+                let before = batch.len();
+                let rest: Vec<Record> = batch.into_iter().filter(|r| !erased(r)).collect();
+                if rest.len() == before {
+                    continue;
+                }
+                removed += (before - rest.len()) as u64;
+                if rest.is_empty() {
+                    fs::remove_file(&path).map_err(io(&path))?;
+                } else {
+                    let payload = encode(&rest, &self.dir)?;
+                    write_segment(&path.with_extension("tmp"), &path, &payload)?;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Segments waiting in `quarantine/`.
     pub fn quarantined(&self) -> usize {
         fs::read_dir(self.dir.join("quarantine")).map_or(0, |d| {
@@ -322,6 +396,13 @@ pub struct Requeued {
     pub records: u64,
     /// Quarantined segments that still cannot be read, by path.
     pub left: Vec<String>,
+}
+
+fn encode(batch: &[Record], dir: &Path) -> Result<Vec<u8>, SpoolError> {
+    serde_json::to_vec(batch).map_err(|e| SpoolError::Io {
+        path: dir.to_owned(),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// Writes a segment durably: to `tmp`, synced, then renamed to `path`.
@@ -458,6 +539,35 @@ mod tests {
         assert!(matches!(s.read(&seg), Err(SpoolError::Corrupt(_))));
         let moved = s.quarantine(&seg).expect("quarantine");
         assert!(moved.exists() && s.is_empty());
+    }
+
+    #[test]
+    fn erase_removes_records_from_waiting_and_quarantined_segments_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path(), DEFAULT_MAX_BYTES).expect("open");
+        let r: Vec<Record> = (0..9).map(record).collect();
+        s.append(&r[1..4]).expect("a");
+        s.append(&r[4..5]).expect("b: only erased records");
+        s.append(&r[5..7]).expect("c: nothing erased");
+        s.append(&r[7..9]).expect("d: quarantined");
+        let d = s.segments[3].clone();
+        s.quarantine(&d).expect("quarantine");
+        let erased = |r: &Record| {
+            ["user-2", "user-4", "user-8"].contains(&r.user_id.as_deref().unwrap_or(""))
+        };
+        assert_eq!(s.erase(erased).expect("erase"), 3);
+        assert_eq!(s.len(), 2, "the segment left empty is deleted");
+        drop(s);
+        let mut s = Spool::open(dir.path(), DEFAULT_MAX_BYTES).expect("reopen");
+        let first = s.oldest().expect("a");
+        assert_eq!(first.rows, Some(2), "the name says the new row count");
+        let a = s.read(&first).expect("a, with a fresh checksum");
+        assert_eq!(a, vec![r[1].clone(), r[3].clone()]);
+        let next = s.after(&first).expect("c");
+        assert_eq!(s.read(&next).expect("c"), r[5..7]);
+        assert_eq!(s.requeue(false).expect("requeue").records, 1);
+        let last = s.after(&next).expect("d, requeued");
+        assert_eq!(s.read(&last).expect("d"), r[7..8]);
     }
 
     #[test]

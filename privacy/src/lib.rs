@@ -335,6 +335,34 @@ impl Redactor {
         (modes, user_ids)
     }
 
+    /// The forms `value` can take in the store: itself, and what the global policy and each
+    /// scope's policy rewrite it to, as a user id (`user_id`) or as a property value. `tally
+    /// purge` erases every form, so that a purge by the value the client sent also finds the
+    /// records where it was stored hashed or masked. (Several scopes matching one record
+    /// combine into a policy this does not try; the README says so.)
+    pub fn stored_forms(&self, value: &str, user_id: bool) -> Vec<String> {
+        let mut policies = vec![(self.base.clone(), self.redact_user_ids)];
+        for s in &self.scopes {
+            let mut modes = self.base.clone();
+            for (i, mode) in &s.modes {
+                modes[*i] = *mode;
+            }
+            policies.push((modes, s.redact_user_ids.unwrap_or(self.redact_user_ids)));
+        }
+        let mut out = vec![value.to_owned()];
+        for (modes, user_ids) in policies {
+            if user_id && !user_ids {
+                continue;
+            }
+            if let Some(Some(form)) = self.redact_text(value, &modes) {
+                if !out.contains(&form) {
+                    out.push(form);
+                }
+            }
+        }
+        out
+    }
+
     /// Rewrites `text` by `modes`. `None` means a finding's mode is `drop`.
     pub fn redact_text(&self, text: &str, modes: &[Mode]) -> Option<Option<String>> {
         let on: Vec<bool> = modes.iter().map(|m| *m != Mode::Off).collect();

@@ -256,3 +256,35 @@ fn text_without_findings_is_left_as_is() {
     let after = filtered(&r, rec.clone());
     assert_eq!(after, rec);
 }
+
+/// What `tally purge` looks for: a user id or property value as the client sent it and as
+/// each policy stores it, so a purge by the sent value finds redacted records.
+#[test]
+fn stored_forms_are_what_the_filter_writes() {
+    let r = redactor(
+        r#"
+redact_user_ids = true
+detectors = { email = "hash" }
+[[scopes]]
+provider = "selfhosted"
+detectors = { email = "mask" }
+"#,
+    );
+    let stored = filtered(&r, record("hi")).user_id.expect("kept");
+    let forms = r.stored_forms("alice@example.com", true);
+    assert_eq!(forms[0], "alice@example.com");
+    assert!(forms.contains(&stored), "{forms:?} lacks {stored}");
+    assert!(
+        forms.contains(&"[EMAIL]".to_owned()),
+        "the scope's form: {forms:?}"
+    );
+    assert_eq!(forms.len(), 3);
+    // Without redact_user_ids a user id is stored as sent; property values are redacted anyway.
+    let plain = redactor(r#"detectors = { email = "hash" }"#);
+    assert_eq!(
+        plain.stored_forms("alice@example.com", true),
+        ["alice@example.com"]
+    );
+    assert_eq!(plain.stored_forms("alice@example.com", false).len(), 2);
+    assert_eq!(plain.stored_forms("acme", false), ["acme"]);
+}

@@ -59,6 +59,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0008_billing_details",
         sql: include_str!("../sqlite/0008_billing_details.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_purges",
+        sql: include_str!("../sqlite/0009_purges.sql"),
+    },
 ];
 
 /// The ClickHouse migrations, oldest first. They are templates: the runner in `tally-ingest`
@@ -110,6 +115,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 9,
         name: "0009_billing_details",
         sql: include_str!("../clickhouse/0009_billing_details.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "0010_purges",
+        sql: include_str!("../clickhouse/0010_purges.sql"),
     },
 ];
 

@@ -2,6 +2,7 @@ use clickhouse::error::Error;
 
 use super::{ClickHouseError, ClickHouseSettings, RequestRow};
 use crate::batch::BatchWriter;
+use crate::purge::Erasures;
 use crate::record::Record;
 
 /// ClickHouse error codes that no retry can fix: the request itself is wrong.
@@ -63,6 +64,9 @@ pub struct ClickHouseWriter {
     table: &'static str,
     /// Read the batch back after the INSERT (see [`ClickHouseWriter::verify`]).
     verify: bool,
+    /// The purges whose records are left out of every batch (`crate::purge`); not read on a
+    /// cluster, where `tally purge` does not run.
+    erasures: Option<Erasures>,
 }
 
 impl ClickHouseWriter {
@@ -78,6 +82,7 @@ impl ClickHouseWriter {
             // A Distributed table forwards inserts asynchronously: its rows are not readable
             // at once, so a read-back would fail batches that are on their way.
             verify: settings.cluster.is_none(),
+            erasures: settings.cluster.is_none().then(Erasures::default),
         })
     }
 
@@ -87,7 +92,7 @@ impl ClickHouseWriter {
     /// format), and then nothing was stored. Reading two rows back by their time (the sort
     /// key's leading column) costs one small query per batch and makes the acknowledgement
     /// mean what it says. A batch that was deduplicated (a replay) finds its first insert.
-    async fn verify(&self, batch: &[Record]) -> Result<(), ClickHouseError> {
+    async fn verify(&self, batch: &[&Record]) -> Result<(), ClickHouseError> {
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             return Ok(());
         };
@@ -124,6 +129,16 @@ impl ClickHouseWriter {
     }
 
     async fn insert(&self, batch: &[Record]) -> Result<(), ClickHouseError> {
+        let kept: Vec<&Record> = match &self.erasures {
+            Some(e) if !e.is_empty() => batch.iter().filter(|r| !e.erases(r)).collect(),
+            _ => batch.iter().collect(),
+        };
+        if kept.is_empty() {
+            return Ok(());
+        }
+        // The token of the whole batch, whatever was left out: a batch first sent before a
+        // purge and retried after it must still be recognised as the one already inserted
+        // (the purge deletes what that first insert stored).
         let client = self
             .client
             .clone()
@@ -133,12 +148,12 @@ impl ClickHouseWriter {
             // by the rollup's materialized view (the suite's rollup test catches it).
             .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         let mut insert = client.insert::<RequestRow>(self.table).await?;
-        for r in batch {
-            insert.write(&RequestRow::from(r)).await?;
+        for r in &kept {
+            insert.write(&RequestRow::from(*r)).await?;
         }
         insert.end().await?;
         if self.verify {
-            self.verify(batch).await?;
+            self.verify(&kept).await?;
         }
         Ok(())
     }
@@ -175,6 +190,9 @@ impl BatchWriter for ClickHouseWriter {
     type Error = ClickHouseError;
 
     fn write_batch(&mut self, batch: &[Record]) -> Result<(), ClickHouseError> {
+        if let Some(erasures) = self.erasures.as_mut().filter(|e| e.stale()) {
+            self.runtime.block_on(erasures.refresh(&self.client))?;
+        }
         self.runtime.block_on(self.insert(batch))
     }
 
