@@ -46,10 +46,30 @@ fn guard() -> &'static tally_privacy::RequestGuard {
         let (block, mask): (Vec<&str>, Vec<&str>) = tally_privacy::detect::BUILTIN
             .iter()
             .partition(|n| tally_privacy::detect::is_secret(n));
+        // Configured detectors that know nothing of JSON escapes: `.` and `[a-z]` take a
+        // backslash or an escape's letter, and the words are escape-shaped.
+        let patterns = [("handle", "[a-z0-9]+@corp"), ("ref", "ref.{3}")]
+            .map(|(name, regex)| PatternConfig {
+                name: name.into(),
+                regex: regex.into(),
+                mode: Mode::Mask,
+            });
+        let words = WordsConfig {
+            name: "word".into(),
+            words: vec!["nab".into(), "u00".into(), "tab".into()],
+            case_insensitive: true,
+            mode: Mode::Mask,
+        };
         let c = PrivacyConfig {
+            patterns: patterns.to_vec(),
+            words: vec![words],
             request: tally_privacy::RequestConfig {
                 block: block.into_iter().map(String::from).collect(),
-                mask: mask.into_iter().map(String::from).collect(),
+                mask: mask
+                    .into_iter()
+                    .chain(["handle", "ref", "word"])
+                    .map(String::from)
+                    .collect(),
                 ..Default::default()
             },
             ..PrivacyConfig::default()

@@ -270,8 +270,57 @@ impl Detectors {
                 }
             }
         }
+        if memchr::memchr(b'\\', text.as_bytes()).is_some() {
+            off_escapes(text, &mut found);
+        }
         resolve_overlaps(found)
     }
+}
+
+/// Moves every finding's ends off the inside of a JSON escape, whichever detector made it
+/// (configured patterns and word lists know nothing of escapes): a replacement that starts
+/// after an escape's backslash, or ends inside `\uXXXX`, would leave a broken escape and
+/// broken JSON. The start moves past the escape, the end back before it; a finding left empty
+/// is dropped. The built-in finders also step over an escape before they validate a candidate
+/// (`skip_escape`), which is about finding the value at all; this is about never breaking
+/// the text.
+fn off_escapes(text: &str, found: &mut Vec<Finding>) {
+    let b = text.as_bytes();
+    found.retain_mut(|f| {
+        if let Some((at, len)) = escape_covering(b, f.start) {
+            if at < f.start {
+                f.start = at + len;
+            }
+        }
+        if let Some((at, len)) = f.end.checked_sub(1).and_then(|i| escape_covering(b, i)) {
+            if at + len > f.end {
+                f.end = at;
+            }
+        }
+        f.start < f.end
+    });
+}
+
+/// The JSON escape that byte `i` belongs to, if any: where its backslash is, and its length
+/// (2, or 6 for `\uXXXX`).
+fn escape_covering(b: &[u8], i: usize) -> Option<(usize, usize)> {
+    // The nearest backslash at or before `i`, at most five bytes back (`\uXXXX`).
+    let at = (i.saturating_sub(5)..=i)
+        .rev()
+        .find(|&j| b.get(j) == Some(&b'\\'))?;
+    // After an odd run of backslashes, this one is the second half of `\\`.
+    let run = b[..at].iter().rev().take_while(|&&c| c == b'\\').count();
+    let (start, len) = if run % 2 == 1 {
+        (at - 1, 2)
+    } else if b.get(at + 1) == Some(&b'u')
+        && b.get(at + 2..at + 6)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    {
+        (at, 6)
+    } else {
+        (at, 2)
+    };
+    (i < start + len).then_some((start, len))
 }
 
 fn finding(start: usize, end: usize, detector: usize) -> Finding {
@@ -732,6 +781,40 @@ mod tests {
             found(r#"{"content":"\b80::1ff:fe23:4567 ok"}"#, "ip"),
             ["80::1ff:fe23:4567"]
         );
+    }
+
+    /// Configured patterns and word lists know nothing of JSON escapes; whatever they match,
+    /// a finding never starts or ends inside one, so a replacement cannot break the JSON.
+    #[test]
+    fn no_finding_starts_or_ends_inside_an_escape() {
+        let pattern = |re: &str| Pattern {
+            name: "p".into(),
+            regex: Regex::new(re).expect("regex"),
+        };
+        let words = Words::new("w".into(), &["ab".into()], true).expect("words");
+        let d = Detectors::new(
+            vec![pattern(r"\w+@corp"), pattern(r"tok.."), pattern(r"00e9")],
+            vec![words],
+            phonenumber::country::Id::US,
+        );
+        // Only the configured detectors.
+        let on: Vec<bool> = (0..d.names().len()).map(|i| i >= BUILTIN.len()).collect();
+        let spans = |text: &str| -> Vec<String> {
+            d.find(text, &on)
+                .into_iter()
+                .map(|f| text[f.start..f.end].to_owned())
+                .collect()
+        };
+        // `\w+` takes the `n` of `\n`; `tok..` the backslash of `\"` or half of `\\`.
+        assert_eq!(spans(r#""hi\nbob@corp""#), ["bob@corp"]);
+        assert_eq!(spans(r#""a tok1\" b""#), ["tok1"]);
+        assert_eq!(spans(r#""a tok1\\ b""#), ["tok1"]);
+        // An escaped backslash before `n`: `\\n` is a backslash and a letter, not an escape.
+        assert_eq!(spans(r#""c:\\nbob@corp""#), ["nbob@corp"]);
+        // Wholly inside `\u00e9`: nothing is left once moved out of it.
+        assert_eq!(spans(r#""caf\u00e9x""#), Vec::<String>::new());
+        // A word right after `\t` is matched whole (the letter is a boundary).
+        assert_eq!(spans(r#""x\tab y""#), ["ab"]);
     }
 
     #[test]
