@@ -255,10 +255,12 @@ pub struct StoreConfig {
     /// ClickHouse cluster for `ON CLUSTER` migrations, replicated engines and Distributed
     /// tables; unset for a single server.
     pub cluster: Option<String>,
-    /// ClickHouse: days rows are kept; 0 (default) keeps them forever.
+    /// Days rows are kept (both stores); 0 (default) keeps them forever.
     pub retention_days: u32,
-    /// ClickHouse: days request and response bodies are kept; 0 (default) as long as the row.
+    /// Days request and response bodies are kept (both stores); 0 (default) as long as the row.
     pub body_ttl_days: u32,
+    /// `[[store.retention]]`: property values with days of their own, first match wins.
+    pub retention: Vec<RetentionRuleConfig>,
     /// ClickHouse wire compression: `lz4` (default) or `none`.
     pub compression: tally_ingest::clickhouse::Compression,
     /// ClickHouse per-request timeout, milliseconds; 30000 when unset.
@@ -276,6 +278,62 @@ pub struct StoreConfig {
     pub journal_max_bytes: u64,
 }
 
+/// `[[store.retention]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRuleConfig {
+    /// `key=value`: the records whose property `key` is `value`, e.g. `tenant=acme`.
+    pub property: String,
+    /// Days their records are kept (0 forever); `store.retention_days` when unset.
+    pub retention_days: Option<u32>,
+    /// Days their bodies are kept (0 as long as the record); `store.body_ttl_days` when unset.
+    pub body_ttl_days: Option<u32>,
+}
+
+impl StoreConfig {
+    /// The retention policy, checked: each rule names a property value, and keeps no bodies
+    /// longer than its records.
+    fn retention_policy(&self) -> anyhow::Result<tally_ingest::retention::Policy> {
+        let check = |what: &str, records: u32, bodies: u32| {
+            anyhow::ensure!(
+                records == 0 || bodies <= records,
+                "{what}: body_ttl_days ({bodies}) must not exceed retention_days ({records})"
+            );
+            Ok(())
+        };
+        check("store", self.retention_days, self.body_ttl_days)?;
+        let mut rules = Vec::new();
+        for (i, r) in self.retention.iter().enumerate() {
+            let (k, v) = r
+                .property
+                .split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .with_context(|| {
+                    format!(
+                        "store.retention[{i}].property {:?} must be key=value, like \"tenant=acme\"",
+                        r.property
+                    )
+                })?;
+            let rule = tally_ingest::retention::Rule {
+                property: (k.to_owned(), v.to_owned()),
+                records_days: r.retention_days.unwrap_or(self.retention_days),
+                bodies_days: r.body_ttl_days.unwrap_or(self.body_ttl_days),
+            };
+            check(
+                &format!("store.retention[{i}]"),
+                rule.records_days,
+                rule.bodies_days,
+            )?;
+            rules.push(rule);
+        }
+        Ok(tally_ingest::retention::Policy {
+            records_days: self.retention_days,
+            bodies_days: self.body_ttl_days,
+            rules,
+        })
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -288,6 +346,7 @@ impl Default for StoreConfig {
             cluster: None,
             retention_days: 0,
             body_ttl_days: 0,
+            retention: Vec::new(),
             compression: tally_ingest::clickhouse::Compression::Lz4,
             timeout_ms: None,
             spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
@@ -403,6 +462,9 @@ pub struct Validated {
     pub dashboard_grace: Duration,
     /// The store.
     pub store: Store,
+    /// How long records and bodies are kept (applied by the SQLite sweep; ClickHouse's
+    /// settings carry the same policy as TTLs).
+    pub retention: tally_ingest::retention::Policy,
     /// The spool directory and its limit in bytes.
     pub spool: (PathBuf, u64),
     /// The crash journal's directory and its limit in bytes, when it is on.
@@ -500,6 +562,7 @@ impl Config {
                  dashboard.allow_public = true to do it anyway"
             );
         }
+        let retention = self.store.retention_policy()?;
         let store = match self.store.kind {
             StoreKind::Sqlite => Store::Sqlite(self.store.path.clone()),
             StoreKind::Clickhouse => {
@@ -515,6 +578,7 @@ impl Config {
                         cluster: self.store.cluster.clone(),
                         retention_days: self.store.retention_days,
                         body_ttl_days: self.store.body_ttl_days,
+                        retention_rules: retention.rules.clone(),
                         compression: self.store.compression,
                         timeout_ms: self.store.timeout_ms,
                     }
@@ -618,6 +682,7 @@ impl Config {
             },
             dashboard_grace: Duration::from_millis(d.shutdown_grace_ms),
             store,
+            retention,
             spool: (self.store.spool_dir.clone(), self.store.spool_max_bytes),
             journal: self.store.journal.then(|| {
                 (
@@ -802,6 +867,63 @@ mod tests {
                 .err()
                 .expect("typo");
             assert!(e.to_string().contains("\"opneai\" is neither"), "{e}");
+            Ok(())
+        });
+    }
+
+    /// The README's retention example is valid config and becomes the policy it describes;
+    /// a rule without a value, or keeping bodies longer than records, stops the start.
+    #[test]
+    fn the_readme_retention_example_is_valid_and_mistakes_are_named() {
+        let readme = include_str!("../README.md");
+        let example = readme
+            .split("### Retention")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("a toml block");
+        figment::Jail::expect_with(|jail| {
+            let load = |text: &str| {
+                jail.create_file("r.toml", text).expect("write");
+                Config::load(Some(Path::new("r.toml"))).and_then(|c| c.validate())
+            };
+            let v = load(example).expect("valid");
+            assert_eq!(
+                v.retention,
+                tally_ingest::retention::Policy {
+                    records_days: 365,
+                    bodies_days: 30,
+                    rules: vec![tally_ingest::retention::Rule {
+                        property: ("tenant".into(), "acme".into()),
+                        records_days: 90,
+                        bodies_days: 7,
+                    }],
+                }
+            );
+            for (text, says) in [
+                (
+                    "[[store.retention]]\nproperty = \"tenant\"\n",
+                    "store.retention[0].property \"tenant\" must be key=value",
+                ),
+                (
+                    "[[store.retention]]\nproperty = \"tenant=\"\n",
+                    "must be key=value",
+                ),
+                (
+                    "[store]\nretention_days = 10\n[[store.retention]]\nproperty = \"t=a\"\nbody_ttl_days = 11\n",
+                    "store.retention[0]: body_ttl_days (11) must not exceed retention_days (10)",
+                ),
+                (
+                    "[store]\nretention_days = 10\nbody_ttl_days = 30\n",
+                    "store: body_ttl_days (30) must not exceed retention_days (10)",
+                ),
+            ] {
+                let e = match load(text) {
+                    Ok(_) => panic!("accepted {text}"),
+                    Err(e) => format!("{e:#}"),
+                };
+                assert!(e.contains(says), "{text}: {e}");
+            }
             Ok(())
         });
     }

@@ -181,6 +181,7 @@ impl Server {
         let journal_handle = journal.as_ref().map(|(j, _)| j.clone());
         // In each arm: migrations first (the budgets read their tables and the current
         // windows' spend), then the budgets, then the ingest worker that feeds them.
+        let mut retention = None;
         let (worker, reader, alerts) = match &config.store {
             Store::Sqlite(path) => {
                 let mut conn = sqlite::open_writer(path)?;
@@ -205,6 +206,27 @@ impl Server {
                     },
                     journal,
                 )?;
+                // SQLite has no TTL: a sweep applies `[store]`'s retention (ClickHouse's
+                // migrations set it as TTLs instead).
+                if !config.retention.keeps_everything() {
+                    let metrics = sqlite::retention::RetentionMetrics::default();
+                    registry.register(
+                        "retention_records_deleted",
+                        "Records deleted by the SQLite retention sweep",
+                        metrics.records.clone(),
+                    );
+                    registry.register(
+                        "retention_bodies_cleared",
+                        "Records whose bodies the SQLite retention sweep cleared",
+                        metrics.bodies.clone(),
+                    );
+                    retention = Some(sqlite::retention::RetentionTask::spawn(
+                        path,
+                        config.retention.clone(),
+                        sqlite::retention::INTERVAL,
+                        metrics,
+                    )?);
+                }
                 (worker, Reader::Sqlite(SqliteReader::new(path)), alerts)
             }
             Store::ClickHouse(s) => {
@@ -304,6 +326,10 @@ impl Server {
         tokio::task::spawn_blocking(move || worker.shutdown())
             .await
             .context("ingest worker join failed")?;
+        if let Some(r) = retention {
+            // Waits for the chunk under way (short: see `sqlite::retention::CHUNK`).
+            let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+        }
         // Everything queued is stored or spooled: the journal's segments can go.
         if let Some(j) = journal_handle {
             j.close();

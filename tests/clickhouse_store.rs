@@ -1014,3 +1014,111 @@ async fn purge_deletes_corrects_the_rollup_and_the_writer_refuses_late_records()
     assert_eq!(rollup, records);
     assert_eq!(count(&ch, "SELECT count() FROM purges").await, 2);
 }
+
+/// `[[store.retention]]` on ClickHouse: `env=prod` keeps records 10 days and bodies 3, the
+/// rest 365 and 30. After ClickHouse's TTL merge each record is kept, stripped of its bodies
+/// or gone as its own part says; the rollup is kept as long as the longest-kept records; and
+/// removing the rules brings back the plain TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_rules_keep_each_property_value_its_own_days() {
+    use tally_ingest::retention::Rule;
+    let ch = ClickHouse::started().await;
+    let mut settings = ch.settings();
+    settings.retention_days = 365;
+    settings.body_ttl_days = 30;
+    settings.retention_rules = vec![Rule {
+        property: ("env".into(), "prod".into()),
+        records_days: 10,
+        bodies_days: 3,
+    }];
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("migrate with rules");
+    let now = chrono::Utc::now().timestamp_millis();
+    let day = 86_400_000;
+    // record(i) tags even i env=prod, odd i env=dev.
+    let rows: Vec<Record> = [(0, 1), (2, 5), (4, 20), (1, 20), (3, 40), (5, 400)]
+        .into_iter()
+        .map(|(i, days)| Record {
+            ts: now - days * day,
+            ..record(i, "gpt-4o", Some(0.01), 200)
+        })
+        .collect();
+    let settings_w = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings_w)
+            .expect("writer")
+            .write_batch(&rows)
+            .expect("write")
+    })
+    .await
+    .expect("join");
+    ch.client()
+        .query("OPTIMIZE TABLE requests FINAL")
+        .execute()
+        .await
+        .expect("merge, applying the TTLs");
+    #[derive(Debug, PartialEq, serde::Deserialize, clickhouse::Row)]
+    struct Left {
+        env: String,
+        days: i64,
+        bodies: bool,
+    }
+    let left: Vec<Left> = ch
+        .client()
+        .query(
+            "SELECT properties['env'] AS env,
+                    intDiv(toUnixTimestamp64Milli(now64(3)) - toUnixTimestamp64Milli(ts), 86400000) AS days,
+                    request_body IS NOT NULL AND response_body IS NOT NULL AS bodies
+             FROM requests ORDER BY ts DESC",
+        )
+        .fetch_all()
+        .await
+        .expect("left");
+    let want = |env: &str, days, bodies| Left {
+        env: env.into(),
+        days,
+        bodies,
+    };
+    assert_eq!(
+        left,
+        [
+            want("prod", 1, true),
+            want("prod", 5, false),
+            want("dev", 20, true),
+            want("dev", 40, false),
+        ]
+    );
+    let rollup = ch
+        .client()
+        .query("SHOW CREATE TABLE requests_hourly")
+        .fetch_bytes("TabSeparatedRaw")
+        .expect("query")
+        .collect()
+        .await
+        .expect("ddl");
+    let rollup = String::from_utf8_lossy(&rollup);
+    assert!(
+        rollup.contains("TTL toDateTime(hour) + toIntervalDay(365)"),
+        "{rollup}"
+    );
+
+    settings.retention_rules.clear();
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("rules removed");
+    let ddl = ch
+        .client()
+        .query("SHOW CREATE TABLE requests")
+        .fetch_bytes("TabSeparatedRaw")
+        .expect("query")
+        .collect()
+        .await
+        .expect("ddl");
+    let ddl = String::from_utf8_lossy(&ddl);
+    assert!(!ddl.contains("multiIf"), "{ddl}");
+    assert!(
+        ddl.contains("\nTTL toDateTime(ts) + toIntervalDay(365)"),
+        "{ddl}"
+    );
+}

@@ -581,3 +581,86 @@ async fn purge_erases_a_user_everywhere_a_record_can_be() {
     again.signal("-TERM");
     assert!(again.wait().await.success());
 }
+
+/// #20 part 4, retention on SQLite (which has no TTL): at start, and every ten minutes, the
+/// sweep deletes records past their days and clears bodies past theirs, `tenant=acme` by its
+/// own rule and the rest by `[store]`'s; `/metrics` counts both, and new traffic is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_retention_keeps_each_tenant_its_own_days() {
+    use tally_ingest::BatchWriter;
+    let up = FakeUpstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let day = 86_400_000;
+    let now = chrono::Utc::now().timestamp_millis();
+    let aged = |user: &str, tenant: &str, days: i64| tally_ingest::Record {
+        user_id: Some(user.into()),
+        properties: [("tenant".to_owned(), tenant.to_owned())].into(),
+        request_body: Some("{\"q\":1}".into()),
+        response_body: Some("{\"a\":1}".into()),
+        ..tally_ingest::Record::new(uuid::Uuid::now_v7(), now - days * day)
+    };
+    {
+        let db = dir.path().join("tally.db");
+        let mut conn = tally_ingest::sqlite::open_rw(&db).expect("open");
+        tally_ingest::sqlite::migrate(&mut conn).expect("migrate");
+        tally_ingest::sqlite::SqliteWriter::new(conn)
+            .write_batch(&[
+                aged("acme-new", "acme", 2),
+                aged("acme-old", "acme", 10),
+                aged("acme-gone", "acme", 40),
+                aged("other-new", "globex", 10),
+                aged("other-old", "globex", 40),
+                aged("other-gone", "globex", 400),
+            ])
+            .expect("seed");
+    }
+    let opts = Options {
+        store: "retention_days = 365\nbody_ttl_days = 30\n".into(),
+        rest: "[[store.retention]]\nproperty = \"tenant=acme\"\nretention_days = 30\nbody_ttl_days = 7\n"
+            .into(),
+        ..Options::default()
+    };
+    let mut tally = Bin::start_with(&up.url(), dir, &opts).await;
+    // The first sweep runs beside the start-up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, body) = get(&tally.dashboard_url("/metrics")).await;
+        if String::from_utf8_lossy(&body).contains("tally_retention_bodies_cleared_total 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sweep at start:\n{}",
+            tally.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tally
+        .assert_metrics(&[
+            "tally_retention_records_deleted_total 2",
+            "tally_retention_bodies_cleared_total 2",
+        ])
+        .await;
+    assert_eq!(
+        column(
+            &tally,
+            "SELECT user_id || ':' || (request_body IS NOT NULL AND response_body IS NOT NULL)
+             FROM requests ORDER BY user_id"
+        ),
+        ["acme-new:1", "acme-old:0", "other-new:1", "other-old:0"].map(|s| Some(s.to_owned()))
+    );
+    let (status, _, _) = post_json(
+        &tally.url("/v1/chat/completions"),
+        &[("tally-property-tenant", "acme")],
+        &chat("hello", false),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tally.wait_for_rows(5).await;
+    assert_eq!(
+        tally.rows("SELECT count(*) FROM requests WHERE request_body IS NOT NULL"),
+        3
+    );
+    tally.signal("-TERM");
+    assert!(tally.wait().await.success());
+}

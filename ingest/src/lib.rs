@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod purge;
 mod record;
 pub mod reprice;
+pub mod retention;
 pub mod spool;
 pub mod sqlite;
 

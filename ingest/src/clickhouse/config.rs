@@ -37,6 +37,8 @@ pub struct ClickHouseConfig {
     pub retention_days: u32,
     /// Days bodies are kept (shorter than rows); 0 (default) keeps them as long as the rows.
     pub body_ttl_days: u32,
+    /// `[[store.retention]]`: property values with days of their own (first match wins).
+    pub retention_rules: Vec<crate::retention::Rule>,
     /// Wire compression; LZ4 when unset.
     pub compression: Compression,
     /// Per-request timeout, milliseconds.
@@ -85,6 +87,8 @@ pub struct ClickHouseSettings {
     pub retention_days: u32,
     /// Body retention in days, 0 = as long as the row.
     pub body_ttl_days: u32,
+    /// Retention rules per property value.
+    pub retention_rules: Vec<crate::retention::Rule>,
     /// Wire compression.
     pub compression: Compression,
     /// Per-request timeout.
@@ -132,6 +136,14 @@ impl ClickHouseConfig {
                 rows: self.retention_days,
             });
         }
+        for r in &self.retention_rules {
+            if r.records_days > 0 && r.bodies_days > r.records_days {
+                return Err(ConfigError::BodyTtl {
+                    body: r.bodies_days,
+                    rows: r.records_days,
+                });
+            }
+        }
         Ok(ClickHouseSettings {
             url,
             database,
@@ -140,6 +152,7 @@ impl ClickHouseConfig {
             cluster,
             retention_days: self.retention_days,
             body_ttl_days: self.body_ttl_days,
+            retention_rules: self.retention_rules.clone(),
             compression: self.compression,
             timeout: Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
         })
@@ -147,6 +160,15 @@ impl ClickHouseConfig {
 }
 
 impl ClickHouseSettings {
+    /// The retention policy these settings describe.
+    pub fn retention(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            records_days: self.retention_days,
+            bodies_days: self.body_ttl_days,
+            rules: self.retention_rules.clone(),
+        }
+    }
+
     /// A client for the server, without a database selected (for `CREATE DATABASE`).
     pub fn server_client(&self) -> clickhouse::Client {
         let c = clickhouse::Client::default()

@@ -1,6 +1,7 @@
 use serde::Deserialize;
 
 use super::{ClickHouseError, ClickHouseSettings};
+use crate::retention::Policy;
 
 /// Fills a migration template's placeholders from validated settings and splits it into
 /// statements. In cluster mode, tables get a `_local` suffix and replicated engines, for each
@@ -173,10 +174,81 @@ fn shown_ttl(column: &str, days: u32) -> Option<String> {
     (days > 0).then(|| format!("toDateTime({column}) + toIntervalDay({days})"))
 }
 
-/// Brings the tables' TTLs in line with the configured retention. TTLs are set when the tables
-/// are created; this applies later changes of `retention_days` / `body_ttl_days`, and only when
-/// the live TTL differs. `materialize_ttl_after_modify = 0`: old parts are cleaned by the normal
-/// TTL merges instead of a mutation rewriting the table at startup.
+/// What a TTL should be.
+#[derive(Debug, Clone, PartialEq)]
+enum Want {
+    /// None at all.
+    Nothing,
+    /// `toDateTime(column) + INTERVAL days DAY`: compared with the one ClickHouse shows, and
+    /// changed only when it differs.
+    Days(u32),
+    /// An expression of the retention rules. ClickHouse shows it reformatted, so it is set
+    /// at every start (with `materialize_ttl_after_modify = 0`, a change of metadata only).
+    Expr(String),
+}
+
+impl Want {
+    fn of_days(days: u32) -> Want {
+        if days == 0 {
+            Want::Nothing
+        } else {
+            Want::Days(days)
+        }
+    }
+
+    /// Whether `current` (as shown) must be replaced, and the expression to set (`None`:
+    /// remove).
+    fn change(&self, column: &str, current: Option<&str>) -> Option<Option<String>> {
+        match self {
+            Want::Nothing => current.is_some().then_some(None),
+            Want::Days(d) => (current != shown_ttl(column, *d).as_deref())
+                .then(|| Some(format!("toDateTime({column}) + INTERVAL {d} DAY"))),
+            Want::Expr(e) => Some(Some(e.clone())),
+        }
+    }
+}
+
+/// A string literal in ClickHouse SQL (backslashes and quotes escaped): rule values come from
+/// the config file and DDL takes no query parameters.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Far enough to mean never, inside `DateTime`'s range (2100-01-01).
+const NEVER: &str = "toDateTime(4102444800, 'UTC')";
+
+/// The TTL expression of the retention rules: `multiIf` takes the first rule that matches, as
+/// the policy says, then the rest. `bodies`: the bodies' days instead of the records'.
+fn rules_ttl(policy: &Policy, bodies: bool) -> String {
+    let when = |records: u32, body: u32| {
+        let days = if !bodies {
+            records
+        } else if body > 0 && (records == 0 || body < records) {
+            body
+        } else {
+            0
+        };
+        if days == 0 {
+            NEVER.to_owned()
+        } else {
+            format!("toDateTime(ts) + INTERVAL {days} DAY")
+        }
+    };
+    let mut args = Vec::new();
+    for r in &policy.rules {
+        let (k, v) = &r.property;
+        args.push(format!(
+            "mapContains(properties, {}) AND properties[{}] = {}",
+            literal(k),
+            literal(k),
+            literal(v)
+        ));
+        args.push(when(r.records_days, r.bodies_days));
+    }
+    args.push(when(policy.records_days, policy.bodies_days));
+    format!("multiIf({})", args.join(", "))
+}
+
 async fn apply_retention(
     s: &ClickHouseSettings,
     server: &clickhouse::Client,
@@ -189,10 +261,40 @@ async fn apply_retention(
     let alter = server
         .clone()
         .with_setting("materialize_ttl_after_modify", "0");
-    for (table, time_column, bodies) in [
+    let policy = s.retention();
+    let (rows, bodies, rollup) = if policy.rules.is_empty() {
+        (
+            Want::of_days(s.retention_days),
+            Want::of_days(s.body_ttl_days),
+            Want::of_days(s.retention_days),
+        )
+    } else {
+        let parts = policy.parts();
+        // The rollup has no properties: it is kept as long as the longest-kept records.
+        let longest = if parts.iter().any(|(_, records, _)| *records == 0) {
+            0
+        } else {
+            parts.iter().map(|(_, r, _)| *r).max().unwrap_or(0)
+        };
+        (
+            if parts.iter().all(|(_, r, _)| *r == 0) {
+                Want::Nothing
+            } else {
+                Want::Expr(rules_ttl(&policy, false))
+            },
+            if policy.clears_bodies() {
+                Want::Expr(rules_ttl(&policy, true))
+            } else {
+                Want::Nothing
+            },
+            Want::of_days(longest),
+        )
+    };
+    for (table, time_column, row_ttl, body_columns) in [
         (
             "requests",
             "ts",
+            &rows,
             &[
                 "request_body",
                 "response_body",
@@ -200,7 +302,7 @@ async fn apply_retention(
                 "upstream_response_body",
             ][..],
         ),
-        ("requests_hourly", "hour", &[][..]),
+        ("requests_hourly", "hour", &rollup, &[][..]),
     ] {
         let name = format!("{db}.{table}{local}");
         let ddl = server
@@ -213,39 +315,33 @@ async fn apply_retention(
             .lines()
             .find_map(|l| l.strip_prefix("TTL "))
             .map(str::trim);
-        let wanted = shown_ttl(time_column, s.retention_days);
-        if current != wanted.as_deref() {
-            let stmt = match &wanted {
-                Some(_) => format!(
-                    "ALTER TABLE {name}{on_cluster} MODIFY TTL toDateTime({time_column}) + INTERVAL {} DAY",
-                    s.retention_days
-                ),
+        if let Some(change) = row_ttl.change(time_column, current) {
+            let stmt = match &change {
+                Some(expr) => format!("ALTER TABLE {name}{on_cluster} MODIFY TTL {expr}"),
                 None => format!("ALTER TABLE {name}{on_cluster} REMOVE TTL"),
             };
             alter.query(&stmt).execute().await?;
-            tracing::info!(table = %name, retention_days = s.retention_days, "row retention updated");
+            tracing::info!(table = %name, ttl = change.as_deref().unwrap_or("none"), "row retention updated");
         }
-        for column in bodies {
+        for column in body_columns {
             let line = ddl
                 .lines()
                 .find(|l| l.trim_start().starts_with(&format!("`{column}`")));
             let current = line
                 .and_then(|l| l.split(" TTL ").nth(1))
                 .map(|t| t.trim().trim_end_matches(','));
-            let wanted = shown_ttl("ts", s.body_ttl_days);
-            if current != wanted.as_deref() {
-                let stmt = match &wanted {
-                    Some(_) => format!(
+            if let Some(change) = bodies.change("ts", current) {
+                let stmt = match &change {
+                    Some(expr) => format!(
                         "ALTER TABLE {name}{on_cluster} MODIFY COLUMN {column} Nullable(String) \
-                         CODEC(ZSTD(3)) TTL toDateTime(ts) + INTERVAL {} DAY",
-                        s.body_ttl_days
+                         CODEC(ZSTD(3)) TTL {expr}"
                     ),
                     None => {
                         format!("ALTER TABLE {name}{on_cluster} MODIFY COLUMN {column} REMOVE TTL")
                     }
                 };
                 alter.query(&stmt).execute().await?;
-                tracing::info!(table = %name, column, body_ttl_days = s.body_ttl_days, "body retention updated");
+                tracing::info!(table = %name, column, ttl = change.as_deref().unwrap_or("none"), "body retention updated");
             }
         }
     }
@@ -286,6 +382,43 @@ mod tests {
         let rollups = render_statements(&s, tally_schema::CLICKHOUSE[1].sql);
         assert_eq!(rollups.len(), 2, "table and materialized view");
         assert!(rollups[1].contains("TO tally.requests_hourly\n"));
+    }
+
+    #[test]
+    fn retention_rules_are_one_first_match_ttl_with_escaped_literals() {
+        let policy = Policy {
+            records_days: 365,
+            bodies_days: 30,
+            rules: vec![
+                crate::retention::Rule {
+                    property: ("tenant".into(), "o'hare\\".into()),
+                    records_days: 0,
+                    bodies_days: 7,
+                },
+                crate::retention::Rule {
+                    property: ("tier".into(), "free".into()),
+                    records_days: 10,
+                    bodies_days: 0,
+                },
+            ],
+        };
+        let tenant = "mapContains(properties, 'tenant') AND properties['tenant'] = 'o\\'hare\\\\'";
+        let tier = "mapContains(properties, 'tier') AND properties['tier'] = 'free'";
+        assert_eq!(
+            rules_ttl(&policy, false),
+            format!(
+                "multiIf({tenant}, {NEVER}, {tier}, toDateTime(ts) + INTERVAL 10 DAY, \
+                 toDateTime(ts) + INTERVAL 365 DAY)"
+            )
+        );
+        assert_eq!(
+            rules_ttl(&policy, true),
+            format!(
+                "multiIf({tenant}, toDateTime(ts) + INTERVAL 7 DAY, {tier}, {NEVER}, \
+                 toDateTime(ts) + INTERVAL 30 DAY)"
+            ),
+            "free-tier bodies go with their records"
+        );
     }
 
     #[test]

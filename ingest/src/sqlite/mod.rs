@@ -2,6 +2,7 @@
 //! while Tally keeps writing.
 
 mod migrate;
+pub mod retention;
 mod writer;
 
 pub use migrate::migrate;
