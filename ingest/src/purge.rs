@@ -8,8 +8,8 @@
 //! record of the purged scope that started before the purge (`ts < at`):
 //!
 //! - **SQLite**: a `BEFORE INSERT` trigger skips such rows (schema `0009_purges.sql`). The
-//!   purge's row and its `DELETE` are one transaction, and SQLite serialises writers, so no
-//!   insert falls between them.
+//!   purge's row is committed before the first delete, so no insert after it escapes the
+//!   trigger, and the deletes go in chunks a running Tally's writer can come between.
 //! - **ClickHouse** has no triggers. Its writer reads `purges` at most once a
 //!   [`ERASURES_REFRESH`] and leaves matching records out of each batch ([`Erasures`]). A
 //!   purge writes its row, waits until every writer has read it (twice the refresh), and only
@@ -37,6 +37,9 @@ use crate::spool::{Spool, SpoolError};
 
 /// How often the ClickHouse writer rereads `purges`.
 pub const ERASURES_REFRESH: Duration = Duration::from_secs(1);
+
+/// Rows a SQLite purge deletes per statement.
+const CHUNK: usize = 5_000;
 
 /// How many times a ClickHouse purge looks for rows that landed after its delete.
 pub const MAX_ROUNDS: usize = 3;
@@ -199,8 +202,10 @@ pub fn sqlite(path: &Path, scope: &Scope, spool: (&Path, u64)) -> Result<Outcome
             "EXISTS (SELECT 1 FROM json_each(requests.properties) WHERE key = ?3 AND value = ?2)"
         }
     };
-    let tx = conn.transaction()?;
-    tx.execute(
+    // The row first, on its own: from its commit on, the trigger refuses the scope's older
+    // records, so the deletes after it can go in chunks (a running Tally's writer gets the
+    // lock between them) without any record slipping in behind them.
+    conn.execute(
         "INSERT INTO purges (purge_id, at_ms, kind, prop, value) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             purge_id.to_string(),
@@ -210,12 +215,21 @@ pub fn sqlite(path: &Path, scope: &Scope, spool: (&Path, u64)) -> Result<Outcome
             value
         ],
     )?;
-    let delete = format!("DELETE FROM requests WHERE ts < ?1 AND {where_}");
-    let records = match scope {
-        Scope::Property(..) => tx.execute(&delete, params![erasure.at_ms, value, prop])?,
-        _ => tx.execute(&delete, params![erasure.at_ms, value])?,
-    } as u64;
-    tx.commit()?;
+    let delete = format!(
+        "DELETE FROM requests WHERE rowid IN
+           (SELECT rowid FROM requests WHERE ts < ?1 AND {where_} LIMIT {CHUNK})"
+    );
+    let mut records = 0;
+    loop {
+        let n = match scope {
+            Scope::Property(..) => conn.execute(&delete, params![erasure.at_ms, value, prop])?,
+            _ => conn.execute(&delete, params![erasure.at_ms, value])?,
+        };
+        records += n as u64;
+        if n < CHUNK {
+            break;
+        }
+    }
     let spooled = scrub_spool(spool.0, spool.1, &erasure)?;
     conn.execute(
         "UPDATE purges SET records = ?2, spooled = ?3 WHERE purge_id = ?1",
