@@ -18,6 +18,7 @@ mod hardening;
 mod hostile;
 mod keys;
 mod load;
+mod observability;
 mod passthrough;
 mod prices;
 mod privacy;

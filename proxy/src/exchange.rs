@@ -663,6 +663,17 @@ fn price(
             h.on_finish(&record, complete, metrics)
         });
     }
+    if shared.providers.get(&record.provider).is_some() {
+        let priced_as = [&record.response_model, &record.model]
+            .into_iter()
+            .flatten()
+            .find_map(|m| shared.pricing.lookup_entry(&record.provider, m))
+            .map(|(entry, _)| entry);
+        shared
+            .metrics
+            .usage
+            .observe(&record, priced_as, status_class(record.status));
+    }
     record
 }
 

@@ -137,6 +137,7 @@ impl Proxy {
             }
         }
         let mut metrics = ProxyMetrics::default();
+        metrics.usage.set_max_models(settings.metrics_max_models);
         if let Some(limiter) = &stages.rate_limits {
             metrics.rate_limit_evictions = limiter.evictions.clone();
         }

@@ -67,6 +67,12 @@ pub struct ProxyConfig {
     /// (`upstream_request_body`, `upstream_response_body`), next to what the client sent and
     /// got. Off when unset: it doubles what a translated request stores.
     pub keep_translated_bodies: bool,
+    /// Answer with a `Server-Timing` header (`tally;dur=…, upstream;dur=…`, milliseconds to
+    /// the response head), which browsers' developer tools and load tools read. Off when unset.
+    pub server_timing: bool,
+    /// Model names the price table does not know that keep a label of their own on
+    /// `/metrics`; past it they count as `other`. 100 when unset.
+    pub metrics_max_models: usize,
 }
 
 impl Default for ProxyConfig {
@@ -85,6 +91,8 @@ impl Default for ProxyConfig {
             preload_tokenizers: false,
             threads: 0,
             keep_translated_bodies: false,
+            server_timing: false,
+            metrics_max_models: crate::metrics::usage::DEFAULT_MAX_MODELS,
         }
     }
 }
@@ -130,6 +138,10 @@ pub struct Settings {
     pub threads: usize,
     /// Store translated requests' upstream bodies too.
     pub keep_translated_bodies: bool,
+    /// Answer with `Server-Timing`.
+    pub server_timing: bool,
+    /// Unpriced model names with a label of their own.
+    pub metrics_max_models: usize,
 }
 
 impl ProxyConfig {
@@ -166,6 +178,8 @@ impl ProxyConfig {
                 n => n,
             },
             keep_translated_bodies: self.keep_translated_bodies,
+            server_timing: self.server_timing,
+            metrics_max_models: self.metrics_max_models,
         })
     }
 }

@@ -68,6 +68,8 @@ pub(crate) struct Ctx {
     pub(crate) peer: std::net::IpAddr,
     /// The Tally key the request authenticated with, from the authenticate phase on.
     pub(crate) key: Option<Arc<tally_keys::Key>>,
+    /// How long the send phase waited for the upstream's response head.
+    pub(crate) upstream_wait: Option<std::time::Duration>,
 }
 
 impl Ctx {
@@ -118,13 +120,43 @@ pub(crate) async fn handle(
         response_headers: HeaderMap::new(),
         peer,
         key: None,
+        upstream_wait: None,
     };
     let answer = run(&mut ctx, parts, body).await;
+    let timing = ctx.upstream_wait.map(|upstream| {
+        let to_head = started.elapsed();
+        let tally = to_head.saturating_sub(upstream);
+        ctx.shared
+            .metrics
+            .usage
+            .overhead
+            .get_or_create(&crate::metrics::usage::ProviderLabels {
+                provider: ctx.exchange.state().record.provider.clone(),
+            })
+            .observe(tally.as_secs_f64());
+        (tally, upstream)
+    });
+    let server_timing = ctx.shared.settings.server_timing;
     let mut resp = respond::respond(ctx, answer);
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
+    if server_timing {
+        if let Some(v) = timing.and_then(|t| HeaderValue::from_str(&server_timing_value(t)).ok()) {
+            resp.headers_mut()
+                .append(http::header::HeaderName::from_static("server-timing"), v);
+        }
+    }
     resp
+}
+
+/// `Server-Timing` (W3C): Tally's time and the upstream's, in milliseconds, to the head.
+fn server_timing_value((tally, upstream): (std::time::Duration, std::time::Duration)) -> String {
+    format!(
+        "tally;dur={:.3}, upstream;dur={:.3}",
+        tally.as_secs_f64() * 1000.0,
+        upstream.as_secs_f64() * 1000.0
+    )
 }
 
 /// The phases that may refuse, in order. See the module docs.
@@ -148,8 +180,10 @@ async fn run(ctx: &mut Ctx, mut parts: Parts, body: Incoming) -> Result<Answer, 
     if let Some(hit) = stages::cache::lookup(ctx, destination.name(), &tags, &forward).await {
         return Ok(Answer::Cached(hit));
     }
-    let upstream = send::send(ctx, destination, forward).await?;
-    Ok(Answer::Upstream(upstream))
+    let sent = Instant::now();
+    let upstream = send::send(ctx, destination, forward).await;
+    ctx.upstream_wait = Some(sent.elapsed());
+    Ok(Answer::Upstream(upstream?))
 }
 
 /// hyper decodes `chunked` only. Any other transfer coding (`gzip, chunked`) would reach the

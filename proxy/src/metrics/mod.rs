@@ -6,6 +6,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub mod usage;
+pub use usage::UsageMetrics;
+
 /// Labels of a finished request. `provider` is a configured name or `unknown`, so cardinality is
 /// bounded by config, never by client input.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +75,8 @@ pub struct ProxyMetrics {
     /// Connections refused at the cap and closed for idling, per port; the dashboard's serve
     /// shares this (registered once, here).
     pub conns: tally_net::ConnMetrics,
+    /// Durations, TTFT, tokens and cost per model, and Tally's overhead.
+    pub usage: UsageMetrics,
 }
 
 /// Labels of an authentication failure.
@@ -221,6 +226,7 @@ impl ProxyMetrics {
             self.implausible_usage.clone(),
         );
         self.conns.register(registry);
+        self.usage.register(registry);
         registry.register(
             "refusals",
             "Requests Tally answered itself instead of the upstream, by error code",
