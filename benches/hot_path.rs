@@ -241,5 +241,36 @@ fn journal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, observers, strip, pricing, journal);
+/// The per-model series (#21) a finished request adds to: a duration and a TTFT histogram,
+/// two token counters and the cost, with the price-table lookup that names the model.
+fn usage_metrics(c: &mut Criterion) {
+    let m = tally_proxy::ProxyMetrics::default();
+    let table = PricingTable::builtin().expect("prices");
+    let mut r = tally_ingest::Record::new(uuid::Uuid::now_v7(), 1_700_000_000_000);
+    r.provider = "openai".into();
+    r.model = Some("gpt-4o-mini".into());
+    r.response_model = Some("gpt-4o-mini-2024-07-18".into());
+    r.status = 200;
+    r.latency_ms = 420;
+    r.ttft_ms = Some(180);
+    r.tokens = Some(Tokens {
+        prompt: 21,
+        completion: 7,
+        ..Tokens::default()
+    });
+    r.cost_usd = Some(0.0000073);
+    c.bench_function("metrics/usage_observe_per_request", |b| {
+        b.iter(|| {
+            let r = black_box(&r);
+            let priced_as = [&r.response_model, &r.model]
+                .into_iter()
+                .flatten()
+                .find_map(|model| table.lookup_entry(&r.provider, model))
+                .map(|(entry, _)| entry);
+            m.usage.observe(r, priced_as, "2xx");
+        })
+    });
+}
+
+criterion_group!(benches, observers, strip, pricing, journal, usage_metrics);
 criterion_main!(benches);

@@ -316,13 +316,25 @@ fn start_sink() -> Target {
 impl Target {
     fn new(kind: &str) -> Self {
         match kind {
-            "sqlite" => {
+            "sqlite" | "sqlite-after-a-purge" => {
                 // On the disk the project builds on, not a tmpfs.
                 let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+                std::fs::create_dir_all(&base).expect("target dir");
                 let dir = tempfile::tempdir_in(base).expect("tempdir");
                 let path = dir.path().join("ingest.db");
                 let mut conn = sqlite::open_rw(&path).expect("open");
                 sqlite::migrate(&mut conn).expect("migrate");
+                drop(conn);
+                // What the trigger the first purge creates costs every insert after it.
+                if kind == "sqlite-after-a-purge" {
+                    let spool = dir.path().join("spool");
+                    tally_ingest::purge::sqlite(
+                        &path,
+                        &tally_ingest::purge::Scope::User("nobody".into()),
+                        (&spool, u64::MAX),
+                    )
+                    .expect("purge");
+                }
                 Self::Sqlite { path, _dir: dir }
             }
             "clickhouse" => {
@@ -333,7 +345,9 @@ impl Target {
                 Self::ClickHouse(Box::new(ch), rt)
             }
             "clickhouse-sink" => start_sink(),
-            other => panic!("unknown store {other} (sqlite, clickhouse, clickhouse-sink)"),
+            other => panic!(
+                "unknown store {other} (sqlite, sqlite-after-a-purge, clickhouse, clickhouse-sink)"
+            ),
         }
     }
 

@@ -1122,3 +1122,58 @@ async fn retention_rules_keep_each_property_value_its_own_days() {
         "{ddl}"
     );
 }
+
+/// The Grafana board on ClickHouse: every query (the panels' and the variable's), with the
+/// data source's macros as Grafana expands them, runs on the engine over the documented
+/// schema and finds the seeded records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clickhouse_dashboard_queries_run_on_the_schema() {
+    let ch = ClickHouse::started().await;
+    let settings = ch.settings();
+    tally_ingest::clickhouse::migrate(&settings)
+        .await
+        .expect("migrate");
+    let rows = seed();
+    let settings_w = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings_w)
+            .expect("writer")
+            .write_batch(&rows)
+            .expect("write")
+    })
+    .await
+    .expect("join");
+    wait_for_rows(&ch, 120).await;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docker/grafana/dashboards/tally-clickhouse.json"
+    );
+    let d: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    let queries = crate::observability::queries(&d, "rawSql");
+    assert_eq!(queries.len(), 5, "four panels and the variable");
+    for (uid, sql) in queries {
+        assert_eq!(uid, "tally-clickhouse");
+        let expanded = sql
+            .replace(
+                "$__timeFilter(ts)",
+                "ts >= toDateTime64('2020-01-01 00:00:00', 3, 'UTC') AND ts <= now64(3)",
+            )
+            .replace(
+                "$__timeInterval(ts)",
+                "toStartOfInterval(ts, INTERVAL 3600 second)",
+            )
+            .replace("${property}", "env")
+            .replace("tally.requests", &format!("{}.requests", settings.database));
+        assert!(!expanded.contains('$'), "an unexpanded macro: {expanded}");
+        let out = ch
+            .client()
+            .query(&expanded)
+            .fetch_bytes("JSONEachRow")
+            .expect("query")
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{expanded}"));
+        assert!(!out.is_empty(), "no rows from\n{expanded}");
+    }
+}

@@ -113,3 +113,89 @@ async fn metrics_have_per_model_histograms_and_counters_and_server_timing_splits
     let h = chat(&plain, "gpt-4o-mini", false, "0").await;
     assert!(h.get("server-timing").is_none());
 }
+
+/// The `tally_…` names in a PromQL expression.
+fn series_names(expr: &str) -> Vec<String> {
+    expr.match_indices("tally_")
+        .map(|(i, _)| {
+            expr[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+fn dashboard(name: &str) -> serde_json::Value {
+    let path = format!(
+        "{}/docker/grafana/dashboards/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every query of a dashboard, with the data source it names.
+pub(crate) fn queries(d: &serde_json::Value, field: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let uid = t["datasource"]["uid"].as_str().expect("a data source uid");
+            let q = t[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field} in {t}"));
+            out.push((uid.to_owned(), q.to_owned()));
+        }
+    }
+    for v in d["templating"]["list"].as_array().into_iter().flatten() {
+        let uid = v["datasource"]["uid"].as_str().expect("a data source uid");
+        out.push((
+            uid.to_owned(),
+            v["query"].as_str().expect("query").to_owned(),
+        ));
+    }
+    out
+}
+
+/// The Grafana board on Prometheus asks only for series Tally exports, through the data
+/// source the compose file provisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prometheus_dashboard_names_only_series_tally_exports() {
+    let provisioned = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docker/grafana/provisioning/datasources/tally.yaml"
+    ))
+    .expect("provisioning");
+    let up = FakeUpstream::start().await;
+    let bin = Bin::start(&up.url()).await;
+    chat(&bin, "gpt-4o-mini", true, "0").await;
+    // A refusal too: a family shows on /metrics once it has a series.
+    let (status, _, _) = post_json(&bin.url("/nosuch/v1/chat/completions"), &[], &json!({})).await;
+    assert_eq!(status, 404);
+    bin.wait_for_rows(2).await;
+    let (_, _, body) = get(&bin.dashboard_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&body);
+    let d = dashboard("tally-prometheus.json");
+    let qs = queries(&d, "expr");
+    assert!(qs.len() >= 9, "{qs:?}");
+    for (uid, expr) in qs {
+        assert!(
+            provisioned.contains(&format!("uid: {uid}")),
+            "{uid} is not provisioned"
+        );
+        let names = series_names(&expr);
+        assert!(!names.is_empty(), "{expr}");
+        for n in names.iter().map(String::as_str) {
+            let stem = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n);
+            let exported = metrics.lines().any(|l| {
+                l.starts_with(&format!("{n}{{"))
+                    || l.starts_with(&format!("{n} "))
+                    || l.starts_with(&format!("# TYPE {stem} "))
+            });
+            assert!(exported, "{n} (in {expr}) is not in /metrics:\n{metrics}");
+        }
+    }
+}

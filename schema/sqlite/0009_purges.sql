@@ -2,7 +2,7 @@
 -- it is the list every insert is checked against: a record of an erased user, session or
 -- property value that started before its purge (`ts < at_ms`) and reaches the store later
 -- (from the spool, the crash journal, or a request still in flight during the purge) is
--- skipped by the trigger below, so a purge stays a purge whichever path a record takes.
+-- skipped by a trigger, so a purge stays a purge whichever path a record takes.
 -- Records that start after the purge are new traffic and are kept.
 -- `value` keeps the erased identifier itself: the store must recognise it to keep refusing it.
 CREATE TABLE IF NOT EXISTS purges (
@@ -16,14 +16,6 @@ CREATE TABLE IF NOT EXISTS purges (
 );
 CREATE INDEX IF NOT EXISTS purges_kind_value ON purges (kind, value);
 
--- With no purges this costs three index probes per inserted row. The property check walks
--- the property purges first (CROSS JOIN keeps that order), so a record's properties are
--- parsed only when there are some.
-CREATE TRIGGER IF NOT EXISTS requests_erased BEFORE INSERT ON requests
-WHEN EXISTS (SELECT 1 FROM purges WHERE kind = 'user' AND value = NEW.user_id AND NEW.ts < at_ms)
-  OR EXISTS (SELECT 1 FROM purges WHERE kind = 'session' AND value = NEW.session_id AND NEW.ts < at_ms)
-  OR EXISTS (SELECT 1 FROM purges AS p CROSS JOIN json_each(NEW.properties) AS j
-             WHERE p.kind = 'property' AND NEW.ts < p.at_ms AND j.key = p.prop AND j.value = p.value)
-BEGIN
-    SELECT RAISE(IGNORE);
-END;
+-- The trigger that refuses those records (`requests_erased`) is created by the first purge,
+-- in the transaction that writes its row (ingest/src/purge.rs): it costs every insert about
+-- 2 µs (BENCHMARKS.md, "Erasure and per-model metrics"), which a store that never had a purge need not pay.
