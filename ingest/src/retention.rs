@@ -70,5 +70,63 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// The days `record` is kept: the first rule its properties match, else the global days
+    /// (0: forever).
+    pub fn records_days_of(&self, record: &crate::Record) -> u32 {
+        self.rules
+            .iter()
+            .find(|r| record.properties.get(&r.property.0) == Some(&r.property.1))
+            .map_or(self.records_days, |r| r.records_days)
+    }
+
+    /// Whether `record` is past its days at `now_ms`, or within `margin_ms` of it: a store's
+    /// TTL may remove it as soon as it is written.
+    pub fn expired(&self, record: &crate::Record, now_ms: i64, margin_ms: i64) -> bool {
+        match self.records_days_of(record) {
+            0 => false,
+            days => record.ts + i64::from(days) * DAY_MS - margin_ms <= now_ms,
+        }
+    }
+}
+
 /// Milliseconds in a day.
 pub const DAY_MS: i64 = 86_400_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_expires_by_its_first_matching_rule() {
+        let p = Policy {
+            records_days: 30,
+            bodies_days: 0,
+            rules: vec![
+                Rule {
+                    property: ("tenant".into(), "acme".into()),
+                    records_days: 0,
+                    bodies_days: 0,
+                },
+                Rule {
+                    property: ("tier".into(), "free".into()),
+                    records_days: 1,
+                    bodies_days: 0,
+                },
+            ],
+        };
+        let now = 100 * DAY_MS;
+        let mut r = crate::Record::new(uuid::Uuid::nil(), now - 2 * DAY_MS);
+        assert!(!p.expired(&r, now, 0), "30 days for the rest");
+        r.properties.insert("tier".into(), "free".into());
+        assert!(p.expired(&r, now, 0));
+        r.properties.insert("tenant".into(), "acme".into());
+        assert!(
+            !p.expired(&r, now, 0),
+            "the first rule wins: acme keeps forever"
+        );
+        r.ts = now - 29 * DAY_MS;
+        r.properties.clear();
+        assert!(p.expired(&r, now, 2 * DAY_MS), "within the margin");
+    }
+}
