@@ -190,6 +190,10 @@ fn now_ms() -> i64 {
 /// Removes the erased records from the spool at `dir`, if no running Tally holds it. `None`
 /// when one does.
 fn scrub_spool(dir: &Path, max_bytes: u64, erasure: &Erasure) -> Result<Option<u64>, PurgeError> {
+    // No spool yet: nothing to scrub, and a purge should not create one.
+    if !dir.exists() {
+        return Ok(Some(0));
+    }
     match Spool::open(dir, max_bytes) {
         Ok(mut spool) => Ok(Some(spool.erase(|r| erasure.erases(r))?)),
         Err(SpoolError::Locked(_)) => Ok(None),
