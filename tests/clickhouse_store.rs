@@ -29,6 +29,20 @@ async fn wait_for_rows(ch: &ClickHouse, n: u64) {
     }
 }
 
+/// Writes `rows` with a fresh `ClickHouseWriter`, on a blocking thread as the ingest worker
+/// would (the writer drives its own runtime).
+async fn write_rows(settings: &tally_ingest::clickhouse::ClickHouseSettings, rows: Vec<Record>) {
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        ClickHouseWriter::new(&settings)
+            .expect("writer")
+            .write_batch(&rows)
+            .expect("write")
+    })
+    .await
+    .expect("join");
+}
+
 /// The API's view of a record, minus what differs between two runs of the same request.
 fn comparable(mut rec: Value) -> Value {
     let o = rec.as_object_mut().expect("object");
@@ -315,14 +329,7 @@ async fn readme_cookbook_queries_run() {
             r
         })
         .collect();
-    tokio::task::spawn_blocking(move || {
-        ClickHouseWriter::new(&settings)
-            .expect("writer")
-            .write_batch(&rows)
-            .expect("write")
-    })
-    .await
-    .expect("join");
+    write_rows(&settings, rows).await;
     for q in queries {
         let mut cursor = ch
             .client()
@@ -736,15 +743,7 @@ async fn reprice_updates_records_and_corrects_the_rollup_once() {
         ..record(100, "house-model", Some(0.0), 200)
     });
     let n = rows.len() as u64;
-    let settings_w = settings.clone();
-    tokio::task::spawn_blocking(move || {
-        ClickHouseWriter::new(&settings_w)
-            .expect("writer")
-            .write_batch(&rows)
-            .expect("write")
-    })
-    .await
-    .expect("join");
+    write_rows(&settings, rows).await;
     wait_for_rows(&ch, n).await;
 
     let mut table = tally_proxy::PricingTable::default();
@@ -933,15 +932,7 @@ async fn purge_deletes_corrects_the_rollup_and_the_writer_refuses_late_records()
         .expect("migrate");
     let rows = seed();
     let n = rows.len() as u64;
-    let settings_w = settings.clone();
-    tokio::task::spawn_blocking(move || {
-        ClickHouseWriter::new(&settings_w)
-            .expect("writer")
-            .write_batch(&rows)
-            .expect("write")
-    })
-    .await
-    .expect("join");
+    write_rows(&settings, rows).await;
     wait_for_rows(&ch, n).await;
     let spool = tempfile::tempdir().expect("tempdir");
 
@@ -977,15 +968,7 @@ async fn purge_deletes_corrects_the_rollup_and_the_writer_refuses_late_records()
     let mut fresh = record(502, "gpt-4o", Some(0.01), 200);
     fresh.user_id = Some("u1".into());
     fresh.ts = chrono::Utc::now().timestamp_millis() + 1_000;
-    let settings_w = settings.clone();
-    tokio::task::spawn_blocking(move || {
-        ClickHouseWriter::new(&settings_w)
-            .expect("writer")
-            .write_batch(&[late, other, fresh])
-            .expect("write")
-    })
-    .await
-    .expect("join");
+    write_rows(&settings, vec![late, other, fresh]).await;
     assert_eq!(
         count(&ch, "SELECT count() FROM requests").await,
         n - n / 3 + 2
@@ -1044,15 +1027,7 @@ async fn retention_rules_keep_each_property_value_its_own_days() {
             ..record(i, "gpt-4o", Some(0.01), 200)
         })
         .collect();
-    let settings_w = settings.clone();
-    tokio::task::spawn_blocking(move || {
-        ClickHouseWriter::new(&settings_w)
-            .expect("writer")
-            .write_batch(&rows)
-            .expect("write")
-    })
-    .await
-    .expect("join");
+    write_rows(&settings, rows).await;
     ch.client()
         .query("OPTIMIZE TABLE requests FINAL")
         .execute()
@@ -1134,15 +1109,7 @@ async fn the_clickhouse_dashboard_queries_run_on_the_schema() {
         .await
         .expect("migrate");
     let rows = seed();
-    let settings_w = settings.clone();
-    tokio::task::spawn_blocking(move || {
-        ClickHouseWriter::new(&settings_w)
-            .expect("writer")
-            .write_batch(&rows)
-            .expect("write")
-    })
-    .await
-    .expect("join");
+    write_rows(&settings, rows).await;
     wait_for_rows(&ch, 120).await;
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
