@@ -44,5 +44,12 @@ pub use channel::{
 pub use metrics::{DropLabels, IngestMetrics};
 pub use record::{is_error, CacheStatus, Record, Tokens, IS_ERROR_SQL};
 
+/// Now, in Unix milliseconds (the unit of `Record::ts`).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests;

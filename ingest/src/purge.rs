@@ -181,12 +181,6 @@ impl From<clickhouse::error::Error> for PurgeError {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Removes the erased records from the spool at `dir`, if no running Tally holds it. `None`
 /// when one does.
 fn scrub_spool(dir: &Path, max_bytes: u64, erasure: &Erasure) -> Result<Option<u64>, PurgeError> {
@@ -209,7 +203,7 @@ pub fn sqlite(path: &Path, scope: &Scope, spool: (&Path, u64)) -> Result<Outcome
     crate::sqlite::migrate(&mut conn)?;
     let erasure = Erasure {
         scope: scope.clone(),
-        at_ms: now_ms(),
+        at_ms: crate::now_ms(),
     };
     let purge_id = Uuid::now_v7();
     let (prop, value) = scope.columns();
@@ -422,7 +416,7 @@ pub async fn clickhouse(
     let client = settings.client();
     let erasure = Erasure {
         scope: scope.clone(),
-        at_ms: now_ms(),
+        at_ms: crate::now_ms(),
     };
     let purge_id = Uuid::now_v7();
     let (prop, value) = scope.columns();
@@ -672,7 +666,7 @@ mod tests {
         );
         // Ann's traffic after the purge is new, and kept.
         let mut fresh = tagged(12, "ann", "s12", "acme");
-        fresh.ts = now_ms() + 1_000;
+        fresh.ts = crate::now_ms() + 1_000;
         w.write_batch(&[fresh]).expect("write fresh");
         assert_eq!(
             count(&db, "SELECT count(*) FROM requests WHERE user_id = 'ann'"),

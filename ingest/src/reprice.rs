@@ -229,7 +229,7 @@ pub fn sqlite(
         "INSERT INTO reprices (at_ms, from_ms, to_ms, model, provider, catalog, examined, changed, delta_usd)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
-            now_ms(),
+            crate::now_ms(),
             scope.from_ms,
             scope.to_ms,
             scope.model,
@@ -241,12 +241,6 @@ pub fn sqlite(
         ],
     )?;
     Ok(out)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -411,7 +405,7 @@ pub async fn clickhouse(
     let mut insert = client.insert::<RepriceRow>("reprices").await?;
     insert
         .write(&RepriceRow {
-            at: now_ms(),
+            at: crate::now_ms(),
             from_ts: scope.from_ms,
             to_ts: scope.to_ms,
             model: scope.model.clone(),

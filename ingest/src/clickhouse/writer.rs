@@ -162,9 +162,7 @@ impl ClickHouseWriter {
         if self.verify {
             // Only records the table's TTL will not remove at once (a spool replay of old
             // records, a short retention rule): a merge may drop those before the read-back.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
+            let now = crate::now_ms();
             let lasting: Vec<&Record> = kept
                 .iter()
                 .copied()

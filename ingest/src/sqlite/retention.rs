@@ -168,7 +168,7 @@ impl RetentionTask {
             .spawn(move || {
                 let mut sweeper = Sweeper::new(conn, policy);
                 loop {
-                    match sweeper.sweep(now_ms()) {
+                    match sweeper.sweep(crate::now_ms()) {
                         Ok(s) => {
                             metrics.records.inc_by(s.records);
                             metrics.bodies.inc_by(s.bodies);
@@ -218,12 +218,6 @@ impl Drop for RetentionTask {
     fn drop(&mut self) {
         self.end();
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]
@@ -324,7 +318,7 @@ mod tests {
         let mut conn = open_rw(&db).expect("open");
         migrate(&mut conn).expect("migrate");
         let mut old = record(1);
-        old.ts = now_ms() - 3 * DAY_MS;
+        old.ts = crate::now_ms() - 3 * DAY_MS;
         SqliteWriter::new(conn).write_batch(&[old]).expect("write");
         let metrics = RetentionMetrics::default();
         let task = RetentionTask::spawn(
