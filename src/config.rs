@@ -62,6 +62,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[privacy]`: redaction before storage.
     pub privacy: PrivacySection,
+    /// `[otel]`: OpenTelemetry spans over OTLP.
+    pub otel: tally_otel::OtelConfig,
 }
 
 /// `[privacy]`: the redaction rules, and the key their `hash` mode uses.
@@ -484,6 +486,9 @@ pub struct Validated {
     pub redactor: std::sync::Arc<tally_privacy::Redactor>,
     /// The request-path guard, when `[privacy.request]` names a detector.
     pub guard: Option<std::sync::Arc<tally_privacy::RequestGuard>>,
+    /// `[otel]`, checked; its exporter is built by the server (it needs a thread and a
+    /// runtime).
+    pub otel: tally_otel::OtelConfig,
 }
 
 impl Config {
@@ -664,7 +669,9 @@ impl Config {
                 }
             }
         }
+        self.otel.validate()?;
         Ok(Validated {
+            otel: self.otel.clone(),
             redactor,
             guard,
             auth,

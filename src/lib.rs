@@ -258,7 +258,20 @@ impl Server {
         };
 
         let refresher = keyring.spawn_refresh(key_store.clone(), config.auth.refresh);
+        // Spans carry what the store would: the same redaction runs over them.
+        let (tracer, exporter) = if config.otel.enabled() {
+            let (t, e) = tally_otel::Tracer::start(&config.otel, redactor.clone())?;
+            tracing::info!(
+                endpoint = config.otel.endpoint.as_deref().unwrap_or_default(),
+                sample_ratio = config.otel.sample_ratio,
+                "exporting spans over OTLP"
+            );
+            (Some(t), Some(e))
+        } else {
+            (None, None)
+        };
         let stages = Stages {
+            tracing: tracer,
             budgets: alerts.as_ref().map(|a| a.engine().clone()),
             guard: config.guard.clone(),
             auth: Some(Arc::new(tally_proxy::Auth::new(
@@ -320,6 +333,10 @@ impl Server {
         let (proxy_result, (), ()) = tokio::join!(proxy_run, dashboard, signal);
         refresher.abort();
         proxy_result.context("proxy server failed")?;
+        // Every request's span is queued; the collector gets one export timeout for them.
+        if let Some(e) = exporter {
+            let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+        }
 
         // Every connection task has ended, so no new record can be produced except by token
         // estimates still running on blocking threads; give those a moment.

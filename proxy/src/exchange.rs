@@ -26,6 +26,8 @@ use crate::{ProxyMetrics, Shared};
 pub(crate) struct ExchangeState {
     shared: Arc<Shared>,
     pub(crate) record: Record,
+    /// The request's span, when it is traced and sampled.
+    pub(crate) trace: Option<Box<tally_otel::Started>>,
     /// The wire format the client speaks, once the route is known.
     pub(crate) format: Option<WireFormat>,
     started: Instant,
@@ -99,6 +101,7 @@ impl Exchange {
             state: Some(Box::new(ExchangeState {
                 shared,
                 record,
+                trace: None,
                 format: None,
                 started,
                 request_head: Bytes::new(),
@@ -494,6 +497,7 @@ impl ExchangeState {
             .inc();
 
         let hooks = std::mem::take(&mut self.hooks);
+        let trace = self.trace.take();
         let needs_estimate = r.tokens.is_none()
             && !free
             && units.is_none()
@@ -505,7 +509,7 @@ impl ExchangeState {
             self.record.cost_usd = Some(0.0);
         }
         if !needs_estimate {
-            price_and_send(&shared, self.record, hooks, complete, units.as_ref());
+            price_and_send(&shared, self.record, hooks, complete, units.as_ref(), trace);
             return;
         }
         // Tokenizing can take milliseconds for long texts: keep it off the runtime's workers.
@@ -535,7 +539,7 @@ impl ExchangeState {
                         .get_or_insert_with(|| INTERNAL_ERROR.to_owned());
                 }
             }
-            let record = price(&shared, record, hooks, complete, None);
+            let record = price(&shared, record, hooks, complete, None, trace);
             shared.sender.send_reserved(record, reservation);
             shared.pending_estimates.fetch_sub(1, Ordering::AcqRel);
         };
@@ -621,19 +625,21 @@ fn price_and_send(
     hooks: Vec<Box<dyn StageHook>>,
     complete: bool,
     units: Option<&formats::Units>,
+    trace: Option<Box<tally_otel::Started>>,
 ) {
-    let record = price(shared, record, hooks, complete, units);
+    let record = price(shared, record, hooks, complete, units, trace);
     shared.sender.send(record);
 }
 
-/// Prices the record and shows it to the stages that asked. The cost is the tokens' plus,
-/// for an endpoint billed by the unit, the units'.
+/// Prices the record, shows it to the stages that asked and ends its span. The cost is the
+/// tokens' plus, for an endpoint billed by the unit, the units'.
 fn price(
     shared: &Shared,
     mut record: Record,
     hooks: Vec<Box<dyn StageHook>>,
     complete: bool,
     units: Option<&formats::Units>,
+    trace: Option<Box<tally_otel::Started>>,
 ) -> Record {
     if record.tokens.is_some() || units.is_some() {
         let cost = guarded(&shared.metrics, "pricing", || {
@@ -673,6 +679,13 @@ fn price(
             .metrics
             .usage
             .observe(&record, priced_as, status_class(record.status));
+    }
+    if let (Some(t), Some(tracer)) = (trace, &shared.stages.tracing) {
+        let upstream = shared
+            .providers
+            .get(&record.provider)
+            .map(|p| p.span_upstream());
+        tracer.end(*t, &mut record, upstream);
     }
     record
 }

@@ -165,6 +165,9 @@ impl Proxy {
         if let Some(g) = &self.shared.stages.guardrails {
             g.register(registry);
         }
+        if let Some(t) = &self.shared.stages.tracing {
+            t.register(registry);
+        }
     }
 
     /// The proxy's metrics.

@@ -240,6 +240,32 @@ impl Provider {
     pub fn origin(&self) -> String {
         format!("{}://{}", self.scheme, self.authority)
     }
+
+    /// The upstream as a span names it: `server.address`, `server.port` and the GenAI
+    /// conventions' `gen_ai.provider.name`, which names APIs, not Tally's provider names.
+    pub fn span_upstream(&self) -> tally_otel::Upstream {
+        let known = match self.format {
+            WireFormat::Anthropic => Some("anthropic"),
+            WireFormat::Gemini => Some("gcp.gemini"),
+            WireFormat::Vertex | WireFormat::VertexAnthropic => Some("gcp.vertex_ai"),
+            WireFormat::Azure => Some("azure.ai.openai"),
+            WireFormat::Bedrock => Some("aws.bedrock"),
+            WireFormat::OpenAi => match self.name.as_str() {
+                "openai" => Some("openai"),
+                "groq" => Some("groq"),
+                "mistral" => Some("mistral_ai"),
+                "deepseek" => Some("deepseek"),
+                "xai" => Some("x_ai"),
+                "gemini" => Some("gcp.gemini"),
+                _ => None,
+            },
+        };
+        tally_otel::Upstream {
+            host: self.authority.host().to_owned(),
+            port: self.authority.port_u16(),
+            provider: known,
+        }
+    }
 }
 
 /// A provider configuration that cannot work.

@@ -113,8 +113,12 @@ pub(crate) async fn handle(
         endpoint: parts.uri.path().to_owned(),
         ..Record::new(id, now_ms())
     };
+    let mut exchange = Exchange::new(shared.clone(), record, started);
+    if let Some(tracer) = &shared.stages.tracing {
+        exchange.state().trace = tracer.begin(&parts.headers).map(Box::new);
+    }
     let mut ctx = Ctx {
-        exchange: Exchange::new(shared.clone(), record, started),
+        exchange,
         shared,
         client,
         response_headers: HeaderMap::new(),

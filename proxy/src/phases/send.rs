@@ -114,6 +114,9 @@ pub(crate) async fn send(
     for k in tally {
         headers.remove(k);
     }
+    if let Some(t) = &ctx.exchange.state().trace {
+        t.inject(&mut headers);
+    }
     let original_length = headers.remove(header::CONTENT_LENGTH);
     let query = uri.query();
     match destination {

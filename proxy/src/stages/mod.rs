@@ -128,6 +128,9 @@ pub struct Stages {
     pub guard: Option<Arc<tally_privacy::RequestGuard>>,
     /// Guardrail hooks (`[[guardrails]]`).
     pub guardrails: Option<Arc<Guardrails>>,
+    /// OpenTelemetry spans (`[otel]`). Not a phase: a span is begun with the request, named in
+    /// the `traceparent` sent upstream, and ended with the record.
+    pub tracing: Option<Arc<tally_otel::Tracer>>,
 }
 
 impl Stages {
@@ -145,6 +148,7 @@ impl Stages {
             auth: None,
             guard: None,
             guardrails: guardrails.map(Arc::new),
+            tracing: None,
         })
     }
 }

@@ -657,6 +657,26 @@ pub(crate) async fn send(
                 "attempt {attempts} via {}: {why}; {then}",
                 target.provider.name
             ));
+            if let Some(t) = &mut ctx.exchange.state().trace {
+                t.event(
+                    match next {
+                        Next::Retry(_) => "tally.retry",
+                        _ => "tally.fallback",
+                    },
+                    vec![
+                        tally_otel::KeyValue::new("tally.attempt", i64::from(attempts)),
+                        tally_otel::KeyValue::new("tally.target", target.provider.name.clone()),
+                        tally_otel::KeyValue::new(
+                            "tally.attempt_request_id",
+                            failed.request_id.to_string(),
+                        ),
+                        tally_otel::KeyValue::new(
+                            "error.type",
+                            failed.refusal.clone().unwrap_or_else(|| status.to_string()),
+                        ),
+                    ],
+                );
+            }
             ctx.shared.sender.send(failed);
             // Drop the failed response (and its connection) before waiting.
             drop(sent);
