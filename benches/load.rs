@@ -16,6 +16,7 @@
 //! cargo bench --bench load -- --upstream nginx --connections 8,64,256 --rates 2000 \
 //!     --targets direct,nginx,tally,tally-nojournal --rounds 3
 //! cargo bench --bench load -- --upstream nginx --connections 64 --rates 0 ...   # closed loop
+//! cargo bench --bench load -- --targets direct,nginx,tally,tally-otel   # + a span per request
 //! ```
 //!
 //! `--upstream nginx` serves the static JSON answer from nginx instead of the in-process fake
@@ -295,6 +296,8 @@ struct Proc {
     port: u16,
     dashboard: Option<u16>,
     store: Option<Store>,
+    /// A process the target needs beside it (`tally-otel`'s OTLP receiver), stopped with it.
+    sidecar: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -355,10 +358,45 @@ impl Drop for Proc {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(mut c) = self.sidecar.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
+    start_tally_with(upstream, clickhouse, journal, String::new(), None)
+}
+
+/// `tally-otel`: Tally exporting a span per request (OTLP over HTTP, every request sampled) to
+/// the suite's receiver (`tests/otel/receiver.py`, opentelemetry-proto), which runs beside it.
+fn start_tally_otel(upstream: SocketAddr) -> Proc {
+    use std::io::BufRead;
+    let mut child = Command::new(clickhouse_fixture::python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel/receiver.py"))
+        // The spans themselves are not kept.
+        .arg("/dev/null")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the OTLP receiver (scripts/test.sh makes .venv)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("receiver ready");
+    let http = line.split_whitespace().nth(1).expect("port").to_owned();
+    let otel = format!("[otel]\nendpoint = \"http://127.0.0.1:{http}\"\n");
+    start_tally_with(upstream, false, true, otel, Some(child))
+}
+
+fn start_tally_with(
+    upstream: SocketAddr,
+    clickhouse: bool,
+    journal: bool,
+    extra: String,
+    sidecar: Option<Child>,
+) -> Proc {
     let dir = tempfile::tempdir().expect("tempdir");
     let (port, dash) = (free_port(), free_port());
     let store = if clickhouse {
@@ -369,7 +407,7 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
     let config = format!(
         "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[dashboard]\nlisten = \"127.0.0.1:{dash}\"\n\
          {}journal = {journal}\n[providers.openai]\nbase_url = \"http://{upstream}\"\n\
-         [providers.anthropic]\nbase_url = \"http://{upstream}\"\n",
+         [providers.anthropic]\nbase_url = \"http://{upstream}\"\n{extra}",
         store.config(dir.path()),
     );
     let cfg = dir.path().join("tally.toml");
@@ -392,6 +430,7 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
         port,
         dashboard: Some(dash),
         store: Some(store),
+        sidecar,
         _dir: dir,
     }
 }
@@ -444,6 +483,7 @@ fn spawn_nginx(
         port,
         dashboard: None,
         store: None,
+        sidecar: None,
         _dir: dir,
     })
 }
@@ -501,6 +541,7 @@ fn start_litellm(upstream: SocketAddr) -> Option<Proc> {
         port,
         dashboard: None,
         store: None,
+        sidecar: None,
         _dir: dir,
     })
 }
@@ -973,6 +1014,7 @@ fn main() {
                     },
                     "tally" | "tally-unified" => Some(start_tally(upstream, false, true)),
                     "tally-nojournal" => Some(start_tally(upstream, false, false)),
+                    "tally-otel" => Some(start_tally_otel(upstream)),
                     "tally-clickhouse" => Some(start_tally(upstream, true, true)),
                     "litellm" => match start_litellm(upstream) {
                         Some(p) => Some(p),
