@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench ingest                     # SQLite and ClickHouse, small and 1 KiB bodies
 //! cargo bench --bench ingest -- --store sqlite --body 1024 --records 300000 --rate 50000 --seconds 20
+//! cargo bench --bench ingest -- --store sqlite,clickhouse --body 0,1024 --records 1000000   # sizing
 //! ```
 //!
 //! Two figures per store and record size:
@@ -99,7 +100,9 @@ impl Bodies {
             x
         };
         Self(
-            (0..64)
+            // Enough distinct bodies that repeats fall outside LZ4's 64 KiB window, so the
+            // store's size per record is not flattered by whole repeated bodies.
+            (0..4096)
                 .map(|_| {
                     let mut s = String::with_capacity(size + 16);
                     while s.len() < size {
@@ -362,6 +365,36 @@ impl Target {
         }
     }
 
+    /// Bytes the store takes on disk, settled: SQLite's file after a checkpoint (the WAL
+    /// folded in), ClickHouse's active parts of `requests` after a final merge.
+    fn bytes_on_disk(&self) -> Option<u64> {
+        match self {
+            Self::Sqlite { path, .. } => {
+                let c = rusqlite::Connection::open(path).ok()?;
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .ok()?;
+                drop(c);
+                std::fs::metadata(path).ok().map(|m| m.len())
+            }
+            Self::ClickHouse(ch, rt) => rt.block_on(async {
+                let c = ch.client();
+                c.query(&format!("OPTIMIZE TABLE {}.requests FINAL", ch.database))
+                    .execute()
+                    .await
+                    .ok()?;
+                c.query(&format!(
+                    "SELECT sum(bytes_on_disk) FROM system.parts \
+                     WHERE database = '{}' AND table = 'requests' AND active",
+                    ch.database
+                ))
+                .fetch_one::<u64>()
+                .await
+                .ok()
+            }),
+            Self::Sink { .. } => None,
+        }
+    }
+
     fn rows(&self) -> u64 {
         match self {
             Self::Sqlite { path, .. } => rusqlite::Connection::open(path)
@@ -443,8 +476,14 @@ fn capacity(store: &str, body: usize, n: usize) {
     worker.shutdown();
     let secs = start.elapsed().as_secs_f64();
     let rows = target.rows();
+    let per_million = target
+        .bytes_on_disk()
+        .filter(|_| rows > 0)
+        .map_or("-".to_owned(), |b| {
+            format!("{:.0} MiB", b as f64 / rows as f64 * 1e6 / 1048576.0)
+        });
     println!(
-        "| {store} | {body} B | capacity | {n} offered, producer waited {waits}× | {:.0} records/s | {} | {} | {rows} |",
+        "| {store} | {body} B | capacity | {n} offered, producer waited {waits}× | {:.0} records/s | {} | {} | {rows} | {per_million} |",
         n as f64 / secs,
         metrics.write_errors.get(),
         dropped(&metrics),
@@ -486,7 +525,7 @@ fn fixed_rate(store: &str, body: usize, rate: u64, seconds: u64) {
     let rows = target.rows();
     let lost = dropped(&metrics);
     println!(
-        "| {store} | {body} B | {rate}/s for {seconds} s | {total} offered in {offered_for:.1} s, deepest queue {max_depth}, drained {:.2} s after the last | {:.0} records/s | {} | {lost} | {rows} |",
+        "| {store} | {body} B | {rate}/s for {seconds} s | {total} offered in {offered_for:.1} s, deepest queue {max_depth}, drained {:.2} s after the last | {:.0} records/s | {} | {lost} | {rows} | |",
         drain.as_secs_f64(),
         rows as f64 / (offered_for + drain.as_secs_f64()),
         metrics.write_errors.get(),
@@ -507,8 +546,8 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    println!("| store | bodies (each) | run | offered | committed | failed batch writes (retried) | dropped | rows in store |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| store | bodies (each) | run | offered | committed | failed batch writes (retried) | dropped | rows in store | disk per 1M records |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for store in &o.stores {
         for &body in &o.bodies {
             capacity(store, body, o.records);

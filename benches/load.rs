@@ -374,7 +374,10 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
 fn start_tally_otel(upstream: SocketAddr) -> Proc {
     use std::io::BufRead;
     let mut child = Command::new(clickhouse_fixture::python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel/receiver.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/otel/receiver.py"
+        ))
         // The spans themselves are not kept.
         .arg("/dev/null")
         .stdin(Stdio::piped())

@@ -346,9 +346,14 @@ async fn metrics_until(
 async fn otlp_spans_carry_the_genai_attributes_the_clients_parent_and_name_tallys_span_upstream() {
     let collector = Collector::start(None);
     let up = FakeUpstream::start().await;
+    let second = FakeUpstream::start().await;
     let opts = Options {
         rest: format!(
-            "[otel]\nendpoint = \"http://127.0.0.1:{}\"\nheaders = {{ \"x-collector-key\" = \"k-123\" }}\n",
+            "[providers.second]\nkind = \"openai\"\nbase_url = \"{}\"\n\n\
+             [routers.smart]\nstrategy = \"fallback\"\nretries = 0\n\
+             targets = [{{ provider = \"openai\" }}, {{ provider = \"second\" }}]\n\n\
+             [otel]\nendpoint = \"http://127.0.0.1:{}\"\nheaders = {{ \"x-collector-key\" = \"k-123\" }}\n",
+            second.url(),
             collector.http
         ),
         ..Options::default()
@@ -483,10 +488,56 @@ async fn otlp_spans_carry_the_genai_attributes_the_clients_parent_and_name_tally
     );
     assert!(forwarded.contains(&root.as_str()), "{forwarded:?}");
 
+    // A router's failed attempt is an event on the request's span, and its own record.
+    up.script(&["error500"]);
+    let (status, headers, _) =
+        post_json(&bin.url("/router/smart/v1/chat/completions"), &[], &body).await;
+    assert_eq!(status, 200);
+    let routed = request_id(&headers);
+    let spans = collector.spans(3).await;
+    let s = spans
+        .iter()
+        .find(|s| s["attributes"]["tally.request_id"] == routed.as_str())
+        .expect("the routed request's span");
+    assert_eq!(s["attributes"]["tally.router"], "smart");
+    assert_eq!(s["attributes"]["tally.attempts"], 2);
+    assert_eq!(s["attributes"]["tally.provider"], "second");
+    let fallback = s["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["name"] == "tally.fallback")
+        .unwrap_or_else(|| panic!("no fallback event: {s}"));
+    assert_eq!(fallback["attributes"]["tally.target"], "openai");
+    assert_eq!(fallback["attributes"]["error.type"], "500");
+    bin.wait_for_rows(4).await;
+    assert_eq!(
+        bin.rows(&format!(
+            "SELECT count(*) FROM requests WHERE request_id = '{}' AND parent_request_id = '{routed}'",
+            fallback["attributes"]["tally.attempt_request_id"].as_str().expect("id")
+        )),
+        1
+    );
+    // Both targets got Tally's span as the parent.
+    let tally_span = format!("-{}-01", s["span_id"].as_str().expect("span"));
+    assert!(
+        second
+            .received()
+            .iter()
+            .chain(up.received().iter())
+            .filter(|r| r
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.ends_with(&tally_span)))
+            .count()
+            == 2
+    );
+
     // `/metrics` through prometheus_client's parser: every span counted as exported, and the
     // duration histogram counts every record.
-    metrics_until(&bin, "two spans exported", |m| {
-        sample(m, "tally_otlp_spans_exported_total", &[]) == 2.0
+    metrics_until(&bin, "three spans exported", |m| {
+        sample(m, "tally_otlp_spans_exported_total", &[]) == 3.0
     })
     .await;
     let m = parsed_metrics(&bin).await;
@@ -496,7 +547,9 @@ async fn otlp_spans_carry_the_genai_attributes_the_clients_parent_and_name_tally
             "tally_request_duration_seconds_count",
             &[("provider", "openai")]
         ) as i64,
-        bin.rows("SELECT count(*) FROM requests")
+        bin.rows(
+            "SELECT count(*) FROM requests WHERE provider = 'openai' AND parent_request_id IS NULL"
+        )
     );
     assert_eq!(
         sample(
@@ -504,7 +557,7 @@ async fn otlp_spans_carry_the_genai_attributes_the_clients_parent_and_name_tally
             "tally_time_to_first_token_seconds_count",
             &[("provider", "openai")]
         ) as i64,
-        bin.rows("SELECT count(*) FROM requests WHERE ttft_ms IS NOT NULL")
+        bin.rows("SELECT count(*) FROM requests WHERE provider = 'openai' AND parent_request_id IS NULL AND ttft_ms IS NOT NULL")
     );
 
     // The same over gRPC, with a client's trace that says "not sampled": no span, and the
@@ -537,7 +590,7 @@ async fn otlp_spans_carry_the_genai_attributes_the_clients_parent_and_name_tally
     .await;
     assert_eq!(status, 200);
     let sampled_id = request_id(&headers);
-    let spans = collector.spans(3).await;
+    let spans = collector.spans(4).await;
     let g: Vec<_> = spans.iter().filter(|s| s["transport"] == "grpc").collect();
     assert_eq!(g.len(), 1, "only the sampled request has a span: {g:?}");
     assert_eq!(g[0]["attributes"]["tally.request_id"], sampled_id.as_str());
