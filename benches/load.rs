@@ -296,8 +296,10 @@ struct Proc {
     port: u16,
     dashboard: Option<u16>,
     store: Option<Store>,
-    /// A process the target needs beside it (`tally-otel`'s OTLP receiver), stopped with it.
+    /// A process the target needs beside it (`tally-otel-py`'s OTLP receiver), stopped with it.
     sidecar: Option<Child>,
+    /// `tally-otel`'s collector (an nginx that discards), stopped with it.
+    sink: Option<Box<Proc>>,
     _dir: tempfile::TempDir,
 }
 
@@ -370,8 +372,27 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
 }
 
 /// `tally-otel`: Tally exporting a span per request (OTLP over HTTP, every request sampled) to
-/// the suite's receiver (`tests/otel/receiver.py`, opentelemetry-proto), which runs beside it.
+/// a collector that takes each export and discards it (nginx answering 200: an empty body is
+/// an empty `ExportTraceServiceResponse`), so the figures are Tally's cost and not a
+/// collector's sharing the cores. `tally-otel-py` exports to the suite's receiver instead
+/// (`tests/otel/receiver.py`, which decodes every span with opentelemetry-proto in Python).
 fn start_tally_otel(upstream: SocketAddr) -> Proc {
+    let (bin, dir, port) = nginx_setup().expect("nginx for tally-otel (apt-get install nginx-light)");
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  client_max_body_size 64m;\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{ return 200; }}\n  }}\n}}\n"
+    );
+    let sink = spawn_nginx(Command::new(bin), dir, port, &conf).expect("the OTLP sink");
+    let otel = format!("[otel]\nendpoint = \"http://127.0.0.1:{port}\"\n");
+    let mut p = start_tally_with(upstream, false, true, otel, None);
+    p.sink = Some(Box::new(sink));
+    p
+}
+
+fn start_tally_otel_py(upstream: SocketAddr) -> Proc {
     use std::io::BufRead;
     let mut child = Command::new(clickhouse_fixture::python())
         .arg(concat!(
@@ -434,6 +455,7 @@ fn start_tally_with(
         dashboard: Some(dash),
         store: Some(store),
         sidecar,
+        sink: None,
         _dir: dir,
     }
 }
@@ -487,6 +509,7 @@ fn spawn_nginx(
         dashboard: None,
         store: None,
         sidecar: None,
+        sink: None,
         _dir: dir,
     })
 }
@@ -545,6 +568,7 @@ fn start_litellm(upstream: SocketAddr) -> Option<Proc> {
         dashboard: None,
         store: None,
         sidecar: None,
+        sink: None,
         _dir: dir,
     })
 }
@@ -927,6 +951,11 @@ fn percentiles(h: &Histogram<u64>) -> [u64; 4] {
 }
 
 fn dropped_records(dashboard: u16) -> Option<f64> {
+    metric_sum(dashboard, "tally_records_dropped_total")
+}
+
+/// The sum of every `/metrics` sample whose name starts with `name`.
+fn metric_sum(dashboard: u16, name: &str) -> Option<f64> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", dashboard)).ok()?;
     use std::io::{Read, Write};
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -935,9 +964,11 @@ fn dropped_records(dashboard: u16) -> Option<f64> {
     s.read_to_string(&mut text).ok()?;
     Some(
         text.lines()
-            .filter(|l| l.starts_with("tally_records_dropped_total"))
+            .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
+            .sum::<f64>()
+            // An empty sum is -0.
+            + 0.0,
     )
 }
 
@@ -1018,6 +1049,7 @@ fn main() {
                     "tally" | "tally-unified" => Some(start_tally(upstream, false, true)),
                     "tally-nojournal" => Some(start_tally(upstream, false, false)),
                     "tally-otel" => Some(start_tally_otel(upstream)),
+                    "tally-otel-py" => Some(start_tally_otel_py(upstream)),
                     "tally-clickhouse" => Some(start_tally(upstream, true, true)),
                     "litellm" => match start_litellm(upstream) {
                         Some(p) => Some(p),
@@ -1086,6 +1118,14 @@ fn main() {
                 if let Some(mut p) = proc {
                     if let (Some(dash), Some(store)) = (p.dashboard, p.store.take()) {
                         let dropped = dropped_records(dash).unwrap_or(-1.0);
+                        let spans = target.starts_with("tally-otel").then(|| {
+                            let m = |n| metric_sum(dash, n).unwrap_or(-1.0);
+                            format!(
+                                "; spans before shutdown: {} exported, {} dropped",
+                                m("tally_otlp_spans_exported_total"),
+                                m("tally_otlp_spans_dropped_total")
+                            )
+                        });
                         // SIGTERM drains every record; then count what the store has.
                         let _ = Command::new("kill").arg(p.child.id().to_string()).status();
                         let deadline = Instant::now() + Duration::from_secs(60);
@@ -1096,8 +1136,9 @@ fn main() {
                         }
                         let stored = store.rows();
                         println!(
-                            "|  | records: {} answered, {stored} stored, {dropped} dropped | | | | | | | | | | | |",
-                            out.ok
+                            "|  | records: {} answered, {stored} stored, {dropped} dropped{} | | | | | | | | | | | |",
+                            out.ok,
+                            spans.unwrap_or_default()
                         );
                     }
                 }

@@ -53,8 +53,9 @@ pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 const INGEST_NICE: i32 = 5;
 
 /// Lowers this thread's scheduling priority by [`INGEST_NICE`] (Linux; elsewhere a no-op).
-/// Failing to is harmless, so it is only logged.
-fn background_priority() {
+/// Failing to is harmless, so it is only logged. For every thread that works in bursts beside
+/// the proxy's event loops (the ingest worker, the OTLP exporter).
+pub fn background_priority() {
     #[cfg(target_os = "linux")]
     {
         // Relative to the process's own nice value: lowering priority needs no privilege.

@@ -35,8 +35,9 @@ pub mod spool;
 pub mod sqlite;
 
 pub use batch::{
-    BatchConfig, BatchWriter, Hooks, IngestWorker, RecordFilter, RecordObserver,
-    DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS,
+    background_priority, BatchConfig, BatchWriter, Hooks, IngestWorker, RecordFilter,
+    RecordObserver, DEFAULT_FLUSH_INTERVAL, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ROWS,
 };
 pub use channel::{
     channel, Queued, RecordReceiver, RecordSender, Reservation, DEFAULT_CHANNEL_CAPACITY,

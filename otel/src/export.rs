@@ -47,6 +47,8 @@ impl Exporter {
         let thread = std::thread::Builder::new()
             .name("tally-otlp".to_owned())
             .spawn(move || {
+                // Building and encoding a batch is a burst of CPU; the proxy's loops come first.
+                tally_ingest::background_priority();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
