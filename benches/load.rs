@@ -377,7 +377,8 @@ fn start_tally(upstream: SocketAddr, clickhouse: bool, journal: bool) -> Proc {
 /// collector's sharing the cores. `tally-otel-py` exports to the suite's receiver instead
 /// (`tests/otel/receiver.py`, which decodes every span with opentelemetry-proto in Python).
 fn start_tally_otel(upstream: SocketAddr) -> Proc {
-    let (bin, dir, port) = nginx_setup().expect("nginx for tally-otel (apt-get install nginx-light)");
+    let (bin, dir, port) =
+        nginx_setup().expect("nginx for tally-otel (apt-get install nginx-light)");
     let d = dir.path().display();
     let conf = format!(
         "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
