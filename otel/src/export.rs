@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use opentelemetry::InstrumentationScope;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::SpanExporter as _;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use opentelemetry_sdk::Resource;
 use tally_ingest::RecordFilter;
 
@@ -196,7 +196,9 @@ struct Loop {
 
 impl Loop {
     async fn run(self) {
-        let mut batch: Vec<Finished> = Vec::with_capacity(self.batch_size);
+        // Spans are built as they are taken off the queue, a tick's worth at a time, so the
+        // export of a full batch is not also a burst of building it.
+        let mut batch: Vec<SpanData> = Vec::with_capacity(self.batch_size);
         let mut oldest: Option<Instant> = None;
         let mut deadline: Option<Instant> = None;
         loop {
@@ -207,7 +209,7 @@ impl Loop {
                 match self.rx.try_recv() {
                     Ok(f) => {
                         oldest.get_or_insert_with(Instant::now);
-                        batch.push(f);
+                        batch.push(self.build(f));
                     }
                     Err(_) => break,
                 }
@@ -239,17 +241,16 @@ impl Loop {
         let _ = self.exporter.shutdown();
     }
 
-    async fn export(&self, batch: Vec<Finished>) {
-        let n = batch.len() as u64;
-        let spans = batch
-            .into_iter()
-            .map(|mut f| {
-                if let Some(filter) = &self.filter {
-                    filter.filter(&mut f.record);
-                }
-                crate::span::span(f, &self.scope)
-            })
-            .collect();
+    /// The store's redaction over the record, then its span.
+    fn build(&self, mut f: Finished) -> SpanData {
+        if let Some(filter) = &self.filter {
+            filter.filter(&mut f.record);
+        }
+        crate::span::span(f, &self.scope)
+    }
+
+    async fn export(&self, spans: Vec<SpanData>) {
+        let n = spans.len() as u64;
         // The exporter has its own timeout; this one bounds its retries too.
         let limit = self.timeout + self.timeout;
         match tokio::time::timeout(limit, self.exporter.export(spans)).await {
