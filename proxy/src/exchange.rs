@@ -669,7 +669,8 @@ fn price(
             h.on_finish(&record, complete, metrics)
         });
     }
-    if shared.providers.get(&record.provider).is_some() {
+    let provider = shared.providers.get(&record.provider);
+    if provider.is_some() {
         let priced_as = [&record.response_model, &record.model]
             .into_iter()
             .flatten()
@@ -681,10 +682,7 @@ fn price(
             .observe(&record, priced_as, status_class(record.status));
     }
     if let (Some(t), Some(tracer)) = (trace, &shared.stages.tracing) {
-        let upstream = shared
-            .providers
-            .get(&record.provider)
-            .map(|p| p.span_upstream());
+        let upstream = provider.map(|p| p.span_upstream());
         tracer.end(*t, &mut record, upstream);
     }
     record
